@@ -154,9 +154,7 @@ pub fn encode_frame(msg: &Message, out: &mut [u8]) -> Result<usize, WireError> {
     if out.len() < HEADER_LEN {
         return Err(WireError::BufferTooSmall);
     }
-    let n = postcard::to_slice(msg, &mut out[HEADER_LEN..])
-        .map_err(|_| WireError::BufferTooSmall)?
-        .len();
+    let n = postcard::to_slice(msg, &mut out[HEADER_LEN..]).map_err(|_| WireError::BufferTooSmall)?.len();
     seal_frame(&mut out[..HEADER_LEN + n]);
     Ok(HEADER_LEN + n)
 }
@@ -170,9 +168,7 @@ pub fn begin_block(chunk: u32, offset: u32, len: u32, out: &mut [u8]) -> Result<
     // so this tuple is exactly the bytes that precede `data` in Message::Block.
     let prefix = (BLOCK_TAG, chunk, offset, len);
     let end = out.len().min(HEADER_LEN + 24);
-    let n = postcard::to_slice(&prefix, &mut out[HEADER_LEN..end])
-        .map_err(|_| WireError::BufferTooSmall)?
-        .len();
+    let n = postcard::to_slice(&prefix, &mut out[HEADER_LEN..end]).map_err(|_| WireError::BufferTooSmall)?.len();
     let start = HEADER_LEN + n;
     if out.len() < start + len as usize || n + len as usize > MAX_PAYLOAD {
         return Err(WireError::BufferTooSmall);

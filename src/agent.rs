@@ -1,0 +1,685 @@
+//! The mio shell: sockets, timers and files around the protocol core.
+//!
+//! One thread, one `Poll`. The agent owns a fixed table of connection slots (`max_peers`), each
+//! with one receive and one send buffer sized for a single frame, allocated when the slot opens
+//! and never grown. Readiness becomes input for the [`Swarm`] of the connection's release;
+//! what the swarm wants sent is drained while the socket accepts it, so a slow reader slows only
+//! its own connection (backpressure comes from socket writability, not from queues). Verified
+//! chunks are made durable in batches by [`Store::commit`] at most every `commit_interval`, and
+//! only then announced to peers.
+//!
+//! Everything here is plumbing; every protocol decision is the swarm's.
+
+use crate::manifest::{PublicKey, SignedManifest};
+use crate::session::CloseReason;
+use crate::store::{Store, StoreError};
+use crate::swarm::{PeerId, Received, Swarm, SwarmConfig, Transmit, Verdict};
+use crate::wire::{self, Message, RefuseReason, MAX_FRAME};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token};
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const LISTENER: Token = Token(usize::MAX);
+/// Receive buffer: one whole frame, so any legal frame fits and nothing larger is ever needed.
+const RECV_BUF: usize = MAX_FRAME;
+/// Send buffer: one whole frame plus room for the small messages queued beside it.
+const SEND_BUF: usize = MAX_FRAME + 1024;
+/// How long an address that misbehaved is refused and not dialled.
+const BAN_TIME: Duration = Duration::from_secs(600);
+/// Addresses remembered as offenders; the oldest entry is forgotten first.
+const MAX_BANS: usize = 64;
+/// Inbound connections must say which swarm they want within this.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Settings of an agent, fixed at start.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// Address to accept peers on; `None` to only dial out.
+    pub listen: Option<SocketAddr>,
+    /// Peers to dial for every release that is not complete.
+    pub peers: Vec<SocketAddr>,
+    /// Connection slots.
+    pub max_peers: usize,
+    /// Peers uploaded to at once.
+    pub upload_slots: usize,
+    /// Upload cap per release in bytes per second, 0 for none.
+    pub max_upload_rate: u64,
+    /// Longest a verified chunk waits before it is made durable and announced.
+    pub commit_interval: Duration,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            listen: None,
+            peers: Vec::new(),
+            max_peers: 32,
+            upload_slots: 8,
+            max_upload_rate: 0,
+            commit_interval: Duration::from_millis(100),
+        }
+    }
+}
+
+/// Why the agent stopped.
+#[derive(Debug)]
+pub enum AgentError {
+    /// The listening socket could not be opened.
+    Listen(SocketAddr, io::Error),
+    /// The event loop failed.
+    Poll(io::Error),
+    /// A release's storage failed (disk full, read-only, ...).
+    Store(StoreError),
+}
+
+impl std::fmt::Display for AgentError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AgentError::Listen(a, e) => write!(f, "cannot listen on {a}: {e}"),
+            AgentError::Poll(e) => write!(f, "event loop failed: {e}"),
+            AgentError::Store(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for AgentError {}
+
+impl From<StoreError> for AgentError {
+    fn from(e: StoreError) -> Self {
+        AgentError::Store(e)
+    }
+}
+
+/// One release the agent serves or fetches.
+pub struct Release {
+    /// The release name from its manifest.
+    pub name: String,
+    /// Protocol state.
+    pub swarm: Swarm,
+    /// Data on disk.
+    pub store: Store,
+    last_commit: Instant,
+    /// When the release became complete in this run, if it did.
+    pub completed_at: Option<Instant>,
+    dials: Vec<Dial>,
+}
+
+/// An address we keep a connection to for one release, redialled with backoff.
+struct Dial {
+    addr: SocketAddr,
+    slot: Option<usize>,
+    next_try: Instant,
+    backoff: Duration,
+}
+
+struct Conn {
+    stream: TcpStream,
+    addr: SocketAddr,
+    /// Set for connections we opened, until the connect completes.
+    connecting: bool,
+    release: Option<usize>,
+    dial: Option<usize>,
+    opened_at: Instant,
+    rbuf: Box<[u8]>,
+    rlen: usize,
+    wbuf: Box<[u8]>,
+    wpos: usize,
+    wlen: usize,
+}
+
+struct Offender {
+    ip: IpAddr,
+    until: Instant,
+}
+
+/// The agent: one event loop serving and fetching a set of releases.
+pub struct Agent {
+    poll: Poll,
+    listener: Option<TcpListener>,
+    conns: Vec<Option<Conn>>,
+    releases: Vec<Release>,
+    bans: heapless::Deque<Offender, MAX_BANS>,
+    config: AgentConfig,
+    scratch: Vec<u32>,
+}
+
+impl Agent {
+    /// A new agent with no release and no socket yet.
+    pub fn new(config: AgentConfig) -> Result<Agent, AgentError> {
+        let poll = Poll::new().map_err(AgentError::Poll)?;
+        let conns = (0..config.max_peers).map(|_| None).collect();
+        Ok(Agent {
+            poll,
+            listener: None,
+            conns,
+            releases: Vec::new(),
+            bans: heapless::Deque::new(),
+            config,
+            scratch: Vec::with_capacity(1024),
+        })
+    }
+
+    /// Opens the listening socket, if the configuration names one and it is not open yet.
+    /// [`Agent::run_until`] calls this itself; call it first to learn the bound address.
+    pub fn listen(&mut self) -> Result<Option<SocketAddr>, AgentError> {
+        let Some(addr) = self.config.listen else { return Ok(None) };
+        if self.listener.is_none() {
+            let mut l = TcpListener::bind(addr).map_err(|e| AgentError::Listen(addr, e))?;
+            self.poll.registry().register(&mut l, LISTENER, Interest::READABLE).map_err(AgentError::Poll)?;
+            let port = l.local_addr().map(|a| a.port()).unwrap_or(0);
+            for r in &mut self.releases {
+                r.swarm.set_listen_port(port);
+            }
+            self.listener = Some(l);
+        }
+        Ok(self.local_addr())
+    }
+
+    /// The address the agent accepts peers on, if it listens.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.listener.as_ref()?.local_addr().ok()
+    }
+
+    /// The releases, in the order they were added.
+    pub fn releases(&self) -> &[Release] {
+        &self.releases
+    }
+
+    /// Adds a release whose data lives at `path` (complete, partial or absent); returns its index.
+    pub fn add_release(&mut self, m: &SignedManifest, path: &Path) -> Result<usize, AgentError> {
+        let store = Store::open(path, m)?;
+        let swarm_config = SwarmConfig {
+            max_peers: self.config.max_peers,
+            upload_slots: self.config.upload_slots,
+            max_upload_rate: self.config.max_upload_rate,
+            listen_port: self.local_addr().map_or(0, |a| a.port()),
+            ..SwarmConfig::default()
+        };
+        let swarm = Swarm::new(&m.manifest, m.swarm_id, store.have(), swarm_config, random_seed());
+        let now = Instant::now();
+        let dials = self
+            .config
+            .peers
+            .iter()
+            .map(|&addr| Dial { addr, slot: None, next_try: now, backoff: Duration::from_millis(500) })
+            .collect();
+        let completed_at = store.is_complete().then_some(now);
+        self.releases.push(Release {
+            name: m.manifest.name.clone(),
+            swarm,
+            store,
+            last_commit: now,
+            completed_at,
+            dials,
+        });
+        Ok(self.releases.len() - 1)
+    }
+
+    /// Runs the loop until `done` returns true (checked after every turn).
+    pub fn run_until(&mut self, mut done: impl FnMut(&Agent, Instant) -> bool) -> Result<(), AgentError> {
+        self.listen()?;
+        let mut events = Events::with_capacity(256);
+        loop {
+            let now = Instant::now();
+            if done(self, now) {
+                return Ok(());
+            }
+            let timeout = self.next_wakeup(now).map(|t| t.saturating_duration_since(now));
+            // Wake at least once a second so `done` and redials are looked at.
+            let timeout = timeout.unwrap_or(Duration::from_secs(1)).min(Duration::from_secs(1));
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(AgentError::Poll(e));
+                }
+            }
+            let now = Instant::now();
+            for ev in events.iter() {
+                match ev.token() {
+                    LISTENER => self.accept(now),
+                    Token(slot) => self.on_ready(slot, now),
+                }
+            }
+            self.turn(now)?;
+        }
+    }
+
+    /// Work done after every wakeup: timers, closes, sending, commits and dials.
+    fn turn(&mut self, now: Instant) -> Result<(), AgentError> {
+        for r in &mut self.releases {
+            if r.swarm.poll_timeout(now).is_some_and(|t| t <= now) {
+                r.swarm.handle_timeout(now);
+            }
+        }
+        for slot in 0..self.conns.len() {
+            self.check_close(slot, now);
+            self.pump(slot, now)?;
+        }
+        self.commit(now)?;
+        self.dial(now);
+        Ok(())
+    }
+
+    fn next_wakeup(&self, now: Instant) -> Option<Instant> {
+        let mut at: Option<Instant> = None;
+        let mut consider = |t: Instant| at = Some(at.map_or(t, |a| a.min(t)));
+        for r in &self.releases {
+            if let Some(t) = r.swarm.poll_timeout(now) {
+                consider(t);
+            }
+            if r.store.has_pending() {
+                consider(r.last_commit + self.config.commit_interval);
+            }
+        }
+        for c in self.conns.iter().flatten().filter(|c| c.release.is_none()) {
+            consider(c.opened_at + HELLO_TIMEOUT);
+        }
+        at
+    }
+
+    fn is_banned(&self, ip: IpAddr, now: Instant) -> bool {
+        self.bans.iter().any(|b| b.ip == ip && b.until > now)
+    }
+
+    fn ban(&mut self, ip: IpAddr, now: Instant) {
+        if self.bans.is_full() {
+            self.bans.pop_front();
+        }
+        let _ = self.bans.push_back(Offender { ip, until: now + BAN_TIME });
+    }
+
+    fn free_slot(&self) -> Option<usize> {
+        self.conns.iter().position(Option::is_none)
+    }
+
+    fn accept(&mut self, now: Instant) {
+        loop {
+            let Some(listener) = self.listener.as_ref() else { return };
+            let (stream, addr) = match listener.accept() {
+                Ok(x) => x,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    log::warn!("accept failed: {e}");
+                    return;
+                }
+            };
+            if self.is_banned(addr.ip(), now) {
+                log::debug!("refused {addr}: banned");
+                continue;
+            }
+            let Some(slot) = self.free_slot() else {
+                log::debug!("refused {addr}: all {} connection slots taken", self.conns.len());
+                continue;
+            };
+            self.open_slot(slot, stream, addr, None, now);
+        }
+    }
+
+    fn open_slot(
+        &mut self,
+        slot: usize,
+        mut stream: TcpStream,
+        addr: SocketAddr,
+        dial: Option<(usize, usize)>,
+        now: Instant,
+    ) {
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        if let Err(e) = self.poll.registry().register(&mut stream, Token(slot), interest) {
+            log::warn!("cannot register connection to {addr}: {e}");
+            return;
+        }
+        let _ = stream.set_nodelay(true);
+        self.conns[slot] = Some(Conn {
+            stream,
+            addr,
+            connecting: dial.is_some(),
+            release: dial.map(|d| d.0),
+            dial: dial.map(|d| d.1),
+            opened_at: now,
+            rbuf: vec![0; RECV_BUF].into_boxed_slice(),
+            rlen: 0,
+            wbuf: vec![0; SEND_BUF].into_boxed_slice(),
+            wpos: 0,
+            wlen: 0,
+        });
+    }
+
+    fn dial(&mut self, now: Instant) {
+        for r in 0..self.releases.len() {
+            if self.releases[r].store.is_complete() {
+                continue;
+            }
+            for d in 0..self.releases[r].dials.len() {
+                let dial = &self.releases[r].dials[d];
+                if dial.slot.is_some() || dial.next_try > now || self.is_banned(dial.addr.ip(), now) {
+                    continue;
+                }
+                let Some(slot) = self.free_slot() else { return };
+                let addr = dial.addr;
+                let dial = &mut self.releases[r].dials[d];
+                dial.next_try = now + dial.backoff;
+                dial.backoff = (dial.backoff * 2).min(Duration::from_secs(30));
+                match connect_from(self.config.listen, addr) {
+                    Ok(stream) => {
+                        dial.slot = Some(slot);
+                        self.open_slot(slot, stream, addr, Some((r, d)), now);
+                    }
+                    Err(e) => log::debug!("cannot connect to {addr}: {e}"),
+                }
+            }
+        }
+    }
+
+    fn on_ready(&mut self, slot: usize, now: Instant) {
+        let Some(conn) = self.conns.get_mut(slot).and_then(Option::as_mut) else { return };
+        if conn.connecting {
+            // A non-blocking connect has finished when the socket is writable; it worked if
+            // the socket has a peer and no pending error.
+            match (conn.stream.take_error(), conn.stream.peer_addr()) {
+                (Ok(None), Ok(_)) => {
+                    conn.connecting = false;
+                    let r = conn.release.unwrap_or(0);
+                    log::debug!("connected to {}", conn.addr);
+                    self.releases[r].swarm.add_peer(slot, true, now);
+                }
+                (Ok(Some(e)), _) | (Err(e), _) => return self.close(slot, Err(e.to_string()), now),
+                (Ok(None), Err(e)) if e.kind() == io::ErrorKind::NotConnected => return,
+                (Ok(None), Err(e)) => return self.close(slot, Err(e.to_string()), now),
+            }
+        }
+        if let Err(why) = self.receive(slot, now) {
+            self.close(slot, why, now);
+        }
+    }
+
+    /// Reads until the socket would block, handling each whole frame.
+    fn receive(&mut self, slot: usize, now: Instant) -> Result<(), Result<CloseReason, String>> {
+        loop {
+            let conn = self.conns[slot].as_mut().ok_or(Err(String::new()))?;
+            let n = match conn.stream.read(&mut conn.rbuf[conn.rlen..]) {
+                Ok(0) => return Err(Err("connection closed by peer".into())),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Err(e.to_string())),
+            };
+            conn.rlen += n;
+            self.handle_frames(slot, now)?;
+        }
+    }
+
+    fn handle_frames(&mut self, slot: usize, now: Instant) -> Result<(), Result<CloseReason, String>> {
+        let Agent { conns, releases, .. } = self;
+        let Conn { stream, rbuf, rlen, release, .. } = conns[slot].as_mut().ok_or(Err(String::new()))?;
+        let mut pos = 0;
+        while let Some((payload, used)) =
+            wire::parse_frame(&rbuf[pos..*rlen]).map_err(|_| Ok(CloseReason::Protocol("bad frame")))?
+        {
+            let msg = wire::decode_message(payload).map_err(|_| Ok(CloseReason::Protocol("undecodable message")))?;
+            let r = match *release {
+                Some(r) => r,
+                None => {
+                    let r = route_hello(releases, &msg).map_err(|refusal| {
+                        refuse(stream, refusal);
+                        Err(format!("refused: {refusal:?}"))
+                    })?;
+                    *release = Some(r);
+                    releases[r].swarm.add_peer(slot, false, now);
+                    r
+                }
+            };
+            deliver(&mut releases[r], slot, &msg, now)?;
+            pos += used;
+        }
+        rbuf.copy_within(pos..*rlen, 0);
+        *rlen -= pos;
+        Ok(())
+    }
+
+    /// Closes the slot if the swarm asked for it or the handshake is overdue.
+    fn check_close(&mut self, slot: usize, now: Instant) {
+        let Some(conn) = self.conns[slot].as_ref() else { return };
+        let reason = match conn.release {
+            Some(r) => self.releases[r].swarm.poll_close(slot),
+            None if now >= conn.opened_at + HELLO_TIMEOUT => Some(CloseReason::HandshakeTimeout),
+            None => None,
+        };
+        if let Some(reason) = reason {
+            self.close(slot, Ok(reason), now);
+        }
+    }
+
+    /// Fills the send buffer from the swarm while it has room for a frame, and writes it out.
+    fn pump(&mut self, slot: usize, now: Instant) -> Result<(), AgentError> {
+        let Agent { conns, releases, .. } = self;
+        let Some(conn) = conns[slot].as_mut() else { return Ok(()) };
+        let Some(r) = conn.release else { return Ok(()) };
+        if conn.connecting {
+            return Ok(());
+        }
+        let release = &mut releases[r];
+        loop {
+            if conn.wpos == conn.wlen {
+                conn.wpos = 0;
+                conn.wlen = 0;
+            }
+            while SEND_BUF - conn.wlen >= MAX_FRAME {
+                let Some(t) = release.swarm.poll_transmit(slot, now) else { break };
+                conn.wlen += encode_transmit(t, &release.store, &mut conn.wbuf[conn.wlen..])?;
+            }
+            if conn.wpos == conn.wlen {
+                return Ok(());
+            }
+            match conn.stream.write(&conn.wbuf[conn.wpos..conn.wlen]) {
+                Ok(n) => conn.wpos += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.close(slot, Err(e.to_string()), now);
+                    return Ok(());
+                }
+            }
+            if conn.wpos < conn.wlen && conn.wpos > 0 {
+                conn.wbuf.copy_within(conn.wpos..conn.wlen, 0);
+                conn.wlen -= conn.wpos;
+                conn.wpos = 0;
+            }
+        }
+        Ok(())
+    }
+
+    fn close(&mut self, slot: usize, why: Result<CloseReason, String>, now: Instant) {
+        let Some(mut conn) = self.conns[slot].take() else { return };
+        let _ = self.poll.registry().deregister(&mut conn.stream);
+        match &why {
+            Ok(reason) if reason.is_offence() => {
+                log::warn!("dropping {}: {reason}; banned for {} s", conn.addr, BAN_TIME.as_secs());
+                self.ban(conn.addr.ip(), now);
+            }
+            Ok(reason) => log::info!("closed {}: {reason}", conn.addr),
+            Err(e) => log::debug!("closed {}: {e}", conn.addr),
+        }
+        if let Some(r) = conn.release {
+            self.releases[r].swarm.remove_peer(slot, now);
+            if let Some(d) = conn.dial {
+                self.releases[r].dials[d].slot = None;
+            }
+        }
+    }
+
+    /// Makes verified chunks durable (at most every `commit_interval`, or at once for the last)
+    /// and announces them.
+    fn commit(&mut self, now: Instant) -> Result<(), AgentError> {
+        for r in &mut self.releases {
+            if !r.store.has_pending() {
+                continue;
+            }
+            let all_verified = r.swarm.all_verified();
+            if now < r.last_commit + self.config.commit_interval && !all_verified {
+                continue;
+            }
+            r.last_commit = now;
+            self.scratch.clear();
+            r.store.commit(&mut self.scratch)?;
+            for &c in &self.scratch {
+                r.swarm.chunk_committed(c);
+            }
+            if r.store.is_complete() && r.completed_at.is_none() {
+                r.completed_at = Some(now);
+                log::info!("{}: complete and verified at {}", r.name, r.store.path().display());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Hands one decoded message to the swarm and writes what it accepts.
+fn deliver(r: &mut Release, slot: PeerId, msg: &Message, now: Instant) -> Result<(), Result<CloseReason, String>> {
+    let received = r.swarm.handle_message(slot, msg, now).map_err(Ok)?;
+    let Received::Write { offset, verdict } = received else { return Ok(()) };
+    let Message::Block { data, .. } = msg else { return Ok(()) };
+    if let Err(e) = r.store.write_at(offset, data.0) {
+        // Losing the disk is not the peer's fault; the agent reports it and stops.
+        log::error!("{e}");
+        return Err(Err(e.to_string()));
+    }
+    match verdict {
+        Some(Verdict::Good(c)) => r.store.mark_verified(c),
+        Some(Verdict::Bad(c)) => log::warn!("{}: chunk {c} failed verification; fetching it elsewhere", r.name),
+        None => {}
+    }
+    Ok(())
+}
+
+/// Picks the release an inbound Hello asks for.
+fn route_hello(releases: &[Release], msg: &Message) -> Result<usize, RefuseReason> {
+    let Message::Hello { version, swarm, .. } = *msg else { return Err(RefuseReason::UnknownSwarm) };
+    if version != wire::VERSION {
+        return Err(RefuseReason::UnsupportedVersion);
+    }
+    releases.iter().position(|r| *r.swarm.id() == swarm).ok_or(RefuseReason::UnknownSwarm)
+}
+
+/// Sends a refusal as a courtesy before closing; a full socket buffer simply drops it.
+fn refuse(stream: &mut TcpStream, reason: RefuseReason) {
+    let mut buf = [0u8; 32];
+    if let Ok(n) = wire::encode_frame(&Message::Refuse(reason), &mut buf) {
+        let _ = stream.write(&buf[..n]);
+    }
+}
+
+/// Encodes one transmit into `out`, reading a block's bytes from the store straight into place.
+fn encode_transmit(t: Transmit, store: &Store, out: &mut [u8]) -> Result<usize, AgentError> {
+    match t {
+        Transmit::Message(m) => Ok(wire::encode_frame(&m, out).expect("send buffer holds any control frame")),
+        Transmit::Block { chunk, offset, len, file_offset } => {
+            let start = wire::begin_block(chunk, offset, len, out).expect("send buffer holds a block frame");
+            let end = start + len as usize;
+            store.read_at(file_offset, &mut out[start..end])?;
+            wire::seal_frame(&mut out[..end]);
+            Ok(end)
+        }
+    }
+}
+
+/// A seed for the swarm's choices; different per process so agents do not pick alike.
+fn random_seed() -> u64 {
+    let mut b = [0u8; 8];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = f.read_exact(&mut b);
+    }
+    u64::from_le_bytes(b) ^ std::process::id() as u64
+}
+
+/// Finds the releases in a `--data` directory: every `NAME.flotilla` that decodes, is signed by a
+/// trusted key (when `trust` is not empty), with its data at `NAME`. Bad manifests are logged and
+/// skipped so that one bad file does not stop the others.
+pub fn scan_data_dir(dir: &Path, trust: &[PublicKey]) -> io::Result<Vec<(SignedManifest, PathBuf)>> {
+    let mut found = Vec::new();
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    entries.sort();
+    for path in entries {
+        let Some(stem) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".flotilla")) else {
+            continue;
+        };
+        if stem.is_empty() {
+            continue;
+        }
+        let checked = SignedManifest::read_file(&path).and_then(|m| {
+            if trust.is_empty() {
+                Ok(m)
+            } else {
+                m.check_trust(trust).map(|()| m)
+            }
+        });
+        let m = match checked {
+            Ok(m) => m,
+            Err(e) => {
+                log::error!("skipping {}: {e}", path.display());
+                continue;
+            }
+        };
+        found.push((m, dir.join(stem)));
+    }
+    Ok(found)
+}
+
+/// Starts a non-blocking connect to `to`, from `from`'s address when it names a specific one.
+///
+/// std and mio cannot bind before connecting; without it every agent on one host (or on
+/// 127.0.0.x in tests) would appear to its peers under the same default source address.
+fn connect_from(from: Option<SocketAddr>, to: SocketAddr) -> io::Result<TcpStream> {
+    let Some(local) = from.filter(|a| !a.ip().is_unspecified() && a.is_ipv4() == to.is_ipv4()) else {
+        return TcpStream::connect(to);
+    };
+    use std::os::fd::FromRawFd;
+    let family = if to.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    // SAFETY: plain socket syscalls on a descriptor we own; it is closed on every error path
+    // and otherwise handed to TcpStream, which owns it from then on.
+    unsafe {
+        let fd = libc::socket(family, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let stream = TcpStream::from_raw_fd(fd);
+        let (addr, len) = sockaddr(SocketAddr::new(local.ip(), 0));
+        if libc::bind(fd, &addr as *const _ as *const libc::sockaddr, len) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let (addr, len) = sockaddr(to);
+        if libc::connect(fd, &addr as *const _ as *const libc::sockaddr, len) != 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EINPROGRESS) {
+                return Err(e);
+            }
+        }
+        Ok(stream)
+    }
+}
+
+fn sockaddr(a: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: sockaddr_storage is plain data for which all-zero bytes are valid.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match a {
+        SocketAddr::V4(v4) => {
+            // SAFETY: sockaddr_storage is large and aligned enough for any sockaddr type.
+            let sin = unsafe { &mut *(&mut storage as *mut _ as *mut libc::sockaddr_in) };
+            sin.sin_family = libc::AF_INET as libc::sa_family_t;
+            sin.sin_port = v4.port().to_be();
+            sin.sin_addr = libc::in_addr { s_addr: u32::from_ne_bytes(v4.ip().octets()) };
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(v6) => {
+            // SAFETY: as above.
+            let sin6 = unsafe { &mut *(&mut storage as *mut _ as *mut libc::sockaddr_in6) };
+            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+            sin6.sin6_port = v6.port().to_be();
+            sin6.sin6_addr = libc::in6_addr { s6_addr: v6.ip().octets() };
+            sin6.sin6_scope_id = v6.scope_id();
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, len as libc::socklen_t)
+}

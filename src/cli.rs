@@ -1,0 +1,523 @@
+//! Subcommands of the `flotilla` binary. Each checks its input fully (flags, manifest, trust,
+//! output path) before it binds a socket or creates a file, and reports one line on failure.
+
+use flotilla::agent::{scan_data_dir, Agent, AgentConfig};
+use flotilla::manifest::{self, ManifestError, PublicKey, SecretKey, SignedManifest, DEFAULT_CHUNK_SIZE};
+use flotilla::store::StoreError;
+use lexopt::prelude::*;
+use std::ffi::OsString;
+use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// A failure with its exit code: 1 runtime, 2 usage or input.
+pub struct Failure {
+    pub code: i32,
+    pub message: String,
+}
+
+pub fn usage(msg: impl std::fmt::Display) -> Failure {
+    Failure { code: 2, message: msg.to_string() }
+}
+
+pub fn runtime(msg: impl std::fmt::Display) -> Failure {
+    Failure { code: 1, message: msg.to_string() }
+}
+
+impl From<lexopt::Error> for Failure {
+    fn from(e: lexopt::Error) -> Self {
+        usage(format!("{e} (see --help)"))
+    }
+}
+
+impl From<ManifestError> for Failure {
+    fn from(e: ManifestError) -> Self {
+        Failure { code: if e.is_bad_input() { 2 } else { 1 }, message: e.to_string() }
+    }
+}
+
+impl From<StoreError> for Failure {
+    fn from(e: StoreError) -> Self {
+        let code = if matches!(e, StoreError::ExistingFileDiffers { .. }) { 2 } else { 1 };
+        Failure { code, message: e.to_string() }
+    }
+}
+
+impl From<flotilla::agent::AgentError> for Failure {
+    fn from(e: flotilla::agent::AgentError) -> Self {
+        runtime(e)
+    }
+}
+
+const HELP: &str = "\
+flotilla: peer-to-peer distribution of operator-signed releases
+
+Usage: flotilla [-v|-q] COMMAND [ARGS]
+
+Commands:
+  keygen    make a new operator key pair
+  publish   hash and sign a file, writing its manifest
+  inspect   show what a manifest describes
+  verify    check that a file is exactly the release a manifest describes
+  serve     serve (and complete) every release in a directory
+  fetch     fetch one release from peers, serving it meanwhile
+  demo      run a seed and 8 peers on loopback and print figures
+
+Options:
+  -v, --verbose   more log output (repeat for trace)
+  -q, --quiet     less log output
+  -h, --help      this help; COMMAND --help for each command's
+";
+
+/// Runs the command line; the caller turns a failure into its exit code.
+pub fn run(args: Vec<OsString>) -> Result<(), Failure> {
+    let mut p = lexopt::Parser::from_args(args);
+    let mut verbosity: i32 = 0;
+    let command = loop {
+        match p.next()? {
+            Some(Short('v') | Long("verbose")) => verbosity += 1,
+            Some(Short('q') | Long("quiet")) => verbosity -= 1,
+            Some(Short('h') | Long("help")) | None => {
+                print!("{HELP}");
+                return Ok(());
+            }
+            Some(Value(v)) => break v.string()?,
+            Some(a) => return Err(a.unexpected().into()),
+        }
+    };
+    let level = match verbosity {
+        i32::MIN..=-2 => log::LevelFilter::Error,
+        -1 => log::LevelFilter::Warn,
+        0 => log::LevelFilter::Info,
+        1 => log::LevelFilter::Debug,
+        _ => log::LevelFilter::Trace,
+    };
+    Logger::install(level);
+    match command.as_str() {
+        "keygen" => keygen(p),
+        "publish" => publish(p),
+        "inspect" => inspect(p),
+        "verify" => verify(p),
+        "serve" => serve(p),
+        "fetch" => fetch(p),
+        "demo" => crate::demo::run(p),
+        other => Err(usage(format!("unknown command {other:?} (see flotilla --help)"))),
+    }
+}
+
+/// Prints `help` and exits when the next argument is -h/--help; otherwise hands it back.
+fn help_or(arg: lexopt::Arg<'_>, help: &str) -> Result<(), Failure> {
+    match arg {
+        Short('h') | Long("help") => {
+            print!("{help}");
+            std::process::exit(0)
+        }
+        a => Err(a.unexpected().into()),
+    }
+}
+
+fn required<T>(v: Option<T>, what: &str) -> Result<T, Failure> {
+    v.ok_or_else(|| usage(format!("missing {what} (see --help)")))
+}
+
+const KEYGEN_HELP: &str = "\
+Usage: flotilla keygen --secret FILE
+
+Makes a new ed25519 operator key. The secret key goes to FILE (mode 0600, never overwritten);
+the public key, 64 hex digits, is printed on stdout: give it to devices with --trust.
+";
+
+fn keygen(mut p: lexopt::Parser) -> Result<(), Failure> {
+    let mut secret = None;
+    while let Some(arg) = p.next()? {
+        match arg {
+            Long("secret") => secret = Some(PathBuf::from(p.value()?)),
+            a => help_or(a, KEYGEN_HELP)?,
+        }
+    }
+    let secret = required(secret, "--secret FILE")?;
+    let key = SecretKey::generate()?;
+    key.write_file(&secret)?;
+    println!("{}", key.public().to_hex());
+    Ok(())
+}
+
+const PUBLISH_HELP: &str = "\
+Usage: flotilla publish FILE --secret KEYFILE [--name NAME] [--release N] [--chunk-size BYTES] [--out MANIFEST]
+
+Hashes FILE chunk by chunk and signs the result with KEYFILE. Writes MANIFEST (default
+FILE.flotilla) and prints the swarm id, the release's name on the wire.
+
+  --name NAME          release name, [A-Za-z0-9._-]{1,64} (default: FILE's base name)
+  --release N          release number, higher is newer (default 1)
+  --chunk-size BYTES   a power of two from 16K to 4M, suffixes K and M allowed (default 256K)
+  --out MANIFEST       where to write the manifest
+";
+
+fn publish(mut p: lexopt::Parser) -> Result<(), Failure> {
+    let (mut file, mut secret, mut name, mut out) = (None, None, None, None);
+    let mut release = 1u64;
+    let mut chunk_size = DEFAULT_CHUNK_SIZE;
+    while let Some(arg) = p.next()? {
+        match arg {
+            Value(v) if file.is_none() => file = Some(PathBuf::from(v)),
+            Long("secret") => secret = Some(PathBuf::from(p.value()?)),
+            Long("name") => name = Some(p.value()?.string()?),
+            Long("release") => release = p.value()?.parse()?,
+            Long("chunk-size") => chunk_size = parse_size(&p.value()?.string()?)?,
+            Long("out") => out = Some(PathBuf::from(p.value()?)),
+            a => help_or(a, PUBLISH_HELP)?,
+        }
+    }
+    let file = required(file, "FILE")?;
+    let secret = SecretKey::read_file(&required(secret, "--secret KEYFILE")?)?;
+    let name = match name {
+        Some(n) => n,
+        None => file.file_name().and_then(|n| n.to_str()).map(str::to_owned).unwrap_or_default(),
+    };
+    let out = out.unwrap_or_else(|| with_suffix(&file, ".flotilla"));
+    let m = SignedManifest::publish(&file, &name, release, chunk_size, &secret)?;
+    write_atomically(&out, &m.bytes).map_err(|e| runtime(format!("cannot write {}: {e}", out.display())))?;
+    println!("{}", manifest::to_hex(&m.swarm_id));
+    Ok(())
+}
+
+fn parse_size(s: &str) -> Result<u32, Failure> {
+    let (digits, mult) = match s.as_bytes().last() {
+        Some(b'K' | b'k') => (&s[..s.len() - 1], 1024),
+        Some(b'M' | b'm') => (&s[..s.len() - 1], 1024 * 1024),
+        _ => (s, 1),
+    };
+    digits
+        .parse::<u32>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| usage(format!("chunk size {s:?} is not a number of bytes")))
+}
+
+/// `path` with `suffix` appended to its file name ("fw.img" -> "fw.img.flotilla").
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+/// Writes a file so that it is either the old or the new one whole, never half of each.
+fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = with_suffix(path, ".tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+const INSPECT_HELP: &str = "\
+Usage: flotilla inspect MANIFEST
+
+Checks the manifest's own signature and prints what it describes. This does not say whether
+you trust the signer: compare the signer with your key, or use verify --trust.
+";
+
+fn inspect(mut p: lexopt::Parser) -> Result<(), Failure> {
+    let mut path = None;
+    while let Some(arg) = p.next()? {
+        match arg {
+            Value(v) if path.is_none() => path = Some(PathBuf::from(v)),
+            a => help_or(a, INSPECT_HELP)?,
+        }
+    }
+    let m = read_manifest(&required(path, "MANIFEST")?)?;
+    let mf = &m.manifest;
+    println!("name:        {}", mf.name);
+    println!("release:     {}", mf.release);
+    println!("size:        {} bytes", mf.file_size);
+    println!("chunk size:  {} bytes", mf.chunk_size);
+    println!("chunks:      {}", mf.chunk_count());
+    println!("file sha256: {}", manifest::to_hex(&mf.file_hash));
+    println!("swarm id:    {}", manifest::to_hex(&m.swarm_id));
+    println!("signer:      {}", manifest::to_hex(&mf.signer));
+    Ok(())
+}
+
+/// Reads a manifest named on the command line: any failure is bad input (exit 2).
+fn read_manifest(path: &Path) -> Result<SignedManifest, Failure> {
+    SignedManifest::read_file(path).map_err(usage)
+}
+
+const VERIFY_HELP: &str = "\
+Usage: flotilla verify MANIFEST FILE --trust PUBKEY...
+
+Exits 0 only if MANIFEST is signed by a trusted key and FILE is exactly the release it
+describes (every chunk and the whole-file hash). PUBKEY is 64 hex digits or a file holding them.
+";
+
+fn verify(mut p: lexopt::Parser) -> Result<(), Failure> {
+    let (mut mpath, mut file, mut trust) = (None, None, Vec::new());
+    while let Some(arg) = p.next()? {
+        match arg {
+            Value(v) if mpath.is_none() => mpath = Some(PathBuf::from(v)),
+            Value(v) if file.is_none() => file = Some(PathBuf::from(v)),
+            Long("trust") => trust.push(PublicKey::parse_arg(&p.value()?.string()?)?),
+            a => help_or(a, VERIFY_HELP)?,
+        }
+    }
+    let m = trusted_manifest(&required(mpath, "MANIFEST")?, &trust)?;
+    let file = required(file, "FILE")?;
+    m.verify_file(&file)?;
+    println!(
+        "{} is release {} #{} ({} bytes)",
+        file.display(),
+        m.manifest.name,
+        m.manifest.release,
+        m.manifest.file_size
+    );
+    Ok(())
+}
+
+fn trusted_manifest(path: &Path, trust: &[PublicKey]) -> Result<SignedManifest, Failure> {
+    if trust.is_empty() {
+        return Err(usage("missing --trust PUBKEY: a manifest is only accepted from a key you trust"));
+    }
+    let m = read_manifest(path)?;
+    m.check_trust(trust)?;
+    Ok(m)
+}
+
+/// Options shared by `serve` and `fetch`.
+struct NetOptions {
+    config: AgentConfig,
+    trust: Vec<PublicKey>,
+}
+
+impl NetOptions {
+    fn new() -> Self {
+        let listen = Some(SocketAddr::from(([0, 0, 0, 0], 7070)));
+        NetOptions { config: AgentConfig { listen, ..AgentConfig::default() }, trust: Vec::new() }
+    }
+
+    /// Takes one option common to the agent commands; returns false if `arg` is not one.
+    fn parse(&mut self, name: &str, p: &mut lexopt::Parser) -> Result<(), Failure> {
+        let c = &mut self.config;
+        match name {
+            "listen" => c.listen = Some(parse_addr(p)?),
+            "no-listen" => c.listen = None,
+            "peer" => c.peers.push(parse_addr(p)?),
+            "trust" => self.trust.push(PublicKey::parse_arg(&p.value()?.string()?)?),
+            "max-peers" => c.max_peers = p.value()?.parse::<usize>()?.clamp(1, 4096),
+            "upload-slots" => c.upload_slots = p.value()?.parse::<usize>()?.max(1),
+            "max-upload-rate" => c.max_upload_rate = parse_rate(&p.value()?.string()?)?,
+            other => return Err(usage(format!("invalid option '--{other}' (see --help)"))),
+        }
+        Ok(())
+    }
+}
+
+const NET_OPTIONS_HELP: &str = "
+  --listen ADDR             accept peers on ADDR (default 0.0.0.0:7070)
+  --no-listen               do not accept peers; only dial out
+  --peer ADDR               a peer to fetch from (repeatable)
+  --trust PUBKEY            an operator key to accept manifests from (repeatable; 64 hex or a file)
+  --max-peers N             connection slots (default 32)
+  --upload-slots N          peers uploaded to at once (default 8)
+  --max-upload-rate RATE    bytes per second per release, suffixes K and M allowed (default: none)
+";
+
+fn parse_addr(p: &mut lexopt::Parser) -> Result<SocketAddr, Failure> {
+    let s = p.value()?.string()?;
+    s.parse().map_err(|_| usage(format!("{s:?} is not an address like 127.0.0.1:7070")))
+}
+
+fn parse_rate(s: &str) -> Result<u64, Failure> {
+    let (digits, mult) = match s.as_bytes().last() {
+        Some(b'K' | b'k') => (&s[..s.len() - 1], 1024),
+        Some(b'M' | b'm') => (&s[..s.len() - 1], 1024 * 1024),
+        _ => (s, 1),
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| usage(format!("rate {s:?} is not a number of bytes per second")))
+}
+
+fn serve_help() -> String {
+    format!(
+        "\
+Usage: flotilla serve --data DIR [options]
+
+Serves every release in DIR (a manifest NAME.flotilla beside its file NAME). A manifest whose
+file is missing or partial is fetched first, from the --peer addresses.
+{NET_OPTIONS_HELP}"
+    )
+}
+
+fn serve(mut p: lexopt::Parser) -> Result<(), Failure> {
+    let mut net = NetOptions::new();
+    let mut dir = None;
+    while let Some(arg) = p.next()? {
+        match arg {
+            Long("data") => dir = Some(PathBuf::from(p.value()?)),
+            Long(name) if name != "help" => {
+                let name = name.to_owned();
+                net.parse(&name, &mut p)?
+            }
+            a => help_or(a, &serve_help())?,
+        }
+    }
+    let dir = required(dir, "--data DIR")?;
+    let found = scan_data_dir(&dir, &net.trust).map_err(|e| usage(format!("cannot read {}: {e}", dir.display())))?;
+    let mut agent = Agent::new(net.config)?;
+    for (m, path) in &found {
+        match agent.add_release(m, path) {
+            Ok(_) => log::info!("serving {} #{} from {}", m.manifest.name, m.manifest.release, path.display()),
+            Err(e) => log::error!("skipping {}: {e}", path.display()),
+        }
+    }
+    if agent.releases().is_empty() {
+        log::warn!("no releases in {}: nothing to serve", dir.display());
+    }
+    if let Some(addr) = agent.listen()? {
+        log::info!("listening on {addr}");
+    }
+    agent.run_until(|_, _| false)?;
+    Ok(())
+}
+
+fn fetch_help() -> String {
+    format!(
+        "\
+Usage: flotilla fetch MANIFEST --trust PUBKEY --out FILE [options]
+
+Fetches the release MANIFEST describes into FILE, verifying every chunk, and serves what it has
+meanwhile. Partial data is kept in FILE.part and FILE.state: run the same command again after
+an interruption and it resumes. FILE appears only when whole and verified.
+
+  --out FILE                where the release goes
+  --seed-for SECS           keep serving this long after completing (default 0)
+{NET_OPTIONS_HELP}"
+    )
+}
+
+fn fetch(mut p: lexopt::Parser) -> Result<(), Failure> {
+    let mut net = NetOptions::new();
+    let (mut mpath, mut out) = (None, None);
+    let mut seed_for = Duration::ZERO;
+    while let Some(arg) = p.next()? {
+        match arg {
+            Value(v) if mpath.is_none() => mpath = Some(PathBuf::from(v)),
+            Long("out") => out = Some(PathBuf::from(p.value()?)),
+            Long("seed-for") => seed_for = Duration::from_secs(p.value()?.parse()?),
+            Long(name) if name != "help" => {
+                let name = name.to_owned();
+                net.parse(&name, &mut p)?
+            }
+            a => help_or(a, &fetch_help())?,
+        }
+    }
+    let m = trusted_manifest(&required(mpath, "MANIFEST")?, &net.trust)?;
+    let out = required(out, "--out FILE")?;
+    let mut agent = Agent::new(net.config)?;
+    agent.add_release(&m, &out)?;
+    agent.listen()?;
+    let mut progress = Progress::new(m.manifest.file_size);
+    agent.run_until(|agent, now| {
+        let r = &agent.releases()[0];
+        progress.show(r, now);
+        r.completed_at.is_some_and(|t| now >= t + seed_for)
+    })?;
+    progress.finish(&agent.releases()[0]);
+    Ok(())
+}
+
+/// The one-line progress display of `fetch`: redrawn on a terminal, logged now and then otherwise.
+struct Progress {
+    total: u64,
+    start: Instant,
+    last_shown: Option<Instant>,
+    last_bytes: u64,
+    rate: f64,
+    tty: bool,
+}
+
+impl Progress {
+    fn new(total: u64) -> Self {
+        let tty = std::io::stderr().is_terminal();
+        Progress { total, start: Instant::now(), last_shown: None, last_bytes: 0, rate: 0.0, tty }
+    }
+
+    fn show(&mut self, r: &flotilla::agent::Release, now: Instant) {
+        let every = if self.tty { Duration::from_millis(250) } else { Duration::from_secs(10) };
+        if r.completed_at.is_some() || self.last_shown.is_some_and(|t| now < t + every) {
+            return;
+        }
+        let done = r.swarm.have_bytes();
+        if let Some(t) = self.last_shown {
+            let inst = (done.saturating_sub(self.last_bytes)) as f64 / (now - t).as_secs_f64();
+            self.rate = if self.rate == 0.0 { inst } else { 0.7 * self.rate + 0.3 * inst };
+        }
+        self.last_shown = Some(now);
+        self.last_bytes = done;
+        let eta = if self.rate > 0.0 { format!("{:.0}s", (self.total - done) as f64 / self.rate) } else { "?".into() };
+        let line = format!(
+            "{}: {:.1}/{:.1} MiB {:3.0}%  {:.1} MiB/s  {} peers  ETA {eta}",
+            r.name,
+            mib(done),
+            mib(self.total),
+            100.0 * done as f64 / self.total as f64,
+            self.rate / 1048576.0,
+            r.swarm.active_peers()
+        );
+        if self.tty {
+            eprint!("\r\x1b[K{line}");
+        } else {
+            log::info!("{line}");
+        }
+    }
+
+    fn finish(&self, r: &flotilla::agent::Release) {
+        if self.tty {
+            eprint!("\r\x1b[K");
+        }
+        let secs = self.start.elapsed().as_secs_f64();
+        log::info!(
+            "{}: {:.1} MiB complete at {} ({:.1} s, {:.1} MiB received, {:.1} MiB sent)",
+            r.name,
+            mib(self.total),
+            r.store.path().display(),
+            secs,
+            mib(r.swarm.stats.downloaded),
+            mib(r.swarm.stats.uploaded)
+        );
+    }
+}
+
+fn mib(b: u64) -> f64 {
+    b as f64 / 1048576.0
+}
+
+/// Log lines on stderr, one per record: `flotilla: LEVEL message`.
+struct Logger(log::LevelFilter);
+
+impl Logger {
+    fn install(level: log::LevelFilter) {
+        let logger: &'static Logger = Box::leak(Box::new(Logger(level)));
+        if log::set_logger(logger).is_ok() {
+            log::set_max_level(level);
+        }
+    }
+}
+
+impl log::Log for Logger {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        m.level() <= self.0
+    }
+
+    fn log(&self, r: &log::Record) {
+        if self.enabled(r.metadata()) {
+            eprintln!("flotilla: {} {}", r.level().as_str().to_lowercase(), r.args());
+        }
+    }
+
+    fn flush(&self) {}
+}

@@ -1,0 +1,307 @@
+//! One connection to one peer, seen from the protocol: handshake state, the peer's bitfield,
+//! the requests each side has outstanding, and the clocks that decide timeouts.
+//!
+//! A `Session` holds state and the rules that concern only this connection; it does not pick
+//! chunks or share upload slots (that is the swarm's job, which sees all sessions at once), and
+//! it never touches a socket. Every queue has a fixed capacity: a peer cannot make it grow.
+
+use crate::bitfield::Bitfield;
+use crate::wire::RefuseReason;
+use heapless::Deque;
+use sha2::Sha256;
+use std::time::Instant;
+
+/// Most requests either side may have outstanding on one connection (a wire rule: a peer that
+/// sends more is in breach and is dropped).
+pub const MAX_REQUESTS: usize = 16;
+/// Small messages waiting to be sent; beyond this, pending `Have`s are folded into a bitfield.
+const CONTROL_CAPACITY: usize = 48;
+
+/// A small message the swarm wants sent; the shell encodes it when the socket has room.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Control {
+    /// Our handshake.
+    Hello,
+    /// Our current bitfield.
+    Bitfield,
+    /// We now have this chunk.
+    Have(u32),
+    /// Please send this chunk.
+    Request(u32),
+    /// We no longer want this chunk.
+    Cancel(u32),
+    /// We will not send this chunk.
+    Reject(u32),
+    /// Nothing, to keep the connection alive.
+    KeepAlive,
+}
+
+/// Why a connection is closed; offences count against the peer's address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The peer broke a protocol rule.
+    Protocol(&'static str),
+    /// The peer refused our handshake.
+    Refused(RefuseReason),
+    /// The peer sent chunks that failed their hash twice.
+    BadData,
+    /// The peer left our requests unanswered twice.
+    Stalled,
+    /// Nothing heard from the peer for too long.
+    Idle,
+    /// The handshake did not finish in time.
+    HandshakeTimeout,
+    /// Both sides have everything; there is nothing to exchange.
+    BothComplete,
+}
+
+impl CloseReason {
+    /// True if the peer misbehaved, as opposed to a benign end.
+    pub fn is_offence(&self) -> bool {
+        matches!(self, CloseReason::Protocol(_) | CloseReason::BadData)
+    }
+}
+
+impl std::fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CloseReason::Protocol(what) => write!(f, "protocol violation: {what}"),
+            CloseReason::Refused(r) => write!(f, "peer refused the handshake: {r:?}"),
+            CloseReason::BadData => write!(f, "sent chunks that failed verification twice"),
+            CloseReason::Stalled => write!(f, "left requests unanswered twice"),
+            CloseReason::Idle => write!(f, "idle timeout"),
+            CloseReason::HandshakeTimeout => write!(f, "handshake timeout"),
+            CloseReason::BothComplete => write!(f, "both sides complete"),
+        }
+    }
+}
+
+/// A request we sent and the peer has not finished answering.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Outstanding {
+    pub chunk: u32,
+    /// We sent `Cancel`; blocks may still arrive until the peer's `Reject` or last block.
+    pub cancelled: bool,
+}
+
+/// Protocol state of one connection.
+pub struct Session {
+    pub(crate) outbound: bool,
+    pub(crate) active: bool,
+    pub(crate) connected_at: Instant,
+    /// The port the peer says it listens on (from its Hello), 0 if none.
+    pub listen_port: u16,
+    pub(crate) bits: Bitfield,
+    pub(crate) got_bitfield: bool,
+    pub(crate) control: Deque<Control, CONTROL_CAPACITY>,
+    pub(crate) resend_bitfield: bool,
+    /// Our requests, in the order the peer will answer them; the front is being received.
+    pub(crate) requested: Deque<Outstanding, MAX_REQUESTS>,
+    pub(crate) recv_offset: u32,
+    /// Running hash of the front request while we write it; `None` when its blocks are discarded.
+    pub(crate) hasher: Option<Sha256>,
+    /// The peer's requests, served in order; the front is being sent.
+    pub(crate) serving: Deque<u32, MAX_REQUESTS>,
+    pub(crate) serve_offset: u32,
+    pub(crate) last_recv: Instant,
+    pub(crate) last_send: Instant,
+    /// When the front request last made progress (sent, or a block of it arrived).
+    pub(crate) progress_at: Instant,
+    pub(crate) strikes: u8,
+    pub(crate) close: Option<CloseReason>,
+    /// Useful bytes received from this peer.
+    pub bytes_down: u64,
+    /// Bytes of blocks sent to this peer.
+    pub bytes_up: u64,
+}
+
+impl Session {
+    /// A new connection to a peer of a release with `chunks` chunks.
+    pub(crate) fn new(chunks: u32, outbound: bool, now: Instant) -> Self {
+        Session {
+            outbound,
+            active: false,
+            connected_at: now,
+            listen_port: 0,
+            bits: Bitfield::new(chunks),
+            got_bitfield: false,
+            control: Deque::new(),
+            resend_bitfield: false,
+            requested: Deque::new(),
+            recv_offset: 0,
+            hasher: None,
+            serving: Deque::new(),
+            serve_offset: 0,
+            last_recv: now,
+            last_send: now,
+            progress_at: now,
+            strikes: 0,
+            close: None,
+            bytes_down: 0,
+            bytes_up: 0,
+        }
+    }
+
+    /// True once both Hellos have been exchanged.
+    pub fn is_active(&self) -> bool {
+        self.active
+    }
+
+    /// The chunks the peer says it has.
+    pub fn bits(&self) -> &Bitfield {
+        &self.bits
+    }
+
+    /// Queues a small message; `Have`s that do not fit become one bitfield resend.
+    pub(crate) fn push_control(&mut self, c: Control) -> bool {
+        match self.control.push_back(c) {
+            Ok(()) => true,
+            Err(Control::Have(_)) => {
+                self.resend_bitfield = true;
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Requests not cancelled: the ones that count as this peer's work in flight.
+    pub(crate) fn live_requests(&self) -> usize {
+        self.requested.iter().filter(|r| !r.cancelled).count()
+    }
+
+    /// Marks our request for `chunk` cancelled and queues the `Cancel`; true if it was live.
+    pub(crate) fn cancel_request(&mut self, chunk: u32) -> bool {
+        let mut found = false;
+        for r in self.requested.iter_mut() {
+            if r.chunk == chunk && !r.cancelled {
+                r.cancelled = true;
+                found = true;
+            }
+        }
+        if found {
+            if self.requested.front().is_some_and(|r| r.chunk == chunk) {
+                self.hasher = None;
+            }
+            self.push_control(Control::Cancel(chunk));
+        }
+        found
+    }
+
+    /// Removes our request for `chunk` wherever it is; returns it if it was there.
+    pub(crate) fn remove_request(&mut self, chunk: u32) -> Option<Outstanding> {
+        let pos = self.requested.iter().position(|r| r.chunk == chunk)?;
+        if pos == 0 {
+            self.recv_offset = 0;
+            self.hasher = None;
+        }
+        remove_at(&mut self.requested, pos)
+    }
+
+    /// The peer withdrew its request for `chunk`: stop serving it and acknowledge with `Reject`.
+    pub(crate) fn withdraw_serving(&mut self, chunk: u32) -> bool {
+        let Some(pos) = self.serving.iter().position(|&c| c == chunk) else {
+            return false;
+        };
+        if pos == 0 {
+            self.serve_offset = 0;
+        }
+        remove_at(&mut self.serving, pos);
+        self.push_control(Control::Reject(chunk));
+        true
+    }
+
+    /// The earliest instant at which this session's own timers need attention.
+    pub(crate) fn next_deadline(&self, t: &Timeouts) -> Instant {
+        let mut at = (self.last_recv + t.idle).min(self.last_send + t.keepalive);
+        if !self.active {
+            at = at.min(self.connected_at + t.handshake);
+        }
+        if self.requested.iter().any(|r| !r.cancelled) {
+            at = at.min(self.progress_at + t.request);
+        }
+        at
+    }
+}
+
+/// The durations a session is held to.
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    /// Hellos must be exchanged within this.
+    pub handshake: std::time::Duration,
+    /// The front request must make progress within this, or all requests are re-routed.
+    pub request: std::time::Duration,
+    /// Send a keepalive after this much silence.
+    pub keepalive: std::time::Duration,
+    /// Close after hearing nothing for this long.
+    pub idle: std::time::Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        use std::time::Duration;
+        Timeouts {
+            handshake: Duration::from_secs(10),
+            request: Duration::from_secs(30),
+            keepalive: Duration::from_secs(20),
+            idle: Duration::from_secs(75),
+        }
+    }
+}
+
+/// Removes element `pos` from a deque, keeping the order of the rest.
+fn remove_at<T, const N: usize>(q: &mut Deque<T, N>, pos: usize) -> Option<T> {
+    let mut removed = None;
+    for i in 0..q.len() {
+        let item = q.pop_front()?;
+        if i == pos {
+            removed = Some(item);
+        } else {
+            // Cannot fail: we just made room by popping.
+            let _ = q.push_back(item);
+        }
+    }
+    removed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remove_at_keeps_order() {
+        let mut q: Deque<u32, 4> = Deque::new();
+        for i in 0..4 {
+            q.push_back(i).unwrap();
+        }
+        assert_eq!(remove_at(&mut q, 1), Some(1));
+        assert_eq!(q.iter().copied().collect::<Vec<_>>(), vec![0, 2, 3]);
+        assert_eq!(remove_at(&mut q, 7), None);
+    }
+
+    #[test]
+    fn overflowing_haves_fold_into_a_bitfield_resend() {
+        let mut s = Session::new(1000, true, Instant::now());
+        for i in 0..CONTROL_CAPACITY as u32 + 5 {
+            assert!(s.push_control(Control::Have(i)));
+        }
+        assert_eq!(s.control.len(), CONTROL_CAPACITY);
+        assert!(s.resend_bitfield);
+        assert!(!s.push_control(Control::Request(1)), "a full queue refuses other messages");
+    }
+
+    #[test]
+    fn cancel_and_withdraw_bookkeeping() {
+        let mut s = Session::new(10, true, Instant::now());
+        s.requested.push_back(Outstanding { chunk: 3, cancelled: false }).unwrap();
+        s.requested.push_back(Outstanding { chunk: 4, cancelled: false }).unwrap();
+        assert!(s.cancel_request(4));
+        assert!(!s.cancel_request(4), "second cancel is a no-op");
+        assert_eq!(s.live_requests(), 1);
+        assert_eq!(s.control.pop_front(), Some(Control::Cancel(4)));
+        s.serving.push_back(7).unwrap();
+        s.serve_offset = 16384;
+        assert!(s.withdraw_serving(7));
+        assert_eq!(s.serve_offset, 0);
+        assert_eq!(s.control.pop_front(), Some(Control::Reject(7)));
+    }
+}

@@ -1,0 +1,737 @@
+//! One release seen from the protocol: what we have, who has what, which chunk to ask whom,
+//! and whose requests we serve next.
+//!
+//! The swarm owns one [`Session`] per connected peer, in slots numbered by the caller. It is a
+//! state machine in the style of quinn-proto: the caller feeds it messages
+//! ([`Swarm::handle_message`]) and the passage of time ([`Swarm::handle_timeout`]), and drains
+//! what to send ([`Swarm::poll_transmit`]) and when to wake it ([`Swarm::poll_timeout`]). It
+//! never reads a clock, a socket or a file: block payloads pass through by reference, and the
+//! caller writes them where [`Received::Write`] says and reads what [`Transmit::Block`] names.
+//!
+//! Scheduling: a few random chunks first so a newcomer soon has something to trade, then rarest
+//! first with ties broken by a random starting point; a pipeline of requests per peer sized in
+//! bytes; duplicates of in-flight chunks only once nothing else is left (endgame); uploads limited
+//! to a number of slots that rotate after each chunk, served block by block.
+
+use crate::bitfield::Bitfield;
+use crate::manifest::{Hash, Manifest, SwarmId};
+use crate::session::{CloseReason, Control, Outstanding, Session, Timeouts, MAX_REQUESTS};
+use crate::wire::{Bytes, Message, BLOCK_SIZE, VERSION};
+use sha2::{Digest, Sha256};
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+/// A connection slot number, chosen by the caller (the agent uses its connection slot index).
+pub type PeerId = usize;
+
+/// Tunables, fixed at start.
+#[derive(Clone, Copy, Debug)]
+pub struct SwarmConfig {
+    /// Peer slots; `PeerId`s range over `0..max_peers`.
+    pub max_peers: usize,
+    /// Peers served at once; the rest wait their turn.
+    pub upload_slots: usize,
+    /// Bytes of requests kept outstanding per peer (rounded to whole chunks, 2..=16).
+    pub pipeline_bytes: u32,
+    /// Upload cap in bytes per second, 0 for none.
+    pub max_upload_rate: u64,
+    /// Session timeouts.
+    pub timeouts: Timeouts,
+    /// Our listening port, announced in Hello (0 for none).
+    pub listen_port: u16,
+}
+
+impl Default for SwarmConfig {
+    fn default() -> Self {
+        SwarmConfig {
+            max_peers: 32,
+            upload_slots: 8,
+            pipeline_bytes: 1 << 20,
+            max_upload_rate: 0,
+            timeouts: Timeouts::default(),
+            listen_port: 0,
+        }
+    }
+}
+
+/// Chunks picked at random before rarest-first takes over.
+const RANDOM_FIRST: u32 = 4;
+/// Most requests for one chunk in flight at once (2 = one endgame duplicate).
+const MAX_DUPLICATES: u8 = 2;
+
+/// What the caller must do with a block just handed in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Received {
+    /// Nothing to store.
+    Nothing,
+    /// Write the block's data at this offset of the release file. If `verdict` is set, the
+    /// block completed a chunk: on `Good`, make it durable and call [`Swarm::chunk_committed`].
+    Write {
+        /// Byte offset in the release file.
+        offset: u64,
+        /// Set when this block completed a chunk.
+        verdict: Option<Verdict>,
+    },
+}
+
+/// The outcome of hashing a completed chunk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// The chunk matches the manifest.
+    Good(u32),
+    /// The chunk does not match; it will be fetched again elsewhere.
+    Bad(u32),
+}
+
+/// Something to send on one connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transmit<'a> {
+    /// A message to encode as is.
+    Message(Message<'a>),
+    /// A block: read `len` bytes at `file_offset` of the release into a `Block` frame.
+    Block {
+        /// Chunk index.
+        chunk: u32,
+        /// Offset within the chunk.
+        offset: u32,
+        /// Bytes to send.
+        len: u32,
+        /// Where they are in the release file.
+        file_offset: u64,
+    },
+}
+
+/// Upload rate limiter: a token bucket refilled from the time passed in.
+#[derive(Clone, Copy, Debug)]
+pub struct TokenBucket {
+    rate: u64,
+    burst: u64,
+    tokens: u64,
+    last: Option<Instant>,
+}
+
+impl TokenBucket {
+    /// A bucket allowing `rate` bytes per second (0: unlimited), bursting one block or 50 ms.
+    pub fn new(rate: u64) -> Self {
+        let burst = (rate / 20).max(BLOCK_SIZE as u64);
+        TokenBucket { rate, burst, tokens: burst, last: None }
+    }
+
+    fn refill(&mut self, now: Instant) {
+        let last = *self.last.get_or_insert(now);
+        let dt = now.saturating_duration_since(last);
+        let add = (self.rate as u128 * dt.as_nanos() / 1_000_000_000) as u64;
+        if add > 0 {
+            self.tokens = (self.tokens + add).min(self.burst);
+            // Advance only by the time the added tokens account for, so rounding never leaks.
+            let used = Duration::from_nanos((add as u128 * 1_000_000_000 / self.rate as u128) as u64);
+            self.last = Some(if self.tokens == self.burst { now } else { last + used });
+        }
+    }
+
+    /// Takes `n` tokens if available.
+    pub fn take(&mut self, n: u64, now: Instant) -> bool {
+        if self.rate == 0 {
+            return true;
+        }
+        self.refill(now);
+        if self.tokens < n {
+            return false;
+        }
+        self.tokens -= n;
+        true
+    }
+
+    /// When `n` tokens will be available (now if unlimited).
+    pub fn ready_at(&self, n: u64, now: Instant) -> Instant {
+        if self.rate == 0 || self.tokens >= n {
+            return now;
+        }
+        let need = (n - self.tokens) as u128;
+        let last = self.last.unwrap_or(now);
+        last + Duration::from_nanos((need * 1_000_000_000).div_ceil(self.rate as u128) as u64)
+    }
+}
+
+/// Protocol state of one release.
+pub struct Swarm {
+    id: SwarmId,
+    file_size: u64,
+    chunk_size: u32,
+    hashes: Vec<Hash>,
+    /// Chunks durable on disk and announced.
+    have: Bitfield,
+    /// Chunks whose hash checked, durable or not yet; never requested again.
+    verified: Bitfield,
+    /// How many connected peers have each chunk.
+    availability: Vec<u16>,
+    /// Live requests per chunk across all sessions.
+    in_flight: Vec<u8>,
+    peers: Vec<Option<Session>>,
+    /// Peers with requests for us, in service order; the first `upload_slots` are served.
+    upload_queue: VecDeque<PeerId>,
+    config: SwarmConfig,
+    upload_bucket: TokenBucket,
+    rng: u64,
+    /// Useful bytes received, bytes sent, bytes received and thrown away.
+    pub stats: Stats,
+}
+
+/// Byte counters of one swarm.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Block bytes that went into verified chunks or are pending verification.
+    pub downloaded: u64,
+    /// Block bytes sent.
+    pub uploaded: u64,
+    /// Block bytes received and discarded (duplicates, cancelled, failed hashes).
+    pub wasted: u64,
+    /// Chunks that failed their hash.
+    pub bad_chunks: u64,
+}
+
+impl Swarm {
+    /// A swarm for `manifest` whose id is `id`, with the chunks in `have` already on disk.
+    /// `seed` drives the random choices, so a test can replay a run exactly.
+    pub fn new(manifest: &Manifest, id: SwarmId, have: &Bitfield, config: SwarmConfig, seed: u64) -> Self {
+        let n = manifest.chunk_count() as usize;
+        Swarm {
+            id,
+            file_size: manifest.file_size,
+            chunk_size: manifest.chunk_size,
+            hashes: manifest.chunk_hashes.clone(),
+            have: have.clone(),
+            verified: have.clone(),
+            availability: vec![0; n],
+            in_flight: vec![0; n],
+            peers: (0..config.max_peers).map(|_| None).collect(),
+            upload_queue: VecDeque::with_capacity(config.max_peers),
+            upload_bucket: TokenBucket::new(config.max_upload_rate),
+            config,
+            rng: seed | 1,
+            stats: Stats::default(),
+        }
+    }
+
+    /// The swarm id (SHA-256 of the manifest).
+    pub fn id(&self) -> &SwarmId {
+        &self.id
+    }
+
+    /// Chunks durable and announced.
+    pub fn have(&self) -> &Bitfield {
+        &self.have
+    }
+
+    /// True once every chunk is durable.
+    pub fn is_complete(&self) -> bool {
+        self.have.is_full()
+    }
+
+    /// Bytes of the release durable on disk.
+    pub fn have_bytes(&self) -> u64 {
+        let full = self.have.count() as u64 * self.chunk_size as u64;
+        let last = self.chunk_count() - 1;
+        let short = if self.have.get(last) { self.chunk_size as u64 - self.chunk_len(last) as u64 } else { 0 };
+        full - short
+    }
+
+    /// Sets the port announced in our Hello.
+    pub fn set_listen_port(&mut self, port: u16) {
+        self.config.listen_port = port;
+    }
+
+    /// True once every chunk has passed its hash check, durable or not.
+    pub fn all_verified(&self) -> bool {
+        self.verified.is_full()
+    }
+
+    /// Number of chunks.
+    pub fn chunk_count(&self) -> u32 {
+        self.hashes.len() as u32
+    }
+
+    /// The session in slot `id`, if any.
+    pub fn session(&self, id: PeerId) -> Option<&Session> {
+        self.peers.get(id)?.as_ref()
+    }
+
+    /// Peers whose handshake is done.
+    pub fn active_peers(&self) -> usize {
+        self.peers.iter().flatten().filter(|s| s.active).count()
+    }
+
+    fn chunk_len(&self, chunk: u32) -> u32 {
+        let start = chunk as u64 * self.chunk_size as u64;
+        (self.file_size - start).min(self.chunk_size as u64) as u32
+    }
+
+    fn next_random(&mut self) -> u64 {
+        // xorshift64*: plenty for spreading choices, and reproducible from the seed.
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Starts a session in slot `id`. An outbound session sends its Hello at once; an inbound one
+    /// waits for the peer's. Returns false if the slot is out of range or taken.
+    pub fn add_peer(&mut self, id: PeerId, outbound: bool, now: Instant) -> bool {
+        let chunks = self.chunk_count();
+        let Some(slot @ None) = self.peers.get_mut(id) else {
+            return false;
+        };
+        let mut s = Session::new(chunks, outbound, now);
+        if outbound {
+            s.push_control(Control::Hello);
+        }
+        *slot = Some(s);
+        true
+    }
+
+    /// Ends the session in slot `id`, releasing its requests to other peers.
+    pub fn remove_peer(&mut self, id: PeerId, now: Instant) {
+        let Some(s) = self.peers.get_mut(id).and_then(Option::take) else {
+            return;
+        };
+        for c in s.bits.iter_ones() {
+            self.availability[c as usize] -= 1;
+        }
+        for r in s.requested.iter().filter(|r| !r.cancelled) {
+            self.in_flight[r.chunk as usize] -= 1;
+        }
+        self.upload_queue.retain(|&p| p != id);
+        self.fill_all(now);
+    }
+
+    /// Takes the reason the session in slot `id` must be closed, if it must.
+    pub fn poll_close(&mut self, id: PeerId) -> Option<CloseReason> {
+        self.peers.get_mut(id)?.as_mut()?.close.take()
+    }
+
+    /// Handles one message from the peer in slot `id`. An `Err` means: close the connection.
+    pub fn handle_message(&mut self, id: PeerId, msg: &Message, now: Instant) -> Result<Received, CloseReason> {
+        let s = self.peers.get_mut(id).and_then(Option::as_mut).ok_or(CloseReason::Protocol("no session"))?;
+        s.last_recv = now;
+        if !s.active {
+            return self.on_hello(id, msg, now).map(|()| Received::Nothing);
+        }
+        match *msg {
+            Message::Hello { .. } => Err(CloseReason::Protocol("second hello")),
+            Message::Refuse(r) => Err(CloseReason::Refused(r)),
+            Message::Bitfield(Bytes(bytes)) => self.on_bitfield(id, bytes, now),
+            Message::Have(c) => self.on_have(id, c, now),
+            Message::Request(c) => self.on_request(id, c),
+            Message::Cancel(c) => {
+                self.session_mut(id).withdraw_serving(c);
+                self.drop_from_upload_queue_if_idle(id);
+                Ok(Received::Nothing)
+            }
+            Message::Reject(c) => self.on_reject(id, c, now),
+            Message::Block { chunk, offset, data } => self.on_block(id, chunk, offset, data.0, now),
+            Message::KeepAlive => Ok(Received::Nothing),
+        }
+    }
+
+    fn session_mut(&mut self, id: PeerId) -> &mut Session {
+        // Callers have checked the slot is occupied.
+        self.peers[id].as_mut().expect("session present")
+    }
+
+    fn on_hello(&mut self, id: PeerId, msg: &Message, now: Instant) -> Result<(), CloseReason> {
+        let Message::Hello { version, swarm, listen_port } = *msg else {
+            return match *msg {
+                Message::Refuse(r) => Err(CloseReason::Refused(r)),
+                _ => Err(CloseReason::Protocol("message before hello")),
+            };
+        };
+        if version != VERSION {
+            return Err(CloseReason::Protocol("unsupported version"));
+        }
+        if swarm != self.id {
+            return Err(CloseReason::Protocol("hello for another swarm"));
+        }
+        let s = self.session_mut(id);
+        s.active = true;
+        s.listen_port = listen_port;
+        s.progress_at = now;
+        if !s.outbound {
+            s.push_control(Control::Hello);
+        }
+        s.push_control(Control::Bitfield);
+        Ok(())
+    }
+
+    fn on_bitfield(&mut self, id: PeerId, bytes: &[u8], now: Instant) -> Result<Received, CloseReason> {
+        let s = self.peers[id].as_mut().expect("session present");
+        for c in s.bits.iter_ones() {
+            self.availability[c as usize] -= 1;
+        }
+        if s.bits.copy_from_bytes(bytes).is_err() {
+            s.bits = Bitfield::new(self.hashes.len() as u32);
+            return Err(CloseReason::Protocol("bad bitfield"));
+        }
+        s.got_bitfield = true;
+        for c in s.bits.iter_ones() {
+            self.availability[c as usize] += 1;
+        }
+        if s.bits.is_full() && self.have.is_full() {
+            return Err(CloseReason::BothComplete);
+        }
+        self.fill_requests(id, now);
+        Ok(Received::Nothing)
+    }
+
+    fn on_have(&mut self, id: PeerId, chunk: u32, now: Instant) -> Result<Received, CloseReason> {
+        if chunk >= self.chunk_count() {
+            return Err(CloseReason::Protocol("have for a chunk out of range"));
+        }
+        if self.session_mut(id).bits.set(chunk) {
+            self.availability[chunk as usize] += 1;
+            self.fill_requests(id, now);
+        }
+        Ok(Received::Nothing)
+    }
+
+    fn on_request(&mut self, id: PeerId, chunk: u32) -> Result<Received, CloseReason> {
+        if chunk >= self.chunk_count() {
+            return Err(CloseReason::Protocol("request for a chunk out of range"));
+        }
+        let have = self.have.get(chunk);
+        let s = self.session_mut(id);
+        if !have {
+            s.push_control(Control::Reject(chunk));
+            return Ok(Received::Nothing);
+        }
+        if s.serving.push_back(chunk).is_err() {
+            return Err(CloseReason::Protocol("too many requests"));
+        }
+        if !self.upload_queue.contains(&id) {
+            self.upload_queue.push_back(id);
+        }
+        Ok(Received::Nothing)
+    }
+
+    fn on_reject(&mut self, id: PeerId, chunk: u32, now: Instant) -> Result<Received, CloseReason> {
+        let s = self.session_mut(id);
+        let Some(r) = s.remove_request(chunk) else {
+            return Ok(Received::Nothing);
+        };
+        if r.cancelled {
+            return Ok(Received::Nothing);
+        }
+        // A refusal for a chunk it advertised: believe the refusal, not the advertisement.
+        let had = s.bits.clear(chunk);
+        s.progress_at = now;
+        if had {
+            self.availability[chunk as usize] -= 1;
+        }
+        self.in_flight[chunk as usize] -= 1;
+        self.fill_all(now);
+        Ok(Received::Nothing)
+    }
+
+    fn on_block(
+        &mut self,
+        id: PeerId,
+        chunk: u32,
+        offset: u32,
+        data: &[u8],
+        now: Instant,
+    ) -> Result<Received, CloseReason> {
+        let head = match self.session_mut(id).requested.front() {
+            Some(r) if r.chunk == chunk => *r,
+            _ => return Err(CloseReason::Protocol("block for a chunk not requested")),
+        };
+        let chunk_len = self.chunk_len(chunk);
+        let s = self.session_mut(id);
+        let expected = (chunk_len - s.recv_offset).min(BLOCK_SIZE);
+        if offset != s.recv_offset || data.len() as u32 != expected {
+            return Err(CloseReason::Protocol("block out of order or of the wrong size"));
+        }
+        s.progress_at = now;
+        if offset == 0 && !head.cancelled {
+            self.claim_chunk(id, chunk);
+        }
+        let s = self.session_mut(id);
+        s.recv_offset += expected;
+        let finished = s.recv_offset == chunk_len;
+        let Some(hasher) = s.hasher.as_mut() else {
+            self.stats.wasted += data.len() as u64;
+            if finished {
+                self.finish_head(id, head);
+            }
+            return Ok(Received::Nothing);
+        };
+        hasher.update(data);
+        s.bytes_down += data.len() as u64;
+        self.stats.downloaded += data.len() as u64;
+        let file_offset = chunk as u64 * self.chunk_size as u64 + offset as u64;
+        let verdict = if finished { Some(self.complete_chunk(id, head, now)?) } else { None };
+        Ok(Received::Write { offset: file_offset, verdict })
+    }
+
+    /// Starts writing `chunk` from this peer, unless another peer is already writing it: two
+    /// writers of one region could leave a liar's bytes on disk under an honest peer's hash.
+    fn claim_chunk(&mut self, id: PeerId, chunk: u32) {
+        let taken = self.peers.iter().enumerate().any(|(p, s)| {
+            p != id
+                && s.as_ref()
+                    .is_some_and(|s| s.hasher.is_some() && s.requested.front().is_some_and(|r| r.chunk == chunk))
+        });
+        if taken || self.verified.get(chunk) {
+            if self.session_mut(id).cancel_request(chunk) {
+                self.in_flight[chunk as usize] -= 1;
+            }
+        } else {
+            self.session_mut(id).hasher = Some(Sha256::new());
+        }
+    }
+
+    /// Pops the front request once its last block is in.
+    fn finish_head(&mut self, id: PeerId, head: Outstanding) {
+        let s = self.session_mut(id);
+        let _ = s.requested.pop_front();
+        s.recv_offset = 0;
+        s.hasher = None;
+        if !head.cancelled {
+            self.in_flight[head.chunk as usize] -= 1;
+        }
+    }
+
+    fn complete_chunk(&mut self, id: PeerId, head: Outstanding, now: Instant) -> Result<Verdict, CloseReason> {
+        let chunk = head.chunk;
+        let digest: Hash = self.session_mut(id).hasher.take().map(|h| h.finalize().into()).unwrap_or_default();
+        self.finish_head(id, head);
+        if digest == self.hashes[chunk as usize] {
+            self.verified.set(chunk);
+            self.cancel_duplicates(chunk);
+            self.fill_requests(id, now);
+            return Ok(Verdict::Good(chunk));
+        }
+        self.stats.bad_chunks += 1;
+        self.stats.wasted += self.chunk_len(chunk) as u64;
+        let s = self.session_mut(id);
+        s.strikes += 1;
+        if s.bits.clear(chunk) {
+            self.availability[chunk as usize] -= 1;
+        }
+        if self.session_mut(id).strikes >= 2 {
+            return Err(CloseReason::BadData);
+        }
+        self.fill_all(now);
+        Ok(Verdict::Bad(chunk))
+    }
+
+    fn cancel_duplicates(&mut self, chunk: u32) {
+        for s in self.peers.iter_mut().flatten() {
+            if s.cancel_request(chunk) {
+                self.in_flight[chunk as usize] -= 1;
+            }
+        }
+    }
+
+    /// Records that a verified chunk is now durable: it may be served and is announced.
+    pub fn chunk_committed(&mut self, chunk: u32) {
+        if !self.have.set(chunk) {
+            return;
+        }
+        self.verified.set(chunk);
+        for s in self.peers.iter_mut().flatten().filter(|s| s.active) {
+            s.push_control(Control::Have(chunk));
+        }
+    }
+
+    /// Requests to keep outstanding per peer.
+    fn pipeline_len(&self) -> usize {
+        ((self.config.pipeline_bytes / self.chunk_size) as usize).clamp(2, MAX_REQUESTS)
+    }
+
+    fn fill_all(&mut self, now: Instant) {
+        for id in 0..self.peers.len() {
+            if self.peers[id].is_some() {
+                self.fill_requests(id, now);
+            }
+        }
+    }
+
+    fn fill_requests(&mut self, id: PeerId, now: Instant) {
+        let target = self.pipeline_len();
+        loop {
+            let s = self.session_mut(id);
+            if !s.active
+                || !s.got_bitfield
+                || s.live_requests() >= target
+                || s.requested.is_full()
+                || s.control.is_full()
+            {
+                return;
+            }
+            let Some(chunk) = self.pick_chunk(id) else {
+                return;
+            };
+            let s = self.session_mut(id);
+            if s.requested.is_empty() {
+                s.progress_at = now;
+            }
+            // Cannot fail: checked not full above.
+            let _ = s.requested.push_back(Outstanding { chunk, cancelled: false });
+            s.push_control(Control::Request(chunk));
+            self.in_flight[chunk as usize] += 1;
+        }
+    }
+
+    /// Chooses the next chunk to ask peer `id` for, or none.
+    fn pick_chunk(&mut self, id: PeerId) -> Option<u32> {
+        let n = self.chunk_count();
+        let start = (self.next_random() % n as u64) as u32;
+        let random_first = self.verified.count() < RANDOM_FIRST;
+        let s = self.peers[id].as_ref()?;
+        let mut best: Option<(u16, u32)> = None;
+        let mut unrequested_left = false;
+        for k in 0..n {
+            let c = (start + k) % n;
+            if self.verified.get(c) || self.in_flight[c as usize] > 0 {
+                continue;
+            }
+            unrequested_left = true;
+            if !s.bits.get(c) {
+                continue;
+            }
+            if random_first {
+                return Some(c);
+            }
+            let a = self.availability[c as usize];
+            if best.is_none_or(|(b, _)| a < b) {
+                best = Some((a, c));
+            }
+        }
+        if best.is_some() || unrequested_left {
+            return best.map(|(_, c)| c);
+        }
+        // Endgame: everything missing is in flight; duplicate a request this peer could answer.
+        (0..n).map(|k| (start + k) % n).find(|&c| {
+            !self.verified.get(c)
+                && s.bits.get(c)
+                && self.in_flight[c as usize] < MAX_DUPLICATES
+                && !s.requested.iter().any(|r| r.chunk == c)
+        })
+    }
+
+    /// The next thing to send to peer `id`, if any. Call while the connection has room for a
+    /// whole frame; a `Block` is only handed out to peers holding an upload slot.
+    pub fn poll_transmit(&mut self, id: PeerId, now: Instant) -> Option<Transmit<'_>> {
+        let s = self.peers.get_mut(id)?.as_mut()?;
+        if let Some(c) = s.control.pop_front() {
+            s.last_send = now;
+            return Some(Transmit::Message(self.control_message(c)));
+        }
+        if s.resend_bitfield && s.active {
+            s.resend_bitfield = false;
+            s.last_send = now;
+            return Some(Transmit::Message(Message::Bitfield(Bytes(self.have.as_bytes()))));
+        }
+        self.poll_block(id, now)
+    }
+
+    fn control_message(&self, c: Control) -> Message<'_> {
+        match c {
+            Control::Hello => Message::Hello { version: VERSION, swarm: self.id, listen_port: self.config.listen_port },
+            Control::Bitfield => Message::Bitfield(Bytes(self.have.as_bytes())),
+            Control::Have(c) => Message::Have(c),
+            Control::Request(c) => Message::Request(c),
+            Control::Cancel(c) => Message::Cancel(c),
+            Control::Reject(c) => Message::Reject(c),
+            Control::KeepAlive => Message::KeepAlive,
+        }
+    }
+
+    fn poll_block(&mut self, id: PeerId, now: Instant) -> Option<Transmit<'static>> {
+        if !self.upload_queue.iter().take(self.config.upload_slots).any(|&p| p == id) {
+            return None;
+        }
+        let chunk = *self.session_mut(id).serving.front()?;
+        let chunk_len = self.chunk_len(chunk);
+        let offset = self.session_mut(id).serve_offset;
+        let len = (chunk_len - offset).min(BLOCK_SIZE);
+        if !self.upload_bucket.take(len as u64, now) {
+            return None;
+        }
+        let s = self.session_mut(id);
+        s.last_send = now;
+        s.bytes_up += len as u64;
+        s.serve_offset += len;
+        self.stats.uploaded += len as u64;
+        if offset + len == chunk_len {
+            let s = self.session_mut(id);
+            let _ = s.serving.pop_front();
+            s.serve_offset = 0;
+            self.rotate_upload_slot(id);
+        }
+        let file_offset = chunk as u64 * self.chunk_size as u64 + offset as u64;
+        Some(Transmit::Block { chunk, offset, len, file_offset })
+    }
+
+    /// After a whole chunk, a peer gives its slot to the next waiting one (if any wait).
+    fn rotate_upload_slot(&mut self, id: PeerId) {
+        self.upload_queue.retain(|&p| p != id);
+        if !self.session_mut(id).serving.is_empty() {
+            self.upload_queue.push_back(id);
+        }
+    }
+
+    fn drop_from_upload_queue_if_idle(&mut self, id: PeerId) {
+        if self.session_mut(id).serving.is_empty() {
+            self.upload_queue.retain(|&p| p != id);
+        }
+    }
+
+    /// Advances the timers: handshake and idle timeouts, stalled requests, keepalives.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let t = self.config.timeouts;
+        let mut released = false;
+        for s in self.peers.iter_mut().flatten() {
+            if s.close.is_some() {
+                continue;
+            }
+            if !s.active && now >= s.connected_at + t.handshake {
+                s.close = Some(CloseReason::HandshakeTimeout);
+            } else if now >= s.last_recv + t.idle {
+                s.close = Some(CloseReason::Idle);
+            } else if s.live_requests() > 0 && now >= s.progress_at + t.request {
+                // Re-route: the chunks go back to the pool; a second stall closes the peer.
+                let chunks: heapless::Vec<u32, MAX_REQUESTS> = s.requested.iter().map(|r| r.chunk).collect();
+                for chunk in chunks {
+                    if s.cancel_request(chunk) {
+                        self.in_flight[chunk as usize] -= 1;
+                    }
+                }
+                released = true;
+                s.strikes += 1;
+                s.progress_at = now;
+                if s.strikes >= 2 {
+                    s.close = Some(CloseReason::Stalled);
+                }
+            }
+            if s.active && now >= s.last_send + t.keepalive && s.control.is_empty() {
+                s.push_control(Control::KeepAlive);
+            }
+        }
+        if released {
+            self.fill_all(now);
+        }
+    }
+
+    /// When [`Swarm::handle_timeout`] should next be called, or the upload bucket next refills
+    /// for a waiting block.
+    pub fn poll_timeout(&self, now: Instant) -> Option<Instant> {
+        let t = self.config.timeouts;
+        let timers = self.peers.iter().flatten().map(|s| s.next_deadline(&t)).min();
+        let waiting_upload = self.upload_queue.iter().take(self.config.upload_slots).next().is_some();
+        let bucket = waiting_upload.then(|| self.upload_bucket.ready_at(BLOCK_SIZE as u64, now));
+        match (timers, bucket) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
