@@ -46,7 +46,10 @@ impl Default for SwarmConfig {
         SwarmConfig {
             max_peers: 32,
             upload_slots: 8,
-            pipeline_bytes: 1 << 20,
+            // Deep pipelines commit a peer's whole share to one source early, and the swarm loses
+            // the freedom to ask whoever frees up first; two chunks cover the bandwidth-delay
+            // product of any link we expect (256 KiB at 20 Mbit/s is 100 ms).
+            pipeline_bytes: 256 * 1024,
             max_upload_rate: 0,
             timeouts: Timeouts::default(),
             listen_port: 0,
@@ -537,8 +540,13 @@ impl Swarm {
             return;
         }
         self.verified.set(chunk);
+        let complete = self.have.is_full();
         for s in self.peers.iter_mut().flatten().filter(|s| s.active) {
             s.push_control(Control::Have(chunk));
+            // Two seeds have nothing to trade; free the slot for someone who needs it.
+            if complete && s.bits.is_full() && s.close.is_none() {
+                s.close = Some(CloseReason::BothComplete);
+            }
         }
     }
 
@@ -727,8 +735,10 @@ impl Swarm {
     pub fn poll_timeout(&self, now: Instant) -> Option<Instant> {
         let t = self.config.timeouts;
         let timers = self.peers.iter().flatten().map(|s| s.next_deadline(&t)).min();
-        let waiting_upload = self.upload_queue.iter().take(self.config.upload_slots).next().is_some();
-        let bucket = waiting_upload.then(|| self.upload_bucket.ready_at(BLOCK_SIZE as u64, now));
+        // Only a block held back by the rate limit needs a timer; any other waits for the socket.
+        let bucket = self.upload_bucket.ready_at(BLOCK_SIZE as u64, now);
+        let held_back = bucket > now && !self.upload_queue.is_empty();
+        let bucket = held_back.then_some(bucket);
         match (timers, bucket) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

@@ -1,0 +1,449 @@
+//! Protocol tests: several sans-IO swarms wired together through an in-memory network with a
+//! fake clock, as in quinn-proto's `Pair`. Every frame goes through the real wire encoding.
+//! Runs are deterministic: the same seeds give the same timeline, byte for byte.
+
+use flotilla::bitfield::Bitfield;
+use flotilla::manifest::{Manifest, SwarmId};
+use flotilla::session::CloseReason;
+use flotilla::swarm::{PeerId, Received, Swarm, SwarmConfig, Transmit, Verdict};
+use flotilla::wire::{self, Bytes, Message, MAX_FRAME, VERSION};
+use sha2::{Digest, Sha256};
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::time::{Duration, Instant};
+
+/// How a simulated node behaves when it sends blocks.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Behaviour {
+    Honest,
+    /// Sends every block with its bytes flipped.
+    Corrupt,
+    /// Accepts requests and never sends a block.
+    Mute,
+}
+
+struct Node {
+    swarm: Swarm,
+    data: Vec<u8>,
+    /// Upload capacity of the node's link in bytes per second.
+    uplink: u64,
+    /// When the uplink finishes sending what it has been given.
+    up_free: Instant,
+    behaviour: Behaviour,
+    done_at: Option<Duration>,
+}
+
+struct Delivery {
+    at: Instant,
+    seq: u64,
+    conn: usize,
+    to: usize,
+    frame: Vec<u8>,
+}
+
+impl PartialEq for Delivery {
+    fn eq(&self, o: &Self) -> bool {
+        (self.at, self.seq) == (o.at, o.seq)
+    }
+}
+impl Eq for Delivery {}
+impl PartialOrd for Delivery {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Delivery {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(o.at, o.seq))
+    }
+}
+
+/// A connection between two nodes; on both sides its index is the `PeerId`.
+struct Link {
+    ends: [usize; 2],
+    closed: Option<(usize, CloseReason)>,
+}
+
+struct Sim {
+    start: Instant,
+    now: Instant,
+    latency: Duration,
+    manifest: Manifest,
+    original: Vec<u8>,
+    nodes: Vec<Node>,
+    links: Vec<Link>,
+    queue: BinaryHeap<Reverse<Delivery>>,
+    seq: u64,
+}
+
+/// Fixed data of a given length from a seed (xorshift).
+fn data(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn manifest_for(data: &[u8], chunk_size: u32) -> Manifest {
+    Manifest {
+        name: "sim.img".into(),
+        release: 1,
+        file_size: data.len() as u64,
+        chunk_size,
+        file_hash: Sha256::digest(data).into(),
+        chunk_hashes: data.chunks(chunk_size as usize).map(|c| Sha256::digest(c).into()).collect(),
+        signer: [0; 32],
+    }
+}
+
+const SWARM: SwarmId = [7; 32];
+
+impl Sim {
+    fn new(file_len: usize, chunk_size: u32) -> Sim {
+        let original = data(file_len, 42);
+        let manifest = manifest_for(&original, chunk_size);
+        let start = Instant::now();
+        Sim {
+            start,
+            now: start,
+            latency: Duration::from_millis(5),
+            manifest,
+            original,
+            nodes: Vec::new(),
+            links: Vec::new(),
+            queue: BinaryHeap::new(),
+            seq: 0,
+        }
+    }
+
+    fn add_node(&mut self, complete: bool, uplink: u64, behaviour: Behaviour, config: SwarmConfig) -> usize {
+        let n = self.manifest.chunk_count();
+        let have = if complete { Bitfield::full(n) } else { Bitfield::new(n) };
+        let data = if complete { self.original.clone() } else { vec![0; self.original.len()] };
+        let seed = 1000 + self.nodes.len() as u64;
+        let swarm = Swarm::new(&self.manifest, SWARM, &have, SwarmConfig { max_peers: 64, ..config }, seed);
+        self.nodes.push(Node { swarm, data, uplink, up_free: self.now, behaviour, done_at: None });
+        self.nodes.len() - 1
+    }
+
+    /// Connects `a` (dialling) to `b` (accepting).
+    fn connect(&mut self, a: usize, b: usize) {
+        let id = self.links.len();
+        self.links.push(Link { ends: [a, b], closed: None });
+        assert!(self.nodes[a].swarm.add_peer(id, true, self.now));
+        assert!(self.nodes[b].swarm.add_peer(id, false, self.now));
+    }
+
+    fn mesh(&mut self, nodes: &[usize]) {
+        for (i, &a) in nodes.iter().enumerate() {
+            for &b in &nodes[i + 1..] {
+                self.connect(b, a);
+            }
+        }
+    }
+
+    fn other_end(&self, link: usize, node: usize) -> usize {
+        let [a, b] = self.links[link].ends;
+        if a == node {
+            b
+        } else {
+            a
+        }
+    }
+
+    /// Lets every node send while its uplink is not backed up by more than a few milliseconds.
+    fn transmit(&mut self) {
+        let window = Duration::from_millis(2);
+        for node in 0..self.nodes.len() {
+            for link in 0..self.links.len() {
+                if self.links[link].closed.is_some() || !self.links[link].ends.contains(&node) {
+                    continue;
+                }
+                while self.nodes[node].up_free <= self.now + window {
+                    let Some(frame) = self.encode_next(node, link) else { break };
+                    let to = self.other_end(link, node);
+                    let n = &mut self.nodes[node];
+                    let tx = Duration::from_nanos(frame.len() as u64 * 1_000_000_000 / n.uplink);
+                    n.up_free = n.up_free.max(self.now) + tx;
+                    let at = n.up_free + self.latency;
+                    self.seq += 1;
+                    self.queue.push(Reverse(Delivery { at, seq: self.seq, conn: link, to, frame }));
+                }
+            }
+        }
+    }
+
+    fn encode_next(&mut self, node: usize, link: PeerId) -> Option<Vec<u8>> {
+        let now = self.now;
+        let n = &mut self.nodes[node];
+        loop {
+            let mut buf = vec![0u8; MAX_FRAME];
+            match n.swarm.poll_transmit(link, now)? {
+                Transmit::Message(m) => {
+                    let len = wire::encode_frame(&m, &mut buf).unwrap();
+                    buf.truncate(len);
+                    return Some(buf);
+                }
+                Transmit::Block { .. } if n.behaviour == Behaviour::Mute => continue,
+                Transmit::Block { chunk, offset, len, file_offset } => {
+                    let start = wire::begin_block(chunk, offset, len, &mut buf).unwrap();
+                    let end = start + len as usize;
+                    buf[start..end].copy_from_slice(&n.data[file_offset as usize..file_offset as usize + len as usize]);
+                    if n.behaviour == Behaviour::Corrupt {
+                        buf[start] ^= 0xff;
+                    }
+                    wire::seal_frame(&mut buf[..end]);
+                    buf.truncate(end);
+                    return Some(buf);
+                }
+            }
+        }
+    }
+
+    fn deliver(&mut self, d: Delivery) {
+        if self.links[d.conn].closed.is_some() {
+            return;
+        }
+        let (payload, _) = wire::parse_frame(&d.frame).unwrap().unwrap();
+        let msg = wire::decode_message(payload).unwrap();
+        let now = self.now;
+        let node = &mut self.nodes[d.to];
+        match node.swarm.handle_message(d.conn, &msg, now) {
+            Err(reason) => self.close(d.conn, d.to, reason),
+            Ok(Received::Nothing) => {}
+            Ok(Received::Write { offset, verdict }) => {
+                let Message::Block { data, .. } = msg else { panic!("write without a block") };
+                node.data[offset as usize..offset as usize + data.0.len()].copy_from_slice(data.0);
+                if let Some(Verdict::Good(c)) = verdict {
+                    node.swarm.chunk_committed(c);
+                }
+            }
+        }
+    }
+
+    fn close(&mut self, link: usize, by: usize, reason: CloseReason) {
+        self.links[link].closed = Some((by, reason));
+        let now = self.now;
+        for end in self.links[link].ends {
+            self.nodes[end].swarm.remove_peer(link, now);
+        }
+    }
+
+    fn timers(&mut self) {
+        for node in 0..self.nodes.len() {
+            if self.nodes[node].swarm.poll_timeout(self.now).is_some_and(|t| t <= self.now) {
+                self.nodes[node].swarm.handle_timeout(self.now);
+            }
+            for link in 0..self.links.len() {
+                if self.links[link].closed.is_none() && self.links[link].ends.contains(&node) {
+                    if let Some(reason) = self.nodes[node].swarm.poll_close(link) {
+                        self.close(link, node, reason);
+                    }
+                }
+            }
+            let n = &mut self.nodes[node];
+            if n.done_at.is_none() && n.swarm.is_complete() {
+                n.done_at = Some(self.now - self.start);
+            }
+        }
+    }
+
+    /// Runs until every node is complete (true) or `limit` of simulated time passes (false).
+    fn run(&mut self, limit: Duration) -> bool {
+        loop {
+            self.timers();
+            if self.nodes.iter().all(|n| n.swarm.is_complete()) {
+                return true;
+            }
+            self.transmit();
+            let mut next = self.queue.peek().map(|d| d.0.at);
+            let mut consider = |t: Instant| next = Some(next.map_or(t, |n: Instant| n.min(t)));
+            for n in &self.nodes {
+                if let Some(t) = n.swarm.poll_timeout(self.now) {
+                    consider(t.max(self.now + Duration::from_micros(1)));
+                }
+                if n.up_free > self.now {
+                    consider(n.up_free);
+                }
+            }
+            let Some(next) = next else { return false };
+            if next - self.start > limit {
+                return false;
+            }
+            self.now = self.now.max(next);
+            while self.queue.peek().is_some_and(|d| d.0.at <= self.now) {
+                let Reverse(d) = self.queue.pop().unwrap();
+                self.deliver(d);
+            }
+        }
+    }
+
+    fn assert_copies_correct(&self) {
+        for (i, n) in self.nodes.iter().enumerate() {
+            if n.behaviour == Behaviour::Honest {
+                assert!(n.data == self.original, "node {i} holds wrong bytes");
+            }
+        }
+    }
+}
+
+const MB: u64 = 1_000_000;
+
+#[test]
+fn two_peers_transfer_every_byte() {
+    let mut sim = Sim::new((1 << 20) + 1234, 64 * 1024);
+    let seed = sim.add_node(true, 10 * MB, Behaviour::Honest, SwarmConfig::default());
+    let leech = sim.add_node(false, 10 * MB, Behaviour::Honest, SwarmConfig::default());
+    sim.connect(leech, seed);
+    assert!(sim.run(Duration::from_secs(60)), "transfer did not finish");
+    sim.assert_copies_correct();
+    let stats = sim.nodes[leech].swarm.stats;
+    assert_eq!(stats.downloaded, sim.original.len() as u64);
+    assert_eq!(stats.wasted, 0);
+    assert_eq!(sim.nodes[seed].swarm.stats.uploaded, sim.original.len() as u64);
+}
+
+/// Seed and four peers with equal uplinks: the peers must carry most of the load.
+fn five_node_swarm() -> Sim {
+    let mut sim = Sim::new(4 << 20, 64 * 1024);
+    let nodes: Vec<usize> =
+        (0..5).map(|i| sim.add_node(i == 0, MB, Behaviour::Honest, SwarmConfig::default())).collect();
+    sim.mesh(&nodes);
+    assert!(sim.run(Duration::from_secs(600)), "swarm did not finish");
+    sim
+}
+
+#[test]
+fn peers_share_the_upload_and_come_near_the_lower_bound() {
+    let sim = five_node_swarm();
+    sim.assert_copies_correct();
+    let f = sim.original.len() as f64;
+    let u = MB as f64;
+    // Kumar & Ross: the seed sends every byte once; four copies share five equal uplinks.
+    let bound = (f / u).max(4.0 * f / (5.0 * u));
+    let all_done = sim.nodes.iter().filter_map(|n| n.done_at).max().unwrap().as_secs_f64();
+    assert!(all_done < 1.25 * bound, "swarm took {all_done:.2} s, {:.2}x the bound {bound:.2} s", all_done / bound);
+    let peers_up: u64 = sim.nodes[1..].iter().map(|n| n.swarm.stats.uploaded).sum();
+    assert!(peers_up as f64 > 2.0 * f, "peers carried only {:.1} of the four copies", peers_up as f64 / f);
+}
+
+#[test]
+fn runs_are_deterministic() {
+    let a = five_node_swarm();
+    let b = five_node_swarm();
+    let timeline = |s: &Sim| s.nodes.iter().map(|n| (n.done_at, n.swarm.stats)).collect::<Vec<_>>();
+    assert_eq!(timeline(&a), timeline(&b));
+}
+
+#[test]
+fn corrupt_peer_is_banned_and_its_chunks_fetched_elsewhere() {
+    let mut sim = Sim::new(2 << 20, 64 * 1024);
+    let seed = sim.add_node(true, MB, Behaviour::Honest, SwarmConfig::default());
+    let liar = sim.add_node(true, 20 * MB, Behaviour::Corrupt, SwarmConfig::default());
+    let leech = sim.add_node(false, MB, Behaviour::Honest, SwarmConfig::default());
+    sim.connect(leech, seed);
+    sim.connect(leech, liar);
+    // Only the leech must finish: the liar is "complete" with bad bytes.
+    sim.run(Duration::from_secs(120));
+    assert!(sim.nodes[leech].swarm.is_complete(), "leech did not complete");
+    assert!(sim.nodes[leech].data == sim.original, "leech holds wrong bytes");
+    assert_eq!(sim.links[1].closed, Some((leech, CloseReason::BadData)), "the liar is dropped for bad data");
+    assert_eq!(sim.nodes[leech].swarm.stats.bad_chunks, 2, "banned on the second bad chunk, not later");
+}
+
+#[test]
+fn stalled_requests_are_rerouted_and_the_staller_dropped() {
+    let mut sim = Sim::new(1 << 20, 64 * 1024);
+    // A slow honest seed, so the fetch lasts long enough for the mute peer to stall twice.
+    let seed = sim.add_node(true, 10_000, Behaviour::Honest, SwarmConfig::default());
+    let mute = sim.add_node(true, 20 * MB, Behaviour::Mute, SwarmConfig::default());
+    let leech = sim.add_node(false, MB, Behaviour::Honest, SwarmConfig::default());
+    sim.connect(leech, mute);
+    sim.connect(leech, seed);
+    sim.run(Duration::from_secs(300));
+    assert!(sim.nodes[leech].swarm.is_complete(), "leech did not complete");
+    assert!(sim.nodes[leech].data == sim.original);
+    // The mute peer keeps the connection alive with keepalives, so only the stall rule ends it.
+    assert_eq!(sim.links[0].closed, Some((leech, CloseReason::Stalled)));
+}
+
+#[test]
+fn upload_rate_limit_holds_within_ten_percent() {
+    let mut sim = Sim::new(4 << 20, 64 * 1024);
+    let rate = 512 * 1024;
+    let config = SwarmConfig { max_upload_rate: rate, ..SwarmConfig::default() };
+    let seed = sim.add_node(true, 100 * MB, Behaviour::Honest, config);
+    let leech = sim.add_node(false, 100 * MB, Behaviour::Honest, SwarmConfig::default());
+    sim.connect(leech, seed);
+    assert!(sim.run(Duration::from_secs(60)));
+    let took = sim.nodes[leech].done_at.unwrap().as_secs_f64();
+    let ideal = sim.original.len() as f64 / rate as f64;
+    assert!((took - ideal).abs() / ideal < 0.10, "took {took:.2} s at a cap that allows {ideal:.2} s");
+}
+
+/// A lone swarm and session to poke with hand-made messages.
+fn poked() -> (Swarm, Instant) {
+    let original = data(256 * 1024, 1);
+    let m = manifest_for(&original, 64 * 1024);
+    let mut s = Swarm::new(&m, SWARM, &Bitfield::new(4), SwarmConfig::default(), 1);
+    let now = Instant::now();
+    assert!(s.add_peer(0, false, now));
+    (s, now)
+}
+
+fn hello(swarm: SwarmId) -> Message<'static> {
+    Message::Hello { version: VERSION, swarm, listen_port: 0 }
+}
+
+#[test]
+fn protocol_violations_close_the_connection() {
+    let (mut s, now) = poked();
+    assert!(matches!(s.handle_message(0, &Message::Request(0), now), Err(CloseReason::Protocol(_))));
+
+    let (mut s, now) = poked();
+    assert!(matches!(s.handle_message(0, &hello([1; 32]), now), Err(CloseReason::Protocol(_))));
+
+    let (mut s, now) = poked();
+    let v2 = Message::Hello { version: VERSION + 1, swarm: SWARM, listen_port: 0 };
+    assert!(matches!(s.handle_message(0, &v2, now), Err(CloseReason::Protocol(_))));
+
+    let (mut s, now) = poked();
+    s.handle_message(0, &hello(SWARM), now).unwrap();
+    assert!(matches!(s.handle_message(0, &hello(SWARM), now), Err(CloseReason::Protocol(_))));
+    assert!(matches!(s.handle_message(0, &Message::Have(4), now), Err(CloseReason::Protocol(_))));
+    let block = Message::Block { chunk: 0, offset: 0, data: Bytes(&[0; 16384]) };
+    assert!(matches!(s.handle_message(0, &block, now), Err(CloseReason::Protocol(_))), "unrequested data");
+    assert!(matches!(s.handle_message(0, &Message::Bitfield(Bytes(&[0, 0])), now), Err(CloseReason::Protocol(_))));
+}
+
+#[test]
+fn requests_beyond_the_pipeline_cap_close_the_connection() {
+    let original = data(256 * 1024, 1);
+    let m = manifest_for(&original, 16 * 1024);
+    let mut s = Swarm::new(&m, SWARM, &Bitfield::full(16), SwarmConfig::default(), 1);
+    let now = Instant::now();
+    s.add_peer(0, false, now);
+    s.handle_message(0, &hello(SWARM), now).unwrap();
+    for c in 0..16 {
+        s.handle_message(0, &Message::Request(c), now).unwrap();
+    }
+    assert!(matches!(s.handle_message(0, &Message::Request(0), now), Err(CloseReason::Protocol(_))));
+}
+
+#[test]
+fn requests_for_missing_chunks_are_rejected_not_served() {
+    let (mut s, now) = poked();
+    s.handle_message(0, &hello(SWARM), now).unwrap();
+    s.handle_message(0, &Message::Request(2), now).unwrap();
+    let mut sent = Vec::new();
+    while let Some(t) = s.poll_transmit(0, now) {
+        sent.push(format!("{t:?}"));
+    }
+    assert!(sent.iter().any(|t| t.contains("Reject(2)")), "sent: {sent:?}");
+    assert!(!sent.iter().any(|t| t.contains("Block")), "sent: {sent:?}");
+}
