@@ -144,6 +144,8 @@ pub struct Agent {
     bans: heapless::Deque<Offender, MAX_BANS>,
     config: AgentConfig,
     scratch: Vec<u32>,
+    /// A storage failure seen while handling a frame; the loop stops with it.
+    fatal: Option<StoreError>,
 }
 
 impl Agent {
@@ -159,6 +161,7 @@ impl Agent {
             bans: heapless::Deque::new(),
             config,
             scratch: Vec::with_capacity(1024),
+            fatal: None,
         })
     }
 
@@ -243,6 +246,9 @@ impl Agent {
                 }
             }
             self.turn(now)?;
+            if let Some(e) = self.fatal.take() {
+                return Err(AgentError::Store(e));
+            }
         }
     }
 
@@ -273,7 +279,7 @@ impl Agent {
                 consider(r.last_commit + self.config.commit_interval);
             }
         }
-        for c in self.conns.iter().flatten().filter(|c| c.release.is_none()) {
+        for c in self.conns.iter().flatten().filter(|c| c.release.is_none() || c.connecting) {
             consider(c.opened_at + HELLO_TIMEOUT);
         }
         at
@@ -411,7 +417,7 @@ impl Agent {
     }
 
     fn handle_frames(&mut self, slot: usize, now: Instant) -> Result<(), Result<CloseReason, String>> {
-        let Agent { conns, releases, .. } = self;
+        let Agent { conns, releases, fatal, .. } = self;
         let Conn { stream, rbuf, rlen, release, .. } = conns[slot].as_mut().ok_or(Err(String::new()))?;
         let mut pos = 0;
         while let Some((payload, used)) =
@@ -430,7 +436,7 @@ impl Agent {
                     r
                 }
             };
-            deliver(&mut releases[r], slot, &msg, now)?;
+            deliver(&mut releases[r], slot, &msg, now, fatal)?;
             pos += used;
         }
         rbuf.copy_within(pos..*rlen, 0);
@@ -441,9 +447,11 @@ impl Agent {
     /// Closes the slot if the swarm asked for it or the handshake is overdue.
     fn check_close(&mut self, slot: usize, now: Instant) {
         let Some(conn) = self.conns[slot].as_ref() else { return };
+        let overdue = now >= conn.opened_at + HELLO_TIMEOUT;
         let reason = match conn.release {
+            _ if conn.connecting && overdue => Some(CloseReason::HandshakeTimeout),
             Some(r) => self.releases[r].swarm.poll_close(slot),
-            None if now >= conn.opened_at + HELLO_TIMEOUT => Some(CloseReason::HandshakeTimeout),
+            None if overdue => Some(CloseReason::HandshakeTimeout),
             None => None,
         };
         if let Some(reason) = reason {
@@ -536,14 +544,21 @@ impl Agent {
 }
 
 /// Hands one decoded message to the swarm and writes what it accepts.
-fn deliver(r: &mut Release, slot: PeerId, msg: &Message, now: Instant) -> Result<(), Result<CloseReason, String>> {
+fn deliver(
+    r: &mut Release,
+    slot: PeerId,
+    msg: &Message,
+    now: Instant,
+    fatal: &mut Option<StoreError>,
+) -> Result<(), Result<CloseReason, String>> {
     let received = r.swarm.handle_message(slot, msg, now).map_err(Ok)?;
     let Received::Write { offset, verdict } = received else { return Ok(()) };
     let Message::Block { data, .. } = msg else { return Ok(()) };
     if let Err(e) = r.store.write_at(offset, data.0) {
-        // Losing the disk is not the peer's fault; the agent reports it and stops.
-        log::error!("{e}");
-        return Err(Err(e.to_string()));
+        // Losing the disk is not the peer's fault: stop, with nothing marked present that is not.
+        let msg = e.to_string();
+        *fatal = Some(e);
+        return Err(Err(msg));
     }
     match verdict {
         Some(Verdict::Good(c)) => r.store.mark_verified(c),

@@ -14,8 +14,13 @@ use std::time::Instant;
 /// Most requests either side may have outstanding on one connection (a wire rule: a peer that
 /// sends more is in breach and is dropped).
 pub const MAX_REQUESTS: usize = 16;
-/// Small messages waiting to be sent; beyond this, pending `Have`s are folded into a bitfield.
-const CONTROL_CAPACITY: usize = 48;
+/// Small messages waiting to be sent.
+const CONTROL_CAPACITY: usize = 64;
+/// `Have`s may fill the queue only this far; past it they fold into one bitfield resend. The
+/// rest is kept for messages an honest peer can cause at most `MAX_REQUESTS` of each (our
+/// requests, our cancels, our rejects answering its cancels) plus Hello, Bitfield and keepalive,
+/// so those are never dropped while a slow socket holds the queue up.
+const HAVE_LIMIT: usize = CONTROL_CAPACITY - 3 * MAX_REQUESTS - 3;
 
 /// A small message the swarm wants sent; the shell encodes it when the socket has room.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,7 +112,10 @@ pub struct Session {
     pub(crate) last_send: Instant,
     /// When the front request last made progress (sent, or a block of it arrived).
     pub(crate) progress_at: Instant,
-    pub(crate) strikes: u8,
+    /// Chunks from this peer that failed their hash.
+    pub(crate) bad_chunks: u8,
+    /// Times this peer left our requests unanswered past the timeout.
+    pub(crate) stalls: u8,
     pub(crate) close: Option<CloseReason>,
     /// Useful bytes received from this peer.
     pub bytes_down: u64,
@@ -135,7 +143,8 @@ impl Session {
             last_recv: now,
             last_send: now,
             progress_at: now,
-            strikes: 0,
+            bad_chunks: 0,
+            stalls: 0,
             close: None,
             bytes_down: 0,
             bytes_up: 0,
@@ -152,16 +161,18 @@ impl Session {
         &self.bits
     }
 
-    /// Queues a small message; `Have`s that do not fit become one bitfield resend.
+    /// Queues a small message; `Have`s beyond their share become one bitfield resend. Returns
+    /// false only if the queue is full, which an honest peer cannot cause (see `HAVE_LIMIT`).
     pub(crate) fn push_control(&mut self, c: Control) -> bool {
-        match self.control.push_back(c) {
-            Ok(()) => true,
-            Err(Control::Have(_)) => {
-                self.resend_bitfield = true;
-                true
-            }
-            Err(_) => false,
+        if matches!(c, Control::Have(_)) && self.control.len() >= HAVE_LIMIT {
+            self.resend_bitfield = true;
+            return true;
         }
+        if self.control.push_back(c).is_err() {
+            self.close.get_or_insert(CloseReason::Protocol("flooded with requests"));
+            return false;
+        }
+        true
     }
 
     /// Requests not cancelled: the ones that count as this peer's work in flight.
@@ -212,7 +223,11 @@ impl Session {
 
     /// The earliest instant at which this session's own timers need attention.
     pub(crate) fn next_deadline(&self, t: &Timeouts) -> Instant {
-        let mut at = (self.last_recv + t.idle).min(self.last_send + t.keepalive);
+        let mut at = self.last_recv + t.idle;
+        // With messages queued, the socket is what we wait for; a keepalive would add nothing.
+        if self.control.is_empty() {
+            at = at.min(self.last_send + t.keepalive);
+        }
         if !self.active {
             at = at.min(self.connected_at + t.handshake);
         }
@@ -279,14 +294,22 @@ mod tests {
     }
 
     #[test]
-    fn overflowing_haves_fold_into_a_bitfield_resend() {
+    fn overflowing_haves_fold_into_a_bitfield_resend_and_leave_room_for_the_rest() {
         let mut s = Session::new(1000, true, Instant::now());
-        for i in 0..CONTROL_CAPACITY as u32 + 5 {
+        for i in 0..CONTROL_CAPACITY as u32 {
             assert!(s.push_control(Control::Have(i)));
         }
-        assert_eq!(s.control.len(), CONTROL_CAPACITY);
+        assert_eq!(s.control.len(), HAVE_LIMIT);
         assert!(s.resend_bitfield);
-        assert!(!s.push_control(Control::Request(1)), "a full queue refuses other messages");
+        for i in 0..MAX_REQUESTS as u32 {
+            assert!(s.push_control(Control::Request(i)));
+            assert!(s.push_control(Control::Cancel(i)));
+            assert!(s.push_control(Control::Reject(i)));
+        }
+        assert!(s.push_control(Control::KeepAlive));
+        assert!(s.close.is_none(), "an honest peer's worth of messages always fits");
+        while s.push_control(Control::Reject(0)) {}
+        assert!(matches!(s.close, Some(CloseReason::Protocol(_))), "a flood closes the connection");
     }
 
     #[test]

@@ -420,12 +420,14 @@ impl Swarm {
         let Some(r) = s.remove_request(chunk) else {
             return Ok(Received::Nothing);
         };
+        s.progress_at = now;
         if r.cancelled {
+            // The acknowledgement of our Cancel frees a pipeline place.
+            self.fill_requests(id, now);
             return Ok(Received::Nothing);
         }
         // A refusal for a chunk it advertised: believe the refusal, not the advertisement.
         let had = s.bits.clear(chunk);
-        s.progress_at = now;
         if had {
             self.availability[chunk as usize] -= 1;
         }
@@ -463,6 +465,7 @@ impl Swarm {
             self.stats.wasted += data.len() as u64;
             if finished {
                 self.finish_head(id, head);
+                self.fill_requests(id, now);
             }
             return Ok(Received::Nothing);
         };
@@ -515,11 +518,11 @@ impl Swarm {
         self.stats.bad_chunks += 1;
         self.stats.wasted += self.chunk_len(chunk) as u64;
         let s = self.session_mut(id);
-        s.strikes += 1;
+        s.bad_chunks += 1;
         if s.bits.clear(chunk) {
             self.availability[chunk as usize] -= 1;
         }
-        if self.session_mut(id).strikes >= 2 {
+        if self.session_mut(id).bad_chunks >= 2 {
             return Err(CloseReason::BadData);
         }
         self.fill_all(now);
@@ -697,7 +700,6 @@ impl Swarm {
     /// Advances the timers: handshake and idle timeouts, stalled requests, keepalives.
     pub fn handle_timeout(&mut self, now: Instant) {
         let t = self.config.timeouts;
-        let mut released = false;
         for s in self.peers.iter_mut().flatten() {
             if s.close.is_some() {
                 continue;
@@ -714,10 +716,9 @@ impl Swarm {
                         self.in_flight[chunk as usize] -= 1;
                     }
                 }
-                released = true;
-                s.strikes += 1;
+                s.stalls += 1;
                 s.progress_at = now;
-                if s.strikes >= 2 {
+                if s.stalls >= 2 {
                     s.close = Some(CloseReason::Stalled);
                 }
             }
@@ -725,9 +726,8 @@ impl Swarm {
                 s.push_control(Control::KeepAlive);
             }
         }
-        if released {
-            self.fill_all(now);
-        }
+        // Also a safety net: any pipeline place freed without a refill is used at the next timer.
+        self.fill_all(now);
     }
 
     /// When [`Swarm::handle_timeout`] should next be called, or the upload bucket next refills
