@@ -300,6 +300,11 @@ impl Swarm {
         for c in s.bits.iter_ones() {
             self.availability[c as usize] -= 1;
         }
+        if s.hasher.is_some() {
+            // The chunk being written from this peer is abandoned half-way.
+            self.stats.downloaded -= s.recv_offset as u64;
+            self.stats.wasted += s.recv_offset as u64;
+        }
         for r in s.requested.iter().filter(|r| !r.cancelled) {
             self.in_flight[r.chunk as usize] -= 1;
         }
@@ -516,6 +521,7 @@ impl Swarm {
             return Ok(Verdict::Good(chunk));
         }
         self.stats.bad_chunks += 1;
+        self.stats.downloaded -= self.chunk_len(chunk) as u64;
         self.stats.wasted += self.chunk_len(chunk) as u64;
         let s = self.session_mut(id);
         s.bad_chunks += 1;

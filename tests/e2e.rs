@@ -1,0 +1,801 @@
+//! End-to-end tests: the real `flotilla` binary, several processes on loopback addresses
+//! (127.0.0.x), and the bytes that come out compared with the bytes that went in.
+//!
+//! Each test owns a range of 127.0.0.x addresses (11.., 21.., 31.., 41..) so that the tests can
+//! run in parallel without one agent dialling, banning or being banned by another test's agents.
+//! Every child process is held by a [`Procs`] guard that kills and reaps it on every path,
+//! panics included. Nothing waits a fixed time and then asserts: conditions are polled with a
+//! generous deadline, so a slow machine makes a test slower, not flaky.
+
+use flotilla::manifest::SignedManifest;
+use flotilla::wire::{self, Bytes, Message, BLOCK_SIZE, MAX_FRAME, VERSION};
+use std::fs;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+/// How long any one thing may take before the test gives up (a 2-core machine running every
+/// test at once is slow; a hang is what this catches).
+const PATIENCE: Duration = Duration::from_secs(60);
+const MIB: u64 = 1024 * 1024;
+
+// ---------------------------------------------------------------------------------------------
+// Shared helpers
+// ---------------------------------------------------------------------------------------------
+
+/// A fresh directory for one test; removed at the end unless the test failed (kept to debug).
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(test: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("flotilla-e2e-{test}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// A subdirectory, created.
+    fn sub(&self, name: &str) -> PathBuf {
+        let d = self.0.join(name);
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+fn ip(x: u8) -> Ipv4Addr {
+    Ipv4Addr::new(127, 0, 0, x)
+}
+
+/// A free port on 127.0.0.x: bound by the OS, then released for the agent to take.
+fn free_addr(x: u8) -> SocketAddr {
+    TcpListener::bind((ip(x), 0)).unwrap().local_addr().unwrap()
+}
+
+/// One child process with its output captured in files (read at any time, no pipe to drain).
+struct Proc {
+    name: String,
+    child: Child,
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+/// Every child process of a test; dropping it kills and reaps them all.
+#[derive(Default)]
+struct Procs(Vec<Proc>);
+
+impl Procs {
+    /// Starts `flotilla ARGS`, its stdout and stderr going to `dir/NAME.out` and `dir/NAME.err`.
+    fn spawn(&mut self, dir: &Path, name: &str, args: &[&str]) -> usize {
+        let stdout = dir.join(format!("{name}.out"));
+        let stderr = dir.join(format!("{name}.err"));
+        let child = Command::new(env!("CARGO_BIN_EXE_flotilla"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(&stdout).unwrap())
+            .stderr(fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start flotilla for {name}: {e}"));
+        self.0.push(Proc { name: name.to_owned(), child, stdout, stderr });
+        self.0.len() - 1
+    }
+
+    /// Waits for process `i` to exit, failing the test after `PATIENCE`.
+    fn wait(&mut self, i: usize) -> ExitStatus {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.0[i].child.try_wait().unwrap() {
+                return status;
+            }
+            let name = &self.0[i].name;
+            assert!(Instant::now() < deadline, "{name} did not exit within {PATIENCE:?}:\n{}", self.stderr(i));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// True while process `i` has not exited.
+    fn running(&mut self, i: usize) -> bool {
+        self.0[i].child.try_wait().unwrap().is_none()
+    }
+
+    /// SIGKILL (what `Child::kill` sends on Unix), then reap.
+    fn kill(&mut self, i: usize) {
+        let c = &mut self.0[i].child;
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+
+    fn stdout(&self, i: usize) -> String {
+        fs::read_to_string(&self.0[i].stdout).unwrap_or_default()
+    }
+
+    fn stderr(&self, i: usize) -> String {
+        fs::read_to_string(&self.0[i].stderr).unwrap_or_default()
+    }
+}
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for p in &mut self.0 {
+            let _ = p.child.kill();
+            let _ = p.child.wait();
+        }
+    }
+}
+
+/// What a short command did.
+struct Outcome {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs a command that should finish by itself (keygen, publish, verify, a refused fetch...).
+fn run(dir: &Path, args: &[&str]) -> Outcome {
+    static RUNS: AtomicUsize = AtomicUsize::new(0);
+    let name = format!("run{}", RUNS.fetch_add(1, Ordering::Relaxed));
+    let mut procs = Procs::default();
+    let i = procs.spawn(dir, &name, args);
+    let status = procs.wait(i);
+    let code = status.code().unwrap_or_else(|| panic!("flotilla {args:?} died by a signal: {status}"));
+    Outcome { code, stdout: procs.stdout(i), stderr: procs.stderr(i) }
+}
+
+/// Runs a command that must succeed and returns its stdout.
+fn run_ok(dir: &Path, args: &[&str]) -> String {
+    let o = run(dir, args);
+    assert_eq!(o.code, 0, "flotilla {args:?} failed:\n{}", o.stderr);
+    o.stdout
+}
+
+/// Polls `cond` every 20 ms until it holds, failing the test with `what` after `PATIENCE`.
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out after {PATIENCE:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn wait_for_file(path: &Path) {
+    wait_until(&format!("{} to appear", path.display()), || path.exists());
+}
+
+/// Waits until process `i` logs a line containing `needle` on stderr; fails early if it exits.
+fn wait_for_log(procs: &mut Procs, i: usize, needle: &str) {
+    wait_until(&format!("{:?} in the log of {}", needle, procs.0[i].name), || {
+        if procs.stderr(i).contains(needle) {
+            return true;
+        }
+        assert!(procs.running(i), "{} exited early:\n{}", procs.0[i].name, procs.stderr(i));
+        false
+    });
+}
+
+/// Deterministic pseudo-random bytes (xorshift64), so a failure can be replayed.
+fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// A published release: the file in a seed's data directory, its manifest beside it.
+struct Release {
+    /// The operator's public key, 64 hex.
+    key: String,
+    /// The seed's `--data` directory, holding `fw.img` and `fw.img.flotilla`.
+    data_dir: PathBuf,
+    manifest: PathBuf,
+    bytes: Vec<u8>,
+    signed: SignedManifest,
+}
+
+impl Release {
+    fn manifest_arg(&self) -> &str {
+        self.manifest.to_str().unwrap()
+    }
+}
+
+/// `keygen`, then `publish` a random file of `size` bytes with `chunk_size` into `dir/seed/`.
+fn make_release(dir: &Path, size: usize, chunk_size: &str, seed: u64) -> Release {
+    let secret = dir.join("operator.key");
+    let key = run_ok(dir, &["keygen", "--secret", secret.to_str().unwrap()]).trim().to_owned();
+    assert_eq!(key.len(), 64, "keygen prints the public key as 64 hex: {key:?}");
+    let data_dir = dir.join("seed");
+    fs::create_dir_all(&data_dir).unwrap();
+    let file = data_dir.join("fw.img");
+    let bytes = random_bytes(size, seed);
+    fs::write(&file, &bytes).unwrap();
+    let printed = run_ok(
+        dir,
+        &["publish", file.to_str().unwrap(), "--secret", secret.to_str().unwrap(), "--chunk-size", chunk_size],
+    );
+    let manifest = data_dir.join("fw.img.flotilla");
+    let signed = SignedManifest::read_file(&manifest).unwrap();
+    assert_eq!(printed.trim(), flotilla::manifest::to_hex(&signed.swarm_id), "publish prints the swarm id");
+    assert_eq!(signed.manifest.file_size, size as u64);
+    Release { key, data_dir, manifest, bytes, signed }
+}
+
+/// Starts `serve` for the release on `addr` and waits until it listens.
+fn start_seed(procs: &mut Procs, dir: &Path, rel: &Release, addr: SocketAddr, rate: &str) -> usize {
+    let addr = addr.to_string();
+    let args = [
+        "serve",
+        "--data",
+        rel.data_dir.to_str().unwrap(),
+        "--listen",
+        &addr,
+        "--trust",
+        &rel.key,
+        "--max-upload-rate",
+        rate,
+    ];
+    let i = procs.spawn(dir, "seed", &args);
+    wait_for_log(procs, i, "listening on");
+    i
+}
+
+/// `FILE` with a suffix appended to its name: the side files `fetch` keeps beside its output.
+fn side(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+/// Chunks marked present in `FILE.state`, or `None` if there is none yet. The format
+/// (docs/PROTOCOL.md): b"FLOTST01" ‖ swarm id (32) ‖ chunk count u32 LE ‖ bitfield ‖ crc32 LE.
+/// The file is replaced by rename, so a read never sees half of one.
+fn state_chunks(out: &Path, rel: &Release) -> Option<u32> {
+    let bytes = fs::read(side(out, ".state")).ok()?;
+    let count = rel.signed.manifest.chunk_count();
+    let bits = (count as usize).div_ceil(8);
+    assert_eq!(bytes.len(), 8 + 32 + 4 + bits + 4, "state file length");
+    let (body, crc) = bytes.split_at(bytes.len() - 4);
+    assert_eq!(crc32fast::hash(body).to_le_bytes(), crc, "state file crc");
+    assert_eq!(&body[..8], b"FLOTST01");
+    assert_eq!(body[8..40], rel.signed.swarm_id);
+    assert_eq!(body[40..44], count.to_le_bytes());
+    Some(body[44..].iter().map(|b| b.count_ones()).sum())
+}
+
+/// Asserts that `out` holds exactly the release and that `verify` agrees.
+fn assert_release(dir: &Path, out: &Path, rel: &Release) {
+    let got = fs::read(out).unwrap_or_else(|e| panic!("cannot read {}: {e}", out.display()));
+    assert!(got == rel.bytes, "{} differs from the published file", out.display());
+    run_ok(dir, &["verify", rel.manifest_arg(), out.to_str().unwrap(), "--trust", &rel.key]);
+    assert!(!side(out, ".part").exists(), "{}.part left behind", out.display());
+    assert!(!side(out, ".state").exists(), "{}.state left behind", out.display());
+}
+
+/// The "X MiB received" figure of fetch's completion line.
+fn received_mib(log: &str) -> f64 {
+    let line = log.lines().find(|l| l.contains(" MiB received")).unwrap_or_else(|| panic!("no summary in:\n{log}"));
+    let before = &line[..line.find(" MiB received").unwrap()];
+    before.rsplit(' ').next().unwrap().parse().unwrap_or_else(|_| panic!("cannot read the figure in {line:?}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// 1. A chain and a multi-source fetch
+// ---------------------------------------------------------------------------------------------
+
+/// S seeds (rate-limited); B fetches from S; C knows only B, so everything C gets, B serves
+/// while still fetching; D fetches from both S and B. Uses 127.0.0.11-14.
+#[test]
+fn chain_and_multi_source() {
+    let tmp = TempDir::new("chain");
+    let dir = tmp.path();
+    let rel = make_release(dir, 8 * MIB as usize + 12_345, "64K", 0x11);
+    let mut procs = Procs::default();
+    let (s, b, c, d) = (free_addr(11), free_addr(12), free_addr(13), free_addr(14));
+    // 4 MiB/s shared by B and D: B needs seconds, long enough for C to feed on B's partial copy.
+    start_seed(&mut procs, dir, &rel, s, "4M");
+
+    let fetch = |procs: &mut Procs, name: &str, listen: SocketAddr, peers: &[SocketAddr], seed_for: &str| {
+        let out = tmp.sub(name).join("fw.img");
+        let mut args: Vec<String> = ["fetch", rel.manifest_arg(), "--trust", &rel.key, "--out", out.to_str().unwrap()]
+            .map(String::from)
+            .to_vec();
+        args.extend(["--listen".into(), listen.to_string(), "--seed-for".into(), seed_for.into()]);
+        for p in peers {
+            args.extend(["--peer".into(), p.to_string()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        (procs.spawn(dir, name, &args), out)
+    };
+    // B must outlive C and D (they are killed by the guard at the end); C and D exit when done.
+    let (ib, out_b) = fetch(&mut procs, "b", b, &[s], "120");
+    wait_for_file(&side(&out_b, ".part"));
+    let (ic, out_c) = fetch(&mut procs, "c", c, &[b], "0");
+    let (id, out_d) = fetch(&mut procs, "d", d, &[s, b], "0");
+
+    // Serving while fetching: C holds verified chunks (all of them from B) before B is whole.
+    let mut c_progress_before_b_done = false;
+    wait_until("B to complete", || {
+        if out_b.exists() {
+            return true;
+        }
+        assert!(procs.running(ib), "B exited early:\n{}", procs.stderr(ib));
+        c_progress_before_b_done |= state_chunks(&out_c, &rel).is_some_and(|n| n > 0);
+        false
+    });
+    assert!(c_progress_before_b_done, "C got no chunk from B while B was still fetching");
+
+    for (i, name) in [(ic, "C"), (id, "D")] {
+        let status = procs.wait(i);
+        assert!(status.success(), "{name} failed ({status}):\n{}", procs.stderr(i));
+    }
+    for out in [&out_b, &out_c, &out_d] {
+        assert_release(dir, out, &rel);
+    }
+    assert!(procs.running(ib), "B stops seeding early:\n{}", procs.stderr(ib));
+}
+
+// ---------------------------------------------------------------------------------------------
+// 2. Resume after SIGKILL
+// ---------------------------------------------------------------------------------------------
+
+/// A fetch killed with SIGKILL mid-way resumes from its state file: it completes with the
+/// right bytes and downloads only what it had not made durable. Uses 127.0.0.21-22.
+#[test]
+fn resume_after_sigkill() {
+    let tmp = TempDir::new("resume");
+    let dir = tmp.path();
+    let rel = make_release(dir, 16 * MIB as usize - 777, "64K", 0x22);
+    let mut procs = Procs::default();
+    let s = free_addr(21);
+    start_seed(&mut procs, dir, &rel, s, "2M");
+
+    let out = tmp.sub("fetcher").join("fw.img");
+    let (listen, peer) = (free_addr(22).to_string(), s.to_string());
+    let args = [
+        "fetch",
+        rel.manifest_arg(),
+        "--trust",
+        &rel.key,
+        "--out",
+        out.to_str().unwrap(),
+        "--listen",
+        &listen,
+        "--peer",
+        &peer,
+    ];
+    let first = procs.spawn(dir, "first", &args);
+    // An eighth of the release made durable (about a second at 2 MiB/s), then a power cut.
+    let count = rel.signed.manifest.chunk_count();
+    wait_until("the first fetch to commit an eighth of the chunks", || {
+        assert!(procs.running(first), "first fetch exited:\n{}", procs.stderr(first));
+        state_chunks(&out, &rel).is_some_and(|n| n >= count / 8)
+    });
+    procs.kill(first);
+    assert!(!out.exists(), "the output appeared before the release was whole");
+    assert!(side(&out, ".part").exists());
+    let kept = state_chunks(&out, &rel).expect("state file survives the kill");
+    assert!(kept > 0 && kept < count, "{kept} of {count} chunks durable at the kill");
+
+    let second = procs.spawn(dir, "second", &args);
+    let status = procs.wait(second);
+    let log = procs.stderr(second);
+    assert!(status.success(), "resumed fetch failed ({status}):\n{log}");
+    assert_release(dir, &out, &rel);
+
+    eprintln!("resume: {kept} of {count} chunks durable at the kill; then {:.1} MiB received", received_mib(&log));
+    // Every chunk the state file held is trusted (after re-hashing) and not fetched again;
+    // what was verified but not yet committed, or in flight, at the kill is fetched again.
+    let chunk = rel.signed.manifest.chunk_size as f64;
+    let missing = rel.bytes.len() as f64 - kept as f64 * chunk;
+    let received = received_mib(&log) * MIB as f64;
+    let slack = 8.0 * chunk;
+    assert!(
+        received < missing + slack,
+        "resumed fetch received {received} bytes; only {missing} were missing (+{slack} in flight):\n{log}"
+    );
+    // The figure is printed to 0.1 MiB.
+    assert!(received > missing - 0.1 * MIB as f64, "received {received} bytes of {missing} missing:\n{log}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 3. Bad input is refused with exit 2, before any socket or file
+// ---------------------------------------------------------------------------------------------
+
+/// Corrupt or foreign manifests, a wrong file, missing or unknown flags: exit 2 (or non-zero
+/// for a file that is not the release), one line on stderr, nothing created, nothing bound,
+/// nobody dialled. Uses 127.0.0.31-32.
+#[test]
+fn bad_manifest_and_untrusted_key_exit_2() {
+    let tmp = TempDir::new("badinput");
+    let dir = tmp.path();
+    let rel = make_release(dir, 200 * 1024 + 7, "16K", 0x33);
+    let m = rel.manifest_arg();
+    let file = rel.data_dir.join("fw.img");
+    let file = file.to_str().unwrap();
+
+    // The same file signed by another operator.
+    let other_secret = dir.join("other.key");
+    let other_key = run_ok(dir, &["keygen", "--secret", other_secret.to_str().unwrap()]).trim().to_owned();
+    let foreign = dir.join("foreign.flotilla");
+    run_ok(dir, &["publish", file, "--secret", other_secret.to_str().unwrap(), "--out", foreign.to_str().unwrap()]);
+    let foreign = foreign.to_str().unwrap();
+
+    // One byte flipped in the middle of the manifest.
+    let mut bytes = fs::read(&rel.manifest).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    let tampered = dir.join("tampered.flotilla");
+    fs::write(&tampered, &bytes).unwrap();
+    let tampered = tampered.to_str().unwrap();
+
+    // A refused fetch must neither bind nor dial: we hold its listen address (binding it would
+    // fail with exit 1, not 2) and listen on its peer address (a dial would be accepted).
+    let listen = TcpListener::bind((ip(31), 0)).unwrap();
+    let listen_addr = listen.local_addr().unwrap().to_string();
+    let decoy = TcpListener::bind((ip(32), 0)).unwrap();
+    decoy.set_nonblocking(true).unwrap();
+    let decoy_addr = decoy.local_addr().unwrap().to_string();
+    let out_dir = tmp.sub("out");
+    let out = out_dir.join("fw.img");
+    let out = out.to_str().unwrap();
+    let fetch = |manifest: &str, trust: Option<&str>| {
+        let mut args = vec!["fetch", manifest, "--out", out, "--listen", &listen_addr, "--peer", &decoy_addr];
+        if let Some(k) = trust {
+            args.extend(["--trust", k]);
+        }
+        run(dir, &args)
+    };
+    let refused = |o: &Outcome, what: &str, code: i32, mentions: &[&str]| {
+        assert_eq!(o.code, code, "{what}: exit {}, stderr:\n{}", o.code, o.stderr);
+        assert_eq!(o.stderr.lines().count(), 1, "{what}: not one line on stderr:\n{}", o.stderr);
+        for m in mentions {
+            assert!(o.stderr.contains(m), "{what}: stderr does not mention {m:?}:\n{}", o.stderr);
+        }
+    };
+
+    refused(&fetch(tampered, Some(&rel.key)), "fetch of a tampered manifest", 2, &["manifest"]);
+    refused(&run(dir, &["verify", tampered, file, "--trust", &rel.key]), "verify of a tampered manifest", 2, &[]);
+    refused(&run(dir, &["inspect", tampered]), "inspect of a tampered manifest", 2, &[]);
+
+    refused(&fetch(foreign, Some(&rel.key)), "fetch of a foreign manifest", 2, &["trust", &other_key]);
+    refused(&run(dir, &["verify", foreign, file, "--trust", &rel.key]), "verify of a foreign manifest", 2, &["trust"]);
+
+    refused(&fetch(m, None), "fetch without --trust", 2, &["--trust"]);
+    refused(&run(dir, &["verify", m, file]), "verify without --trust", 2, &["--trust"]);
+    refused(&fetch(m, Some("not-a-key")), "fetch with a malformed --trust", 2, &[]);
+
+    // Nothing was created beside --out, and nobody dialled the peer.
+    let created: Vec<_> = fs::read_dir(&out_dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(created.is_empty(), "refused fetches created {created:?}");
+    match decoy.accept() {
+        Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+        other => panic!("a refused fetch dialled its peer: {other:?}"),
+    }
+    drop(listen);
+
+    // verify: the release itself passes; one flipped byte or a truncation does not.
+    run_ok(dir, &["verify", m, file, "--trust", &rel.key]);
+    let mut altered = rel.bytes.clone();
+    let third = altered.len() / 3;
+    altered[third] ^= 0x80;
+    let altered_path = dir.join("altered.img");
+    fs::write(&altered_path, &altered).unwrap();
+    let o = run(dir, &["verify", m, altered_path.to_str().unwrap(), "--trust", &rel.key]);
+    assert_ne!(o.code, 0, "verify accepted a file with one byte changed");
+    assert_eq!(o.stderr.lines().count(), 1, "verify failure: not one line:\n{}", o.stderr);
+    fs::write(&altered_path, &rel.bytes[..rel.bytes.len() - 1]).unwrap();
+    let o = run(dir, &["verify", m, altered_path.to_str().unwrap(), "--trust", &rel.key]);
+    assert_ne!(o.code, 0, "verify accepted a truncated file");
+
+    // Unknown flags, at the top and for every command.
+    let data = rel.data_dir.to_str().unwrap();
+    let secret = dir.join("operator.key");
+    let secret = secret.to_str().unwrap();
+    let new_key = dir.join("new.key");
+    let new_key = new_key.to_str().unwrap();
+    let bogus: [&[&str]; 9] = [
+        &["--bogus"],
+        &["no-such-command"],
+        &["keygen", "--secret", new_key, "--bogus"],
+        &["publish", file, "--secret", secret, "--bogus"],
+        &["inspect", m, "--bogus"],
+        &["verify", m, file, "--trust", &rel.key, "--bogus"],
+        &["serve", "--data", data, "--bogus"],
+        &["fetch", m, "--trust", &rel.key, "--out", out, "--bogus"],
+        &["demo", "--bogus"],
+    ];
+    for args in bogus {
+        refused(&run(dir, args), &format!("{args:?}"), 2, &[]);
+    }
+    assert!(!dir.join("new.key").exists(), "keygen with a bad flag wrote its key");
+
+    // --help everywhere: exit 0 and a usage line.
+    for cmd in ["keygen", "publish", "inspect", "verify", "serve", "fetch", "demo"] {
+        let o = run(dir, &[cmd, "--help"]);
+        assert_eq!(o.code, 0, "{cmd} --help: exit {}:\n{}", o.code, o.stderr);
+        assert!(o.stdout.contains("Usage"), "{cmd} --help prints no usage:\n{}", o.stdout);
+    }
+    let o = run(dir, &["--help"]);
+    assert!(o.code == 0 && o.stdout.contains("Usage"), "flotilla --help:\n{}{}", o.stdout, o.stderr);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 4. A lying peer
+// ---------------------------------------------------------------------------------------------
+
+/// What the fake peer saw on the connection it served.
+struct LiarReport {
+    /// The chunk it answered with corrupt data.
+    chunk: u32,
+    /// When the fetcher's side of the connection was found closed.
+    closed_at: Instant,
+}
+
+/// Reads frames from `stream` until `want` accepts one (returns Some).
+fn read_until<T>(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    mut want: impl FnMut(&Message) -> Option<T>,
+) -> Result<T, String> {
+    let mut tmp = [0u8; 4096];
+    loop {
+        while let Some((payload, used)) =
+            wire::parse_frame(buf).map_err(|e| format!("fetcher sent a bad frame: {e}"))?
+        {
+            let msg = wire::decode_message(payload).map_err(|e| format!("fetcher sent a bad message: {e}"))?;
+            let found = want(&msg);
+            buf.drain(..used);
+            if let Some(t) = found {
+                return Ok(t);
+            }
+        }
+        match stream.read(&mut tmp) {
+            Ok(0) => return Err("fetcher closed the connection early".into()),
+            Ok(n) => buf.extend_from_slice(&tmp[..n]),
+            Err(e) => return Err(format!("read from fetcher: {e}")),
+        }
+    }
+}
+
+fn send(stream: &mut TcpStream, msg: &Message) -> std::io::Result<()> {
+    let mut frame = [0u8; MAX_FRAME];
+    let n = wire::encode_frame(msg, &mut frame).expect("frame fits");
+    stream.write_all(&frame[..n])
+}
+
+/// The liar's side of one connection: a correct handshake and a full bitfield, then the first
+/// requested chunk with one byte wrong in every block, then a frame header announcing 4 GiB
+/// followed by garbage. Returns once the fetcher has closed the connection.
+fn lie(mut stream: TcpStream, rel: &Release) -> Result<LiarReport, String> {
+    let m = &rel.signed.manifest;
+    let swarm = rel.signed.swarm_id;
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    stream.set_write_timeout(Some(PATIENCE)).unwrap();
+    let mut buf = Vec::new();
+    read_until(&mut stream, &mut buf, |msg| match *msg {
+        Message::Hello { version, swarm: s, .. } => Some((version, s)),
+        _ => None,
+    })
+    .and_then(|(v, s)| if v == VERSION && s == swarm { Ok(()) } else { Err(format!("odd hello: v{v}")) })?;
+
+    let mut bits = vec![0xffu8; (m.chunk_count() as usize).div_ceil(8)];
+    let spare = bits.len() * 8 - m.chunk_count() as usize;
+    *bits.last_mut().unwrap() = 0xff << spare;
+    let io = |e: std::io::Error| format!("write to fetcher: {e}");
+    send(&mut stream, &Message::Hello { version: VERSION, swarm, listen_port: 0 }).map_err(io)?;
+    send(&mut stream, &Message::Bitfield(Bytes(&bits))).map_err(io)?;
+
+    let chunk = read_until(&mut stream, &mut buf, |msg| match *msg {
+        Message::Request(c) => Some(c),
+        _ => None,
+    })?;
+    let start = m.chunk_offset(chunk) as usize;
+    let mut data = rel.bytes[start..start + m.chunk_len(chunk) as usize].to_vec();
+    for block in data.chunks_mut(BLOCK_SIZE as usize) {
+        let mid = block.len() / 2;
+        block[mid] ^= 0x01;
+    }
+    for (k, block) in data.chunks(BLOCK_SIZE as usize).enumerate() {
+        let offset = k as u32 * BLOCK_SIZE;
+        send(&mut stream, &Message::Block { chunk, offset, data: Bytes(block) }).map_err(io)?;
+    }
+    // A header announcing u32::MAX bytes, then garbage: the fetcher must refuse it from the
+    // header alone. It may already have closed, so a failed write is fine here.
+    let mut oversize = Vec::from(u32::MAX.to_le_bytes());
+    oversize.extend_from_slice(&[0xa5; 4]);
+    oversize.extend(random_bytes(4096, 0x44));
+    let _ = stream.write_all(&oversize);
+
+    // Drain until the fetcher closes: EOF, or a reset because the garbage went unread.
+    let mut tmp = [0u8; 4096];
+    loop {
+        match stream.read(&mut tmp) {
+            Ok(0) => break,
+            Ok(_) => continue,
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return Err(format!("fetcher kept the connection open for {PATIENCE:?} after an oversize frame"))
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        }
+    }
+    Ok(LiarReport { chunk, closed_at: Instant::now() })
+}
+
+/// A fetch told about a liar and an honest seed completes correctly, drops and bans the liar
+/// (after a corrupt chunk and an oversize frame) and does not dial it again. Uses 127.0.0.41-43.
+#[test]
+fn liar_peer_is_dropped_and_fetch_completes() {
+    let tmp = TempDir::new("liar");
+    let dir = tmp.path();
+    let rel = Arc::new(make_release(dir, 6 * MIB as usize - 5_000, "64K", 0x44));
+    let mut procs = Procs::default();
+    // 1 MiB/s: the honest fetch takes about 6 s, so the fetcher is still dialling its peers
+    // for a while after the liar has been dropped; that is what makes the redial check mean
+    // something.
+    let s = free_addr(41);
+    start_seed(&mut procs, dir, &rel, s, "1M");
+
+    let liar = TcpListener::bind((ip(42), 0)).unwrap();
+    let liar_addr = liar.local_addr().unwrap();
+    liar.set_nonblocking(true).unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let (report_tx, report_rx) = mpsc::channel();
+    let listener_thread = {
+        let (accepted, stop, rel) = (accepted.clone(), stop.clone(), rel.clone());
+        std::thread::spawn(move || {
+            let mut handlers = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                match liar.accept() {
+                    Ok((stream, _)) => {
+                        stream.set_nonblocking(false).unwrap();
+                        if accepted.fetch_add(1, Ordering::SeqCst) == 0 {
+                            let (rel, tx) = (rel.clone(), report_tx.clone());
+                            handlers.push(std::thread::spawn(move || {
+                                let _ = tx.send(lie(stream, &rel));
+                            }));
+                        }
+                        // Later connections are only counted, and closed.
+                    }
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(10)),
+                    Err(e) => panic!("fake peer cannot accept: {e}"),
+                }
+            }
+            for h in handlers {
+                let _ = h.join();
+            }
+        })
+    };
+    // Stops the fake peer's threads on every path, before `procs` kills the agents.
+    struct Stop(Arc<AtomicBool>);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+    let stop_guard = Stop(stop);
+
+    let out = tmp.sub("fetcher").join("fw.img");
+    let listen = free_addr(43).to_string();
+    let (liar_arg, seed_arg) = (liar_addr.to_string(), s.to_string());
+    let args = [
+        "fetch",
+        rel.manifest_arg(),
+        "--trust",
+        &rel.key,
+        "--out",
+        out.to_str().unwrap(),
+        "--listen",
+        &listen,
+        "--peer",
+        &liar_arg,
+        "--peer",
+        &seed_arg,
+    ];
+    let f = procs.spawn(dir, "fetcher", &args);
+
+    let report = report_rx
+        .recv_timeout(PATIENCE)
+        .unwrap_or_else(|_| panic!("the fetcher never talked to the liar:\n{}", procs.stderr(f)))
+        .unwrap_or_else(|e| panic!("{e}\nfetcher log:\n{}", procs.stderr(f)));
+
+    // The fetcher itself closed the connection on the offence, not merely by exiting when done.
+    assert!(
+        !out.exists() && procs.running(f),
+        "the liar's connection stayed open after its oversize frame until the fetch ended:\n{}",
+        procs.stderr(f)
+    );
+
+    // Not redialled: the one connection lasted until the offence (the liar answers at once, so
+    // nothing closes it earlier for a benign reason that would allow a redial), and a redial
+    // of an address that is not banned comes within a second (500 ms backoff), so 3 s with
+    // the fetch still running shows the ban holds. A second accept, at any time, is a failure.
+    let window_end = report.closed_at + Duration::from_secs(3);
+    while Instant::now() < window_end {
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "the liar was dialled again:\n{}", procs.stderr(f));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(!out.exists() && procs.running(f), "the fetch finished too soon for the redial check to mean anything");
+
+    let status = procs.wait(f);
+    let log = procs.stderr(f);
+    assert!(status.success(), "fetch failed ({status}):\n{log}");
+    assert_release(dir, &out, &rel);
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "the liar was dialled again:\n{log}");
+
+    // The corrupt chunk was caught by its hash, and the liar dropped and banned by address.
+    let bad = format!("chunk {} failed verification", report.chunk);
+    assert!(log.contains(&bad), "no {bad:?} in the log:\n{log}");
+    assert!(
+        log.lines().any(|l| l.contains(&liar_arg) && (l.contains("dropping") || l.contains("banned"))),
+        "no line about dropping {liar_arg}:\n{log}"
+    );
+
+    drop(stop_guard);
+    listener_thread.join().unwrap();
+}
+
+/// `serve --data DIR` with a manifest whose file is missing fetches it first, then serves it:
+/// a third agent that knows only this one completes from it after the seed is gone.
+#[test]
+fn serve_fetches_a_release_whose_file_is_missing() {
+    let tmp = TempDir::new("serve-fetch");
+    let dir = tmp.path();
+    let rel = make_release(dir, 3 * MIB as usize + 99, "64K", 0x51);
+    let mut procs = Procs::default();
+    let (s, relay, last) = (free_addr(51), free_addr(52), free_addr(53));
+    let seed = start_seed(&mut procs, dir, &rel, s, "0");
+
+    let relay_dir = tmp.sub("relay");
+    fs::create_dir_all(&relay_dir).unwrap();
+    fs::copy(&rel.manifest, relay_dir.join("fw.img.flotilla")).unwrap();
+    let relay_addr = relay.to_string();
+    let seed_addr = s.to_string();
+    let args = ["serve", "--data", relay_dir.to_str().unwrap(), "--listen", &relay_addr, "--peer", &seed_addr];
+    let relay_proc = procs.spawn(dir, "relay", &[&args[..], &["--trust", &rel.key]].concat());
+    let out = relay_dir.join("fw.img");
+    wait_for_file(&out);
+    assert_eq!(fs::read(&out).unwrap(), rel.bytes, "the relay fetched the missing file");
+    assert!(!side(&out, ".part").exists() && !side(&out, ".state").exists());
+
+    procs.kill(seed);
+    let out_last = tmp.sub("last").join("fw.img");
+    let last_addr = last.to_string();
+    let fetch = [
+        "fetch",
+        rel.manifest_arg(),
+        "--trust",
+        &rel.key,
+        "--out",
+        out_last.to_str().unwrap(),
+        "--listen",
+        &last_addr,
+        "--peer",
+        &relay_addr,
+    ];
+    let f = procs.spawn(dir, "last", &fetch);
+    let status = procs.wait(f);
+    assert!(status.success(), "fetch from the relay failed ({status}):\n{}", procs.stderr(f));
+    assert_release(dir, &out_last, &rel);
+    assert!(procs.running(relay_proc), "the relay keeps serving:\n{}", procs.stderr(relay_proc));
+}
