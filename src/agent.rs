@@ -224,6 +224,8 @@ impl Agent {
     /// Runs the loop until `done` returns true (checked after every turn).
     pub fn run_until(&mut self, mut done: impl FnMut(&Agent, Instant) -> bool) -> Result<(), AgentError> {
         self.listen()?;
+        // Dial before the first wait, or the first connection would wait for the idle tick.
+        self.dial(Instant::now());
         let mut events = Events::with_capacity(256);
         loop {
             let now = Instant::now();
@@ -277,6 +279,11 @@ impl Agent {
             }
             if r.store.has_pending() {
                 consider(r.last_commit + self.config.commit_interval);
+            }
+        }
+        for r in self.releases.iter().filter(|r| !r.store.is_complete()) {
+            for d in r.dials.iter().filter(|d| d.slot.is_none()) {
+                consider(d.next_try);
             }
         }
         for c in self.conns.iter().flatten().filter(|c| c.release.is_none() || c.connecting) {

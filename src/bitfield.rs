@@ -91,6 +91,7 @@ impl Bitfield {
     }
 
     /// True if chunk `i` is in the set; false for indices out of range.
+    #[inline]
     pub fn get(&self, i: u32) -> bool {
         if i >= self.len {
             return false;

@@ -368,7 +368,9 @@ fn serve(mut p: lexopt::Parser) -> Result<(), Failure> {
     let dir = required(dir, "--data DIR")?;
     let found = scan_data_dir(&dir, &net.trust).map_err(|e| usage(format!("cannot read {}: {e}", dir.display())))?;
     let mut agent = Agent::new(net.config)?;
-    for (m, path) in &found {
+    // Consumed one by one: each manifest is dropped once its swarm holds the chunk hashes.
+    for (m, path) in found {
+        let (m, path) = (&m, &path);
         match agent.add_release(m, path) {
             Ok(_) => log::info!("serving {} #{} from {}", m.manifest.name, m.manifest.release, path.display()),
             Err(e) => log::error!("skipping {}: {e}", path.display()),
@@ -419,8 +421,10 @@ fn fetch(mut p: lexopt::Parser) -> Result<(), Failure> {
     let out = required(out, "--out FILE")?;
     let mut agent = Agent::new(net.config)?;
     agent.add_release(&m, &out)?;
-    agent.listen()?;
     let mut progress = Progress::new(m.manifest.file_size);
+    // The swarm keeps its own copy of the chunk hashes; the manifest's would be a second one.
+    drop(m);
+    agent.listen()?;
     agent.run_until(|agent, now| {
         let r = &agent.releases()[0];
         progress.show(r, now);

@@ -621,6 +621,10 @@ impl Swarm {
             let a = self.availability[c as usize];
             if best.is_none_or(|(b, _)| a < b) {
                 best = Some((a, c));
+                // This peer has it, so no chunk it can give us is rarer: stop scanning.
+                if a <= 1 {
+                    break;
+                }
             }
         }
         if best.is_some() || unrequested_left {
