@@ -263,7 +263,17 @@ impl Agent {
         }
         for slot in 0..self.conns.len() {
             self.check_close(slot, now);
-            self.pump(slot, now)?;
+        }
+        // Round-robin by frame: each pass gives every connection at most one block, so the
+        // peers holding upload slots share the uplink block by block.
+        loop {
+            let mut progressed = false;
+            for slot in 0..self.conns.len() {
+                progressed |= self.pump(slot, now)?;
+            }
+            if !progressed {
+                break;
+            }
         }
         self.commit(now)?;
         self.dial(now);
@@ -466,43 +476,43 @@ impl Agent {
         }
     }
 
-    /// Fills the send buffer from the swarm while it has room for a frame, and writes it out.
-    fn pump(&mut self, slot: usize, now: Instant) -> Result<(), AgentError> {
+    /// Fills the send buffer from the swarm while it has room for a frame (so with at most one
+    /// block) and writes once. Returns true if bytes went out and more may follow.
+    fn pump(&mut self, slot: usize, now: Instant) -> Result<bool, AgentError> {
         let Agent { conns, releases, .. } = self;
-        let Some(conn) = conns[slot].as_mut() else { return Ok(()) };
-        let Some(r) = conn.release else { return Ok(()) };
+        let Some(conn) = conns[slot].as_mut() else { return Ok(false) };
+        let Some(r) = conn.release else { return Ok(false) };
         if conn.connecting {
-            return Ok(());
+            return Ok(false);
         }
         let release = &mut releases[r];
-        loop {
-            if conn.wpos == conn.wlen {
-                conn.wpos = 0;
-                conn.wlen = 0;
+        if conn.wpos == conn.wlen {
+            conn.wpos = 0;
+            conn.wlen = 0;
+        } else if conn.wpos > 0 {
+            conn.wbuf.copy_within(conn.wpos..conn.wlen, 0);
+            conn.wlen -= conn.wpos;
+            conn.wpos = 0;
+        }
+        while SEND_BUF - conn.wlen >= MAX_FRAME {
+            let Some(t) = release.swarm.poll_transmit(slot, now) else { break };
+            conn.wlen += encode_transmit(t, &release.store, &mut conn.wbuf[conn.wlen..])?;
+        }
+        if conn.wpos == conn.wlen {
+            return Ok(false);
+        }
+        match conn.stream.write(&conn.wbuf[conn.wpos..conn.wlen]) {
+            Ok(n) => {
+                conn.wpos += n;
+                Ok(n > 0)
             }
-            while SEND_BUF - conn.wlen >= MAX_FRAME {
-                let Some(t) = release.swarm.poll_transmit(slot, now) else { break };
-                conn.wlen += encode_transmit(t, &release.store, &mut conn.wbuf[conn.wlen..])?;
-            }
-            if conn.wpos == conn.wlen {
-                return Ok(());
-            }
-            match conn.stream.write(&conn.wbuf[conn.wpos..conn.wlen]) {
-                Ok(n) => conn.wpos += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    self.close(slot, Err(e.to_string()), now);
-                    return Ok(());
-                }
-            }
-            if conn.wpos < conn.wlen && conn.wpos > 0 {
-                conn.wbuf.copy_within(conn.wpos..conn.wlen, 0);
-                conn.wlen -= conn.wpos;
-                conn.wpos = 0;
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(true),
+            Err(e) => {
+                self.close(slot, Err(e.to_string()), now);
+                Ok(false)
             }
         }
-        Ok(())
     }
 
     fn close(&mut self, slot: usize, why: Result<CloseReason, String>, now: Instant) {
