@@ -183,16 +183,19 @@ fn publish(mut p: lexopt::Parser) -> Result<(), Failure> {
     Ok(())
 }
 
-fn parse_size(s: &str) -> Result<u32, Failure> {
+/// A byte count with an optional K or M suffix (binary: 1K = 1024).
+fn parse_bytes(s: &str) -> Option<u64> {
     let (digits, mult) = match s.as_bytes().last() {
         Some(b'K' | b'k') => (&s[..s.len() - 1], 1024),
         Some(b'M' | b'm') => (&s[..s.len() - 1], 1024 * 1024),
         _ => (s, 1),
     };
-    digits
-        .parse::<u32>()
-        .ok()
-        .and_then(|n| n.checked_mul(mult))
+    digits.parse::<u64>().ok()?.checked_mul(mult)
+}
+
+fn parse_size(s: &str) -> Result<u32, Failure> {
+    parse_bytes(s)
+        .and_then(|n| u32::try_from(n).ok())
         .ok_or_else(|| usage(format!("chunk size {s:?} is not a number of bytes")))
 }
 
@@ -329,16 +332,7 @@ fn parse_addr(p: &mut lexopt::Parser) -> Result<SocketAddr, Failure> {
 }
 
 fn parse_rate(s: &str) -> Result<u64, Failure> {
-    let (digits, mult) = match s.as_bytes().last() {
-        Some(b'K' | b'k') => (&s[..s.len() - 1], 1024),
-        Some(b'M' | b'm') => (&s[..s.len() - 1], 1024 * 1024),
-        _ => (s, 1),
-    };
-    digits
-        .parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(mult))
-        .ok_or_else(|| usage(format!("rate {s:?} is not a number of bytes per second")))
+    parse_bytes(s).ok_or_else(|| usage(format!("rate {s:?} is not a number of bytes per second")))
 }
 
 fn serve_help() -> String {
