@@ -57,7 +57,7 @@ impl Default for AgentConfig {
             listen: None,
             peers: Vec::new(),
             max_peers: 32,
-            upload_slots: 8,
+            upload_slots: 4,
             max_upload_rate: 0,
             commit_interval: Duration::from_millis(100),
         }

@@ -322,7 +322,7 @@ const NET_OPTIONS_HELP: &str = "
   --peer ADDR               a peer to fetch from (repeatable)
   --trust PUBKEY            an operator key to accept manifests from (repeatable; 64 hex or a file)
   --max-peers N             connection slots (default 32)
-  --upload-slots N          peers uploaded to at once (default 8)
+  --upload-slots N          peers uploaded to at once (default 4)
   --max-upload-rate RATE    bytes per second per release, suffixes K and M allowed (default: none)
 ";
 

@@ -14,6 +14,8 @@ use std::time::Instant;
 /// Most requests either side may have outstanding on one connection (a wire rule: a peer that
 /// sends more is in breach and is dropped).
 pub const MAX_REQUESTS: usize = 16;
+/// Most chunks a spreading seed has announced to one peer and not yet sent.
+pub const MAX_OFFERED: usize = 4;
 /// Small messages waiting to be sent.
 const CONTROL_CAPACITY: usize = 64;
 /// `Have`s may fill the queue only this far; past it they fold into one bitfield resend. The
@@ -117,6 +119,8 @@ pub struct Session {
     /// Times this peer left our requests unanswered past the timeout.
     pub(crate) stalls: u8,
     pub(crate) close: Option<CloseReason>,
+    /// Chunks a spreading seed has announced to this peer and it has not yet asked for.
+    pub(crate) offered: heapless::Vec<u32, MAX_OFFERED>,
     /// Useful bytes received from this peer.
     pub bytes_down: u64,
     /// Bytes of blocks sent to this peer.
@@ -146,6 +150,7 @@ impl Session {
             bad_chunks: 0,
             stalls: 0,
             close: None,
+            offered: heapless::Vec::new(),
             bytes_down: 0,
             bytes_up: 0,
         }

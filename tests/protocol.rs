@@ -126,7 +126,7 @@ impl Sim {
         let have = if complete { Bitfield::full(n) } else { Bitfield::new(n) };
         let data = if complete { self.original.clone() } else { vec![0; self.original.len()] };
         let seed = 1000 + self.nodes.len() as u64;
-        let swarm = Swarm::new(&self.manifest, SWARM, &have, SwarmConfig { max_peers: 64, ..config }, seed);
+        let swarm = Swarm::new(&self.manifest, SWARM, &have, SwarmConfig { max_peers: 600, ..config }, seed);
         self.nodes.push(Node { swarm, data, uplink, up_free: self.now, behaviour, done_at: None });
         self.nodes.len() - 1
     }
@@ -446,4 +446,31 @@ fn requests_for_missing_chunks_are_rejected_not_served() {
     }
     assert!(sent.iter().any(|t| t.contains("Reject(2)")), "sent: {sent:?}");
     assert!(!sent.iter().any(|t| t.contains("Block")), "sent: {sent:?}");
+}
+
+/// Seed and `n` peers in a full mesh, every uplink `u` bytes/s: all-done time over the bound.
+fn ratio_to_bound(n: usize, file: usize, chunk: u32, u: u64, spread: bool) -> (f64, f64) {
+    let mut sim = Sim::new(file, chunk);
+    sim.latency = Duration::from_millis(1);
+    let config = SwarmConfig { spread, ..SwarmConfig::default() };
+    let nodes: Vec<usize> = (0..=n).map(|i| sim.add_node(i == 0, u, Behaviour::Honest, config)).collect();
+    sim.mesh(&nodes);
+    assert!(sim.run(Duration::from_secs(3600)), "swarm did not finish");
+    sim.assert_copies_correct();
+    let f = file as f64;
+    let u = u as f64;
+    let bound = (f / u).max(n as f64 * f / ((n as f64 + 1.0) * u));
+    let all_done = sim.nodes.iter().filter_map(|n| n.done_at).max().unwrap().as_secs_f64();
+    (all_done / bound, sim.nodes[0].swarm.stats.uploaded as f64 / f)
+}
+
+/// The headline case in memory: a seed and 16 peers, 32 MiB in 256 KiB chunks, equal
+/// 20 Mbit/s uplinks. Spreading must bring the swarm near the bound, and it must be what does.
+#[test]
+fn seed_spreading_brings_sixteen_peers_near_the_bound() {
+    let (with, seed_copies) = ratio_to_bound(16, 32 << 20, 256 * 1024, 2_500_000, true);
+    let (without, _) = ratio_to_bound(16, 32 << 20, 256 * 1024, 2_500_000, false);
+    assert!(with < 1.15, "with spreading the swarm took {with:.3}x the bound");
+    assert!(seed_copies < 1.15, "the seed sent {seed_copies:.2} copies; spreading sends each chunk about once");
+    assert!(with + 0.2 < without, "spreading {with:.3}x vs plain rarest-first {without:.3}x");
 }
