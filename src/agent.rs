@@ -31,6 +31,8 @@ const SEND_BUF: usize = MAX_FRAME + 1024;
 const BAN_TIME: Duration = Duration::from_secs(600);
 /// Addresses remembered as offenders; the oldest entry is forgotten first.
 const MAX_BANS: usize = 64;
+/// Addresses kept per release to dial (from `--peer` and peer exchange).
+const MAX_DIALS: usize = 64;
 /// Inbound connections must say which swarm they want within this.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -143,6 +145,8 @@ pub struct Agent {
     releases: Vec<Release>,
     bans: heapless::Deque<Offender, MAX_BANS>,
     config: AgentConfig,
+    /// Our random node number: peers use it to spot a connection to themselves or a duplicate.
+    node: u64,
     scratch: Vec<u32>,
     /// A storage failure seen while handling a frame; the loop stops with it.
     fatal: Option<StoreError>,
@@ -160,6 +164,7 @@ impl Agent {
             releases: Vec::new(),
             bans: heapless::Deque::new(),
             config,
+            node: random_seed(),
             scratch: Vec::with_capacity(1024),
             fatal: None,
         })
@@ -199,6 +204,7 @@ impl Agent {
             upload_slots: self.config.upload_slots,
             max_upload_rate: self.config.max_upload_rate,
             listen_port: self.local_addr().map_or(0, |a| a.port()),
+            node: self.node,
             ..SwarmConfig::default()
         };
         let swarm = Swarm::new(&m.manifest, m.swarm_id, store.have(), swarm_config, random_seed());
@@ -276,6 +282,7 @@ impl Agent {
             }
         }
         self.commit(now)?;
+        self.learn_peers(now);
         self.dial(now);
         Ok(())
     }
@@ -369,6 +376,20 @@ impl Agent {
         });
     }
 
+    /// Adds the addresses peer exchange taught each release to its dial table (bounded).
+    fn learn_peers(&mut self, now: Instant) {
+        let me = self.local_addr();
+        for r in &mut self.releases {
+            while let Some(addr) = r.swarm.poll_discovered() {
+                if Some(addr) == me || r.dials.iter().any(|d| d.addr == addr) || r.dials.len() >= MAX_DIALS {
+                    continue;
+                }
+                log::debug!("{}: learnt peer {addr}", r.name);
+                r.dials.push(Dial { addr, slot: None, next_try: now, backoff: Duration::from_millis(500) });
+            }
+        }
+    }
+
     fn dial(&mut self, now: Instant) {
         for r in 0..self.releases.len() {
             if self.releases[r].store.is_complete() {
@@ -376,7 +397,11 @@ impl Agent {
             }
             for d in 0..self.releases[r].dials.len() {
                 let dial = &self.releases[r].dials[d];
-                if dial.slot.is_some() || dial.next_try > now || self.is_banned(dial.addr.ip(), now) {
+                if dial.slot.is_some()
+                    || dial.next_try > now
+                    || self.is_banned(dial.addr.ip(), now)
+                    || self.releases[r].swarm.is_connected_to(dial.addr)
+                {
                     continue;
                 }
                 let Some(slot) = self.free_slot() else { return };
@@ -405,7 +430,8 @@ impl Agent {
                     conn.connecting = false;
                     let r = conn.release.unwrap_or(0);
                     log::debug!("connected to {}", conn.addr);
-                    self.releases[r].swarm.add_peer(slot, true, now);
+                    let addr = conn.addr;
+                    self.releases[r].swarm.add_peer(slot, true, Some(addr), now);
                 }
                 (Ok(Some(e)), _) | (Err(e), _) => return self.close(slot, Err(e.to_string()), now),
                 (Ok(None), Err(e)) if e.kind() == io::ErrorKind::NotConnected => return,
@@ -435,7 +461,7 @@ impl Agent {
 
     fn handle_frames(&mut self, slot: usize, now: Instant) -> Result<(), Result<CloseReason, String>> {
         let Agent { conns, releases, fatal, .. } = self;
-        let Conn { stream, rbuf, rlen, release, .. } = conns[slot].as_mut().ok_or(Err(String::new()))?;
+        let Conn { stream, rbuf, rlen, release, addr, .. } = conns[slot].as_mut().ok_or(Err(String::new()))?;
         let mut pos = 0;
         while let Some((payload, used)) =
             wire::parse_frame(&rbuf[pos..*rlen]).map_err(|_| Ok(CloseReason::Protocol("bad frame")))?
@@ -449,7 +475,7 @@ impl Agent {
                         Err(format!("refused: {refusal:?}"))
                     })?;
                     *release = Some(r);
-                    releases[r].swarm.add_peer(slot, false, now);
+                    releases[r].swarm.add_peer(slot, false, Some(*addr), now);
                     r
                 }
             };
@@ -529,7 +555,12 @@ impl Agent {
         if let Some(r) = conn.release {
             self.releases[r].swarm.remove_peer(slot, now);
             if let Some(d) = conn.dial {
-                self.releases[r].dials[d].slot = None;
+                let dial = &mut self.releases[r].dials[d];
+                dial.slot = None;
+                if why == Ok(CloseReason::SelfConnection) {
+                    // Our own address, learnt from a peer: never worth dialling again.
+                    dial.next_try = now + Duration::from_secs(86_400);
+                }
             }
         }
     }

@@ -87,10 +87,8 @@ pub fn run(mut p: lexopt::Parser) -> Result<(), Failure> {
         let mut c = Command::new(&exe);
         c.args(["-q", "fetch"]).arg(dir.join("fw.img.flotilla")).args(["--trust", &key]).arg("--out").arg(&out);
         c.args(["--listen", &host(i + 1, port).to_string(), "--max-upload-rate", &rate, "--seed-for", "3600"]);
-        // Each peer knows the seed and the peers started before it, so together they form a mesh.
-        for j in 0..=i {
-            c.args(["--peer", &host(j, port).to_string()]);
-        }
+        // Each peer knows only the seed; peer exchange meshes them.
+        c.args(["--peer", &host(0, port).to_string()]);
         cleanup.children.push(spawn(c)?);
         outs.push(out);
     }

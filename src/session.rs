@@ -41,6 +41,8 @@ pub enum Control {
     Reject(u32),
     /// Nothing, to keep the connection alive.
     KeepAlive,
+    /// Our other peers' addresses.
+    Peers,
 }
 
 /// Why a connection is closed; offences count against the peer's address.
@@ -58,6 +60,10 @@ pub enum CloseReason {
     Idle,
     /// The handshake did not finish in time.
     HandshakeTimeout,
+    /// The connection leads back to this agent.
+    SelfConnection,
+    /// Another connection to the same agent is kept instead.
+    Duplicate,
     /// Both sides have everything; there is nothing to exchange.
     BothComplete,
 }
@@ -78,6 +84,8 @@ impl std::fmt::Display for CloseReason {
             CloseReason::Stalled => write!(f, "left requests unanswered twice"),
             CloseReason::Idle => write!(f, "idle timeout"),
             CloseReason::HandshakeTimeout => write!(f, "handshake timeout"),
+            CloseReason::SelfConnection => write!(f, "connected to ourselves"),
+            CloseReason::Duplicate => write!(f, "duplicate connection"),
             CloseReason::BothComplete => write!(f, "both sides complete"),
         }
     }
@@ -96,8 +104,15 @@ pub struct Session {
     pub(crate) outbound: bool,
     pub(crate) active: bool,
     pub(crate) connected_at: Instant,
-    /// The port the peer says it listens on (from its Hello), 0 if none.
-    pub listen_port: u16,
+    /// Where the peer accepts connections: the address we dialled, or its address with the port
+    /// from its Hello; `None` if it does not listen or we do not know.
+    pub listen_addr: Option<std::net::SocketAddr>,
+    /// The connection's remote address, if the caller knows it.
+    pub(crate) remote: Option<std::net::SocketAddr>,
+    /// The peer's random node number from its Hello.
+    pub(crate) node: u64,
+    /// When to next tell this peer about our other peers.
+    pub(crate) pex_at: Instant,
     pub(crate) bits: Bitfield,
     pub(crate) got_bitfield: bool,
     pub(crate) control: Deque<Control, CONTROL_CAPACITY>,
@@ -129,12 +144,15 @@ pub struct Session {
 
 impl Session {
     /// A new connection to a peer of a release with `chunks` chunks.
-    pub(crate) fn new(chunks: u32, outbound: bool, now: Instant) -> Self {
+    pub(crate) fn new(chunks: u32, outbound: bool, remote: Option<std::net::SocketAddr>, now: Instant) -> Self {
         Session {
             outbound,
             active: false,
             connected_at: now,
-            listen_port: 0,
+            listen_addr: if outbound { remote } else { None },
+            remote,
+            node: 0,
+            pex_at: now,
             bits: Bitfield::new(chunks),
             got_bitfield: false,
             control: Deque::new(),
@@ -233,6 +251,9 @@ impl Session {
         if self.control.is_empty() {
             at = at.min(self.last_send + t.keepalive);
         }
+        if self.active {
+            at = at.min(self.pex_at);
+        }
         if !self.active {
             at = at.min(self.connected_at + t.handshake);
         }
@@ -300,7 +321,7 @@ mod tests {
 
     #[test]
     fn overflowing_haves_fold_into_a_bitfield_resend_and_leave_room_for_the_rest() {
-        let mut s = Session::new(1000, true, Instant::now());
+        let mut s = Session::new(1000, true, None, Instant::now());
         for i in 0..CONTROL_CAPACITY as u32 {
             assert!(s.push_control(Control::Have(i)));
         }
@@ -319,7 +340,7 @@ mod tests {
 
     #[test]
     fn cancel_and_withdraw_bookkeeping() {
-        let mut s = Session::new(10, true, Instant::now());
+        let mut s = Session::new(10, true, None, Instant::now());
         s.requested.push_back(Outstanding { chunk: 3, cancelled: false }).unwrap();
         s.requested.push_back(Outstanding { chunk: 4, cancelled: false }).unwrap();
         assert!(s.cancel_request(4));

@@ -16,7 +16,7 @@
 use crate::bitfield::Bitfield;
 use crate::manifest::{Hash, Manifest, SwarmId};
 use crate::session::{CloseReason, Control, Outstanding, Session, Timeouts, MAX_REQUESTS};
-use crate::wire::{Bytes, Message, BLOCK_SIZE, VERSION};
+use crate::wire::{self, Bytes, Message, BLOCK_SIZE, MAX_PEX_PEERS, PEER_ENTRY, VERSION};
 use sha2::{Digest, Sha256};
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -41,6 +41,8 @@ pub struct SwarmConfig {
     pub listen_port: u16,
     /// A seed offers each peer only its least-spread chunks until every chunk has gone out once.
     pub spread: bool,
+    /// Our random node number, announced in Hello.
+    pub node: u64,
 }
 
 impl Default for SwarmConfig {
@@ -59,10 +61,17 @@ impl Default for SwarmConfig {
             timeouts: Timeouts::default(),
             listen_port: 0,
             spread: true,
+            node: 0,
         }
     }
 }
 
+/// A newcomer gets our peer list at once; the others hear of it within `PEX_SOON` (one list
+/// for a burst of arrivals), and everyone gets a fresh list every `PEX_INTERVAL`.
+const PEX_SOON: Duration = Duration::from_millis(250);
+const PEX_INTERVAL: Duration = Duration::from_secs(30);
+/// Addresses heard by peer exchange and not yet taken by the caller.
+const DISCOVERED_CAPACITY: usize = 64;
 /// Chunks a spreading seed keeps offered to each peer: enough to keep its pipeline full.
 const OFFERS_PER_PEER: usize = 2;
 /// Chunks picked at random before rarest-first takes over.
@@ -217,6 +226,10 @@ pub struct Swarm {
     upload_bucket: TokenBucket,
     /// Set while a seed spreads distinct chunks (see [`Spread`]).
     spread: Option<Spread>,
+    /// Peer addresses learnt from peer exchange, for the caller to dial.
+    discovered: heapless::Deque<std::net::SocketAddr, DISCOVERED_CAPACITY>,
+    /// Where the peer list of the last `Peers` message is built.
+    pex_buf: [u8; MAX_PEX_PEERS * PEER_ENTRY],
     rng: u64,
     /// Useful bytes received, bytes sent, bytes received and thrown away.
     pub stats: Stats,
@@ -253,6 +266,8 @@ impl Swarm {
             upload_queue: VecDeque::with_capacity(config.max_peers),
             upload_bucket: TokenBucket::new(config.max_upload_rate),
             spread: (have.is_full() && config.spread).then(|| Spread::new(n as u32)),
+            discovered: heapless::Deque::new(),
+            pex_buf: [0; MAX_PEX_PEERS * PEER_ENTRY],
             config,
             rng: seed | 1,
             stats: Stats::default(),
@@ -322,12 +337,12 @@ impl Swarm {
 
     /// Starts a session in slot `id`. An outbound session sends its Hello at once; an inbound one
     /// waits for the peer's. Returns false if the slot is out of range or taken.
-    pub fn add_peer(&mut self, id: PeerId, outbound: bool, now: Instant) -> bool {
+    pub fn add_peer(&mut self, id: PeerId, outbound: bool, remote: Option<std::net::SocketAddr>, now: Instant) -> bool {
         let chunks = self.chunk_count();
         let Some(slot @ None) = self.peers.get_mut(id) else {
             return false;
         };
-        let mut s = Session::new(chunks, outbound, now);
+        let mut s = Session::new(chunks, outbound, remote, now);
         if outbound {
             s.push_control(Control::Hello);
         }
@@ -387,6 +402,7 @@ impl Swarm {
             Message::Reject(c) => self.on_reject(id, c, now),
             Message::Block { chunk, offset, data } => self.on_block(id, chunk, offset, data.0, now),
             Message::KeepAlive => Ok(Received::Nothing),
+            Message::Peers(Bytes(b)) => self.on_peers(b),
         }
     }
 
@@ -396,7 +412,7 @@ impl Swarm {
     }
 
     fn on_hello(&mut self, id: PeerId, msg: &Message, now: Instant) -> Result<(), CloseReason> {
-        let Message::Hello { version, swarm, listen_port } = *msg else {
+        let Message::Hello { version, swarm, listen_port, node } = *msg else {
             return match *msg {
                 Message::Refuse(r) => Err(CloseReason::Refused(r)),
                 _ => Err(CloseReason::Protocol("message before hello")),
@@ -408,15 +424,79 @@ impl Swarm {
         if swarm != self.id {
             return Err(CloseReason::Protocol("hello for another swarm"));
         }
+        if node == self.config.node {
+            return Err(CloseReason::SelfConnection);
+        }
+        if self.keeps_other_connection_to(id, node) {
+            return Err(CloseReason::Duplicate);
+        }
         let s = self.session_mut(id);
         s.active = true;
-        s.listen_port = listen_port;
+        s.node = node;
+        if !s.outbound && listen_port != 0 {
+            s.listen_addr = s.remote.map(|r| std::net::SocketAddr::new(r.ip(), listen_port));
+        }
+        s.pex_at = now;
         s.progress_at = now;
+        for (p, other) in self.peers.iter_mut().enumerate() {
+            if let Some(o) = other.as_mut().filter(|o| o.active && p != id) {
+                o.pex_at = o.pex_at.min(now + PEX_SOON);
+            }
+        }
+        let s = self.session_mut(id);
         if !s.outbound {
             s.push_control(Control::Hello);
         }
         s.push_control(Control::Bitfield);
         Ok(())
+    }
+
+    /// True if connection `id` to `node` duplicates another one to it that is to be kept. Both
+    /// ends decide alike: the connection dialled by the lower node number stays.
+    fn keeps_other_connection_to(&self, id: PeerId, node: u64) -> bool {
+        let dialler = |s: &Session, peer: u64| if s.outbound { self.config.node } else { peer };
+        let Some(me) = self.peers[id].as_ref() else { return false };
+        let mine = dialler(me, node);
+        self.peers.iter().enumerate().any(|(p, s)| {
+            p != id && s.as_ref().is_some_and(|s| s.active && s.node == node && dialler(s, s.node) <= mine)
+        })
+    }
+
+    /// True if an active session leads to the agent listening on `addr`.
+    pub fn is_connected_to(&self, addr: std::net::SocketAddr) -> bool {
+        self.peers.iter().flatten().any(|s| s.listen_addr == Some(addr))
+    }
+
+    /// Takes an address learnt by peer exchange, for the caller to dial if it wants.
+    pub fn poll_discovered(&mut self) -> Option<std::net::SocketAddr> {
+        self.discovered.pop_front()
+    }
+
+    fn on_peers(&mut self, bytes: &[u8]) -> Result<Received, CloseReason> {
+        let addrs = wire::decode_peers(bytes).ok_or(CloseReason::Protocol("bad peer list"))?;
+        for a in addrs.filter(|a| a.port() != 0 && !a.ip().is_unspecified()) {
+            if self.discovered.is_full() {
+                break;
+            }
+            let _ = self.discovered.push_back(a);
+        }
+        Ok(Received::Nothing)
+    }
+
+    /// Fills `pex_buf` with the listen addresses of our active peers other than `id`.
+    fn build_peer_list(&mut self, id: PeerId) -> usize {
+        let mut n = 0;
+        for (p, s) in self.peers.iter().enumerate() {
+            let Some(addr) = s.as_ref().filter(|s| s.active && p != id).and_then(|s| s.listen_addr) else { continue };
+            if n == MAX_PEX_PEERS {
+                break;
+            }
+            let entry: &mut [u8; PEER_ENTRY] =
+                (&mut self.pex_buf[n * PEER_ENTRY..(n + 1) * PEER_ENTRY]).try_into().expect("entry size");
+            wire::encode_peer(addr, entry);
+            n += 1;
+        }
+        n * PEER_ENTRY
     }
 
     fn on_bitfield(&mut self, id: PeerId, bytes: &[u8], now: Instant) -> Result<Received, CloseReason> {
@@ -703,6 +783,10 @@ impl Swarm {
         let s = self.peers.get_mut(id)?.as_mut()?;
         if let Some(c) = s.control.pop_front() {
             s.last_send = now;
+            if c == Control::Peers {
+                let len = self.build_peer_list(id);
+                return Some(Transmit::Message(Message::Peers(Bytes(&self.pex_buf[..len]))));
+            }
             return Some(Transmit::Message(self.control_message(c)));
         }
         if s.resend_bitfield && s.active {
@@ -748,7 +832,13 @@ impl Swarm {
 
     fn control_message(&self, c: Control) -> Message<'_> {
         match c {
-            Control::Hello => Message::Hello { version: VERSION, swarm: self.id, listen_port: self.config.listen_port },
+            Control::Hello => Message::Hello {
+                version: VERSION,
+                swarm: self.id,
+                listen_port: self.config.listen_port,
+                node: self.config.node,
+            },
+            Control::Peers => Message::KeepAlive, // built in poll_transmit, which has &mut self
             Control::Bitfield => Message::Bitfield(Bytes(self.advertised())),
             Control::Have(c) => Message::Have(c),
             Control::Request(c) => Message::Request(c),
@@ -839,6 +929,10 @@ impl Swarm {
                 if s.stalls >= 2 {
                     s.close = Some(CloseReason::Stalled);
                 }
+            }
+            if s.active && now >= s.pex_at {
+                s.pex_at = now + PEX_INTERVAL;
+                s.push_control(Control::Peers);
             }
             if s.active && now >= s.last_send + t.keepalive && s.control.is_empty() {
                 s.push_control(Control::KeepAlive);

@@ -61,6 +61,9 @@ pub enum Message<'a> {
         swarm: [u8; 32],
         /// TCP port the sender accepts connections on, 0 for none.
         listen_port: u16,
+        /// A random number the sender picked at start: tells a connection to ourselves, and two
+        /// connections to one agent, apart.
+        node: u64,
     },
     /// The handshake is refused; the connection closes after it.
     Refuse(RefuseReason),
@@ -86,6 +89,38 @@ pub enum Message<'a> {
     },
     /// Nothing; keeps an idle connection from timing out.
     KeepAlive,
+    /// Other peers of this swarm the sender is connected to: [`PEER_ENTRY`]-byte entries (IPv6
+    /// or IPv4-mapped address, then port big-endian), at most [`MAX_PEX_PEERS`].
+    Peers(Bytes<'a>),
+}
+
+/// Bytes of one address in [`Message::Peers`].
+pub const PEER_ENTRY: usize = 18;
+/// Most addresses in one [`Message::Peers`].
+pub const MAX_PEX_PEERS: usize = 32;
+
+/// Writes `addr` as one [`Message::Peers`] entry.
+pub fn encode_peer(addr: std::net::SocketAddr, out: &mut [u8; PEER_ENTRY]) {
+    let ip = match addr.ip() {
+        std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+        std::net::IpAddr::V6(v6) => v6,
+    };
+    out[..16].copy_from_slice(&ip.octets());
+    out[16..].copy_from_slice(&addr.port().to_be_bytes());
+}
+
+/// Reads the entries of a [`Message::Peers`]; `None` if the length is not whole entries or too many.
+pub fn decode_peers(bytes: &[u8]) -> Option<impl Iterator<Item = std::net::SocketAddr> + '_> {
+    if bytes.len() % PEER_ENTRY != 0 || bytes.len() / PEER_ENTRY > MAX_PEX_PEERS {
+        return None;
+    }
+    Some(bytes.chunks_exact(PEER_ENTRY).map(|e| {
+        let mut ip = [0u8; 16];
+        ip.copy_from_slice(&e[..16]);
+        let ip = std::net::Ipv6Addr::from(ip);
+        let ip = ip.to_ipv4_mapped().map_or(std::net::IpAddr::V6(ip), std::net::IpAddr::V4);
+        std::net::SocketAddr::new(ip, u16::from_be_bytes([e[16], e[17]]))
+    }))
 }
 
 /// Postcard tag of [`Message::Block`], used by the hand-written block header.
@@ -202,7 +237,8 @@ mod tests {
     #[test]
     fn every_message_roundtrips() {
         let data = [7u8; BLOCK_SIZE as usize];
-        roundtrip(Message::Hello { version: VERSION, swarm: [9; 32], listen_port: 7070 });
+        roundtrip(Message::Hello { version: VERSION, swarm: [9; 32], listen_port: 7070, node: u64::MAX });
+        roundtrip(Message::Peers(Bytes(&[1; 36])));
         roundtrip(Message::Refuse(RefuseReason::UnknownSwarm));
         roundtrip(Message::Bitfield(Bytes(&[0xff, 0x80])));
         roundtrip(Message::Have(70_000));
@@ -252,6 +288,21 @@ mod tests {
         assert_eq!(decode_message(&[8, 0]), Err(WireError::Malformed));
         // A block whose byte string claims more than the payload holds.
         assert_eq!(decode_message(&[7, 0, 0, 100, 1, 2]), Err(WireError::Malformed));
+    }
+
+    #[test]
+    fn peer_entries_roundtrip_and_bad_lengths_are_refused() {
+        let addrs: Vec<std::net::SocketAddr> =
+            vec!["10.1.2.3:7070".parse().unwrap(), "[2001:db8::1]:9".parse().unwrap()];
+        let mut bytes = Vec::new();
+        for a in &addrs {
+            let mut e = [0u8; PEER_ENTRY];
+            encode_peer(*a, &mut e);
+            bytes.extend_from_slice(&e);
+        }
+        assert_eq!(decode_peers(&bytes).unwrap().collect::<Vec<_>>(), addrs);
+        assert!(decode_peers(&bytes[..20]).is_none());
+        assert!(decode_peers(&[0; PEER_ENTRY * (MAX_PEX_PEERS + 1)]).is_none());
     }
 
     #[test]

@@ -11,7 +11,7 @@ use flotilla::manifest::SignedManifest;
 use flotilla::wire::{self, Bytes, Message, BLOCK_SIZE, MAX_FRAME, VERSION};
 use std::fs;
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -601,7 +601,7 @@ fn lie(mut stream: TcpStream, rel: &Release) -> Result<LiarReport, String> {
     let spare = bits.len() * 8 - m.chunk_count() as usize;
     *bits.last_mut().unwrap() = 0xff << spare;
     let io = |e: std::io::Error| format!("write to fetcher: {e}");
-    send(&mut stream, &Message::Hello { version: VERSION, swarm, listen_port: 0 }).map_err(io)?;
+    send(&mut stream, &Message::Hello { version: VERSION, swarm, listen_port: 0, node: 0x11a2 }).map_err(io)?;
     send(&mut stream, &Message::Bitfield(Bytes(&bits))).map_err(io)?;
 
     let chunk = read_until(&mut stream, &mut buf, |msg| match *msg {
@@ -798,4 +798,50 @@ fn serve_fetches_a_release_whose_file_is_missing() {
     assert!(status.success(), "fetch from the relay failed ({status}):\n{}", procs.stderr(f));
     assert_release(dir, &out_last, &rel);
     assert!(procs.running(relay_proc), "the relay keeps serving:\n{}", procs.stderr(relay_proc));
+}
+
+/// Peer exchange: five fetchers that know only the seed's address connect to one another.
+#[test]
+fn fetchers_given_only_the_seed_mesh_through_peer_exchange() {
+    let tmp = TempDir::new("pex");
+    let dir = tmp.path();
+    let rel = make_release(dir, 6 * MIB as usize, "64K", 0x61);
+    let mut procs = Procs::default();
+    let seed = free_addr(61);
+    // Slow enough that the fetchers are still fetching when they learn of each other.
+    start_seed(&mut procs, dir, &rel, seed, "2M");
+    let seed_s = seed.to_string();
+    let mut fetchers = Vec::new();
+    for i in 0..5u8 {
+        let listen = SocketAddr::new(IpAddr::V4(ip(62 + i)), seed.port()).to_string();
+        let out = tmp.sub(&format!("f{i}")).join("fw.img");
+        let args = [
+            "-v",
+            "fetch",
+            rel.manifest_arg(),
+            "--trust",
+            &rel.key,
+            "--out",
+            out.to_str().unwrap(),
+            "--listen",
+            &listen,
+            "--peer",
+            &seed_s,
+            "--seed-for",
+            "5",
+        ];
+        fetchers.push((procs.spawn(dir, &format!("f{i}"), &args), out));
+    }
+    for (i, out) in &fetchers {
+        let status = procs.wait(*i);
+        assert!(status.success(), "fetch failed ({status}):\n{}", procs.stderr(*i));
+        assert_release(dir, out, &rel);
+    }
+    // Each fetcher dialled the seed only by its flags; any other dial was learnt by exchange.
+    let mut learnt = 0;
+    for (i, _) in &fetchers {
+        let log = procs.stderr(*i);
+        learnt += log.lines().filter(|l| l.contains("connected to 127.0.0.") && !l.contains(&seed_s)).count();
+    }
+    assert!(learnt >= 4, "only {learnt} connections between fetchers were dialled");
 }
