@@ -10,10 +10,12 @@
 //!
 //! Everything here is plumbing; every protocol decision is the swarm's.
 
+use crate::discovery::{self, Announcement};
 use crate::manifest::{PublicKey, SignedManifest};
 use crate::session::CloseReason;
 use crate::store::{Store, StoreError};
 use crate::swarm::{PeerId, Received, Swarm, SwarmConfig, Transmit, Verdict};
+use crate::sys;
 use crate::wire::{self, Message, RefuseReason, MAX_FRAME};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
@@ -23,6 +25,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 const LISTENER: Token = Token(usize::MAX);
+const DISCOVERY: Token = Token(usize::MAX - 1);
+/// Datagrams read per wakeup: a flood on the group cannot keep the loop from its other work.
+const MAX_DATAGRAMS_PER_TURN: usize = 64;
 /// Receive buffer: one whole frame, so any legal frame fits and nothing larger is ever needed.
 const RECV_BUF: usize = MAX_FRAME;
 /// Send buffer: one whole frame plus room for the small messages queued beside it.
@@ -51,6 +56,9 @@ pub struct AgentConfig {
     pub max_upload_rate: u64,
     /// Longest a verified chunk waits before it is made durable and announced.
     pub commit_interval: Duration,
+    /// The LAN discovery multicast group, or `None` to find peers only through `peers` and
+    /// peer exchange.
+    pub discovery: Option<std::net::SocketAddrV4>,
 }
 
 impl Default for AgentConfig {
@@ -62,6 +70,7 @@ impl Default for AgentConfig {
             upload_slots: 4,
             max_upload_rate: 0,
             commit_interval: Duration::from_millis(100),
+            discovery: Some(discovery::DEFAULT_GROUP),
         }
     }
 }
@@ -132,6 +141,14 @@ struct Conn {
     wlen: usize,
 }
 
+/// The LAN discovery sockets and schedule.
+struct Lan {
+    listener: mio::net::UdpSocket,
+    sender: std::net::UdpSocket,
+    group: std::net::SocketAddrV4,
+    schedule: discovery::Schedule,
+}
+
 struct Offender {
     ip: IpAddr,
     until: Instant,
@@ -141,6 +158,7 @@ struct Offender {
 pub struct Agent {
     poll: Poll,
     listener: Option<TcpListener>,
+    lan: Option<Lan>,
     conns: Vec<Option<Conn>>,
     releases: Vec<Release>,
     bans: heapless::Deque<Offender, MAX_BANS>,
@@ -160,6 +178,7 @@ impl Agent {
         Ok(Agent {
             poll,
             listener: None,
+            lan: None,
             conns,
             releases: Vec::new(),
             bans: heapless::Deque::new(),
@@ -182,8 +201,72 @@ impl Agent {
                 r.swarm.set_listen_port(port);
             }
             self.listener = Some(l);
+            self.open_lan();
         }
         Ok(self.local_addr())
+    }
+
+    /// Joins the discovery group; without it the agent still works through its peer list.
+    fn open_lan(&mut self) {
+        let (Some(group), Some(SocketAddr::V4(me))) = (self.config.discovery, self.local_addr()) else { return };
+        let opened = sys::multicast_listener(group, *me.ip()).and_then(|mut listener| {
+            self.poll.registry().register(&mut listener, DISCOVERY, Interest::READABLE)?;
+            Ok(Lan {
+                listener,
+                sender: sys::multicast_sender(*me.ip())?,
+                group,
+                schedule: discovery::Schedule::new(Instant::now()),
+            })
+        });
+        match opened {
+            Ok(lan) => self.lan = Some(lan),
+            Err(e) => log::warn!("LAN discovery on {group} is off: {e}"),
+        }
+    }
+
+    /// Announces our swarms on the LAN when due; asks for announcements while fetching.
+    fn announce(&mut self, now: Instant) {
+        let Some(port) = self.local_addr().map(|a| a.port()) else { return };
+        let Some(lan) = self.lan.as_mut() else { return };
+        if !lan.schedule.due(now) {
+            return;
+        }
+        let query = self.releases.iter().any(|r| !r.store.is_complete());
+        let mut buf = [0u8; discovery::MAX_DATAGRAM];
+        for group in self.releases.chunks(discovery::MAX_IDS) {
+            let n = discovery::encode(query, port, group.iter().map(|r| r.swarm.id()), &mut buf);
+            if let Err(e) = lan.sender.send_to(&buf[..n], lan.group) {
+                log::debug!("cannot announce on {}: {e}", lan.group);
+            }
+        }
+    }
+
+    /// Reads announcements and dials announcers of swarms we are fetching.
+    fn hear(&mut self, now: Instant) {
+        let me = self.local_addr();
+        let mut buf = [0u8; discovery::MAX_DATAGRAM + 1];
+        for _ in 0..MAX_DATAGRAMS_PER_TURN {
+            let Some(lan) = self.lan.as_mut() else { return };
+            let (n, from) = match lan.listener.recv_from(&mut buf) {
+                Ok(x) => x,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => return log::debug!("discovery receive failed: {e}"),
+            };
+            let Some(a) = Announcement::decode(&buf[..n]) else {
+                log::debug!("ignored a malformed announcement from {from}");
+                continue;
+            };
+            let peer = SocketAddr::new(from.ip(), a.listen_port);
+            if Some(peer) == me {
+                continue;
+            }
+            if a.query {
+                lan.schedule.on_query(now);
+            }
+            for r in self.releases.iter_mut().filter(|r| !r.store.is_complete() && a.names(r.swarm.id())) {
+                add_dial(r, peer, me, now);
+            }
+        }
     }
 
     /// The address the agent accepts peers on, if it listens.
@@ -250,6 +333,7 @@ impl Agent {
             for ev in events.iter() {
                 match ev.token() {
                     LISTENER => self.accept(now),
+                    DISCOVERY => self.hear(now),
                     Token(slot) => self.on_ready(slot, now),
                 }
             }
@@ -283,6 +367,7 @@ impl Agent {
         }
         self.commit(now)?;
         self.learn_peers(now);
+        self.announce(now);
         self.dial(now);
         Ok(())
     }
@@ -302,6 +387,9 @@ impl Agent {
             for d in r.dials.iter().filter(|d| d.slot.is_none()) {
                 consider(d.next_try);
             }
+        }
+        if let Some(lan) = &self.lan {
+            consider(lan.schedule.next());
         }
         for c in self.conns.iter().flatten().filter(|c| c.release.is_none() || c.connecting) {
             consider(c.opened_at + HELLO_TIMEOUT);
@@ -381,11 +469,7 @@ impl Agent {
         let me = self.local_addr();
         for r in &mut self.releases {
             while let Some(addr) = r.swarm.poll_discovered() {
-                if Some(addr) == me || r.dials.iter().any(|d| d.addr == addr) || r.dials.len() >= MAX_DIALS {
-                    continue;
-                }
-                log::debug!("{}: learnt peer {addr}", r.name);
-                r.dials.push(Dial { addr, slot: None, next_try: now, backoff: Duration::from_millis(500) });
+                add_dial(r, addr, me, now);
             }
         }
     }
@@ -409,7 +493,7 @@ impl Agent {
                 let dial = &mut self.releases[r].dials[d];
                 dial.next_try = now + dial.backoff;
                 dial.backoff = (dial.backoff * 2).min(Duration::from_secs(30));
-                match connect_from(self.config.listen, addr) {
+                match sys::connect_from(self.config.listen, addr) {
                     Ok(stream) => {
                         dial.slot = Some(slot);
                         self.open_slot(slot, stream, addr, Some((r, d)), now);
@@ -591,6 +675,15 @@ impl Agent {
     }
 }
 
+/// Adds `addr` to the release's dial table unless it is us, known already, or the table is full.
+fn add_dial(r: &mut Release, addr: SocketAddr, me: Option<SocketAddr>, now: Instant) {
+    if Some(addr) == me || r.dials.iter().any(|d| d.addr == addr) || r.dials.len() >= MAX_DIALS {
+        return;
+    }
+    log::debug!("{}: learnt peer {addr}", r.name);
+    r.dials.push(Dial { addr, slot: None, next_try: now, backoff: Duration::from_millis(500) });
+}
+
 /// Hands one decoded message to the swarm and writes what it accepts.
 fn deliver(
     r: &mut Release,
@@ -687,62 +780,4 @@ pub fn scan_data_dir(dir: &Path, trust: &[PublicKey]) -> io::Result<Vec<(SignedM
         found.push((m, dir.join(stem)));
     }
     Ok(found)
-}
-
-/// Starts a non-blocking connect to `to`, from `from`'s address when it names a specific one.
-///
-/// std and mio cannot bind before connecting; without it every agent on one host (or on
-/// 127.0.0.x in tests) would appear to its peers under the same default source address.
-fn connect_from(from: Option<SocketAddr>, to: SocketAddr) -> io::Result<TcpStream> {
-    let Some(local) = from.filter(|a| !a.ip().is_unspecified() && a.is_ipv4() == to.is_ipv4()) else {
-        return TcpStream::connect(to);
-    };
-    use std::os::fd::FromRawFd;
-    let family = if to.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
-    // SAFETY: plain socket syscalls on a descriptor we own; it is closed on every error path
-    // and otherwise handed to TcpStream, which owns it from then on.
-    unsafe {
-        let fd = libc::socket(family, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let stream = TcpStream::from_raw_fd(fd);
-        let (addr, len) = sockaddr(SocketAddr::new(local.ip(), 0));
-        if libc::bind(fd, &addr as *const _ as *const libc::sockaddr, len) != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let (addr, len) = sockaddr(to);
-        if libc::connect(fd, &addr as *const _ as *const libc::sockaddr, len) != 0 {
-            let e = io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::EINPROGRESS) {
-                return Err(e);
-            }
-        }
-        Ok(stream)
-    }
-}
-
-fn sockaddr(a: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
-    // SAFETY: sockaddr_storage is plain data for which all-zero bytes are valid.
-    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-    let len = match a {
-        SocketAddr::V4(v4) => {
-            // SAFETY: sockaddr_storage is large and aligned enough for any sockaddr type.
-            let sin = unsafe { &mut *(&mut storage as *mut _ as *mut libc::sockaddr_in) };
-            sin.sin_family = libc::AF_INET as libc::sa_family_t;
-            sin.sin_port = v4.port().to_be();
-            sin.sin_addr = libc::in_addr { s_addr: u32::from_ne_bytes(v4.ip().octets()) };
-            std::mem::size_of::<libc::sockaddr_in>()
-        }
-        SocketAddr::V6(v6) => {
-            // SAFETY: as above.
-            let sin6 = unsafe { &mut *(&mut storage as *mut _ as *mut libc::sockaddr_in6) };
-            sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
-            sin6.sin6_port = v6.port().to_be();
-            sin6.sin6_addr = libc::in6_addr { s6_addr: v6.ip().octets() };
-            sin6.sin6_scope_id = v6.scope_id();
-            std::mem::size_of::<libc::sockaddr_in6>()
-        }
-    };
-    (storage, len as libc::socklen_t)
 }

@@ -305,6 +305,17 @@ impl NetOptions {
         match name {
             "listen" => c.listen = Some(parse_addr(p)?),
             "no-listen" => c.listen = None,
+            "no-discovery" => c.discovery = None,
+            "discovery-group" => {
+                let s = p.value()?.string()?;
+                let group: std::net::SocketAddrV4 = s
+                    .parse()
+                    .map_err(|_| usage(format!("{s:?} is not a multicast address like 239.255.70.70:7071")))?;
+                if !group.ip().is_multicast() {
+                    return Err(usage(format!("{s:?} is not a multicast address like 239.255.70.70:7071")));
+                }
+                c.discovery = Some(group);
+            }
             "peer" => c.peers.push(parse_addr(p)?),
             "trust" => self.trust.push(PublicKey::parse_arg(&p.value()?.string()?)?),
             "max-peers" => c.max_peers = p.value()?.parse::<usize>()?.clamp(1, 4096),
@@ -319,7 +330,10 @@ impl NetOptions {
 const NET_OPTIONS_HELP: &str = "
   --listen ADDR             accept peers on ADDR (default 0.0.0.0:7070)
   --no-listen               do not accept peers; only dial out
-  --peer ADDR               a peer to fetch from (repeatable)
+  --peer ADDR               a peer to fetch from (repeatable); more are found on the LAN and
+                            learnt from peers
+  --no-discovery            do not announce or listen on the LAN multicast group
+  --discovery-group ADDR    the LAN discovery group (default 239.255.70.70:7071)
   --trust PUBKEY            an operator key to accept manifests from (repeatable; 64 hex or a file)
   --max-peers N             connection slots (default 32)
   --upload-slots N          peers uploaded to at once (default 4)

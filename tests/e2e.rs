@@ -845,3 +845,60 @@ fn fetchers_given_only_the_seed_mesh_through_peer_exchange() {
     }
     assert!(learnt >= 4, "only {learnt} connections between fetchers were dialled");
 }
+
+/// LAN discovery: a seed and two fetchers with no `--peer` at all find each other on a
+/// multicast group, while junk and oversized datagrams on the same group change nothing.
+#[test]
+fn agents_find_each_other_on_the_lan_and_ignore_junk_datagrams() {
+    let tmp = TempDir::new("lan");
+    let dir = tmp.path();
+    let rel = make_release(dir, 4 * MIB as usize, "64K", 0x71);
+    let mut procs = Procs::default();
+    // A group port of this test's own, so parallel tests and real agents do not cross-talk.
+    let group = format!("239.255.70.70:{}", free_addr(71).port());
+    let seed = free_addr(71).to_string();
+    let s = procs.spawn(
+        dir,
+        "seed",
+        &["-v", "serve", "--data", rel.data_dir.to_str().unwrap(), "--listen", &seed, "--discovery-group", &group],
+    );
+    wait_for_log(&mut procs, s, "listening on");
+
+    let junk = std::net::UdpSocket::bind("127.0.0.79:0").unwrap();
+    let mut garbage = random_bytes(70_000, 7);
+    garbage[..8].copy_from_slice(b"FLOTANN1");
+    for len in [0, 1, 13, 525, 60_000] {
+        junk.send_to(&garbage[..len], &group).unwrap();
+    }
+
+    let mut fetchers = Vec::new();
+    for i in 0..2u8 {
+        let listen = SocketAddr::new(IpAddr::V4(ip(72 + i)), free_addr(72 + i).port()).to_string();
+        let out = tmp.sub(&format!("f{i}")).join("fw.img");
+        let args = [
+            "-v",
+            "fetch",
+            rel.manifest_arg(),
+            "--trust",
+            &rel.key,
+            "--out",
+            out.to_str().unwrap(),
+            "--listen",
+            &listen,
+            "--discovery-group",
+            &group,
+        ];
+        fetchers.push((procs.spawn(dir, &format!("f{i}"), &args), out));
+    }
+    for len in [3, 600, 65_000] {
+        junk.send_to(&garbage[..len], &group).unwrap();
+    }
+    for (i, out) in &fetchers {
+        let status = procs.wait(*i);
+        assert!(status.success(), "fetch without --peer failed ({status}):\n{}", procs.stderr(*i));
+        assert_release(dir, out, &rel);
+    }
+    assert!(procs.running(s), "the seed died:\n{}", procs.stderr(s));
+    let seed_log = procs.stderr(s);
+    assert!(seed_log.contains("ignored a malformed announcement"), "junk was not seen and ignored:\n{seed_log}");
+}

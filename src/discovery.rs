@@ -1,0 +1,179 @@
+//! LAN discovery: agents announce the swarms they serve on a UDP multicast group and dial the
+//! agents they hear announcing a swarm they are fetching.
+//!
+//! An announcement carries nothing a listener must trust: an address and swarm ids. Whatever it
+//! claims, the handshake and the signed manifest decide what is exchanged, so a forged or
+//! malformed datagram can at worst cost one connection attempt into a bounded dial table.
+//! Datagrams that do not decode exactly are ignored. This module owns the datagram format and
+//! the announcement schedule; it does no I/O (the agent sends and receives).
+//!
+//! Datagram: `"FLOTANN1"` ‖ version u8 (1) ‖ flags u8 ‖ listen port u16 BE ‖ count u8 (≤ 16) ‖
+//! count × 32-byte swarm ids. Flag bit 0, "query": the sender is fetching and asks listeners to
+//! announce now rather than at their next interval (each answers at most once a second).
+
+use crate::manifest::SwarmId;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+/// The default group: administratively scoped (RFC 2365), so routers keep it on the LAN.
+pub const DEFAULT_GROUP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(239, 255, 70, 70), 7071);
+/// Swarm ids in one announcement.
+pub const MAX_IDS: usize = 16;
+/// Largest announcement.
+pub const MAX_DATAGRAM: usize = HEADER + MAX_IDS * 32;
+
+const MAGIC: &[u8; 8] = b"FLOTANN1";
+const VERSION: u8 = 1;
+const HEADER: usize = 13;
+const FLAG_QUERY: u8 = 1;
+/// Time between announcements.
+const INTERVAL: Duration = Duration::from_secs(5);
+/// Least time between two announcements made in answer to queries.
+const ANSWER_GAP: Duration = Duration::from_secs(1);
+
+/// A decoded announcement, borrowing the datagram.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Announcement<'a> {
+    /// The sender is fetching and asks for announcements.
+    pub query: bool,
+    /// The TCP port the sender accepts peers on.
+    pub listen_port: u16,
+    ids: &'a [u8],
+}
+
+impl<'a> Announcement<'a> {
+    /// Decodes a datagram; `None` for anything that is not exactly a valid announcement.
+    pub fn decode(d: &'a [u8]) -> Option<Self> {
+        if d.len() < HEADER || &d[..8] != MAGIC || d[8] != VERSION {
+            return None;
+        }
+        let count = d[12] as usize;
+        if count > MAX_IDS || d.len() != HEADER + count * 32 {
+            return None;
+        }
+        let listen_port = u16::from_be_bytes([d[10], d[11]]);
+        if listen_port == 0 {
+            return None;
+        }
+        Some(Announcement { query: d[9] & FLAG_QUERY != 0, listen_port, ids: &d[HEADER..] })
+    }
+
+    /// True if the announcement names swarm `id`.
+    pub fn names(&self, id: &SwarmId) -> bool {
+        self.ids.chunks_exact(32).any(|c| c == id)
+    }
+}
+
+/// Encodes an announcement of up to [`MAX_IDS`] ids into `out`; returns its length.
+pub fn encode<'i>(
+    query: bool,
+    listen_port: u16,
+    ids: impl Iterator<Item = &'i SwarmId>,
+    out: &mut [u8; MAX_DATAGRAM],
+) -> usize {
+    out[..8].copy_from_slice(MAGIC);
+    out[8] = VERSION;
+    out[9] = if query { FLAG_QUERY } else { 0 };
+    out[10..12].copy_from_slice(&listen_port.to_be_bytes());
+    let mut n = 0;
+    for id in ids.take(MAX_IDS) {
+        out[HEADER + n * 32..HEADER + (n + 1) * 32].copy_from_slice(id);
+        n += 1;
+    }
+    out[12] = n as u8;
+    HEADER + n * 32
+}
+
+/// When to announce: at start, every [`INTERVAL`], and soon after a query (rate-limited).
+#[derive(Debug)]
+pub struct Schedule {
+    next: Instant,
+    last_answer: Option<Instant>,
+}
+
+impl Schedule {
+    /// Announces at once.
+    pub fn new(now: Instant) -> Self {
+        Schedule { next: now, last_answer: None }
+    }
+
+    /// When the next announcement is due.
+    pub fn next(&self) -> Instant {
+        self.next
+    }
+
+    /// True (and the next one scheduled) if an announcement is due.
+    pub fn due(&mut self, now: Instant) -> bool {
+        if now < self.next {
+            return false;
+        }
+        self.next = now + INTERVAL;
+        true
+    }
+
+    /// Someone asked: announce now, unless we answered less than [`ANSWER_GAP`] ago.
+    pub fn on_query(&mut self, now: Instant) {
+        if self.last_answer.is_none_or(|t| now >= t + ANSWER_GAP) {
+            self.last_answer = Some(now);
+            self.next = self.next.min(now);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roundtrip_and_exact_decoding() {
+        let ids = [[1u8; 32], [2u8; 32]];
+        let mut buf = [0u8; MAX_DATAGRAM];
+        let n = encode(true, 7070, ids.iter(), &mut buf);
+        let a = Announcement::decode(&buf[..n]).unwrap();
+        assert!(a.query && a.listen_port == 7070 && a.names(&ids[1]) && !a.names(&[3; 32]));
+        for cut in 0..n {
+            assert!(Announcement::decode(&buf[..cut]).is_none(), "truncated at {cut}");
+        }
+        assert!(Announcement::decode(&buf[..n + 1]).is_none(), "trailing byte");
+        let mut long = vec![0u8; HEADER + 17 * 32];
+        long[..HEADER].copy_from_slice(&buf[..HEADER]);
+        long[12] = 17;
+        assert!(Announcement::decode(&long).is_none(), "too many ids");
+        let mut bad = buf;
+        bad[8] = 2;
+        assert!(Announcement::decode(&bad[..n]).is_none(), "unknown version");
+        bad = buf;
+        bad[10] = 0;
+        bad[11] = 0;
+        assert!(Announcement::decode(&bad[..n]).is_none(), "port 0");
+    }
+
+    #[test]
+    fn garbage_never_decodes() {
+        let mut x: u32 = 1;
+        for len in 0..600 {
+            let d: Vec<u8> = (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 17;
+                    x ^= x << 5;
+                    x as u8
+                })
+                .collect();
+            assert!(Announcement::decode(&d).is_none());
+        }
+    }
+
+    #[test]
+    fn announces_at_start_then_every_interval_and_answers_queries_at_most_once_a_second() {
+        let t0 = Instant::now();
+        let mut s = Schedule::new(t0);
+        assert!(s.due(t0));
+        assert!(!s.due(t0 + Duration::from_secs(1)));
+        s.on_query(t0 + Duration::from_secs(1));
+        assert!(s.due(t0 + Duration::from_secs(1)));
+        s.on_query(t0 + Duration::from_millis(1500));
+        assert!(!s.due(t0 + Duration::from_millis(1500)), "second answer within a second");
+        assert!(s.due(t0 + Duration::from_secs(6)));
+    }
+}
