@@ -36,6 +36,9 @@ const SEND_BUF: usize = MAX_FRAME + 1024;
 const BAN_TIME: Duration = Duration::from_secs(600);
 /// Addresses remembered as offenders; the oldest entry is forgotten first.
 const MAX_BANS: usize = 64;
+/// Unsent bytes per connection above which no more blocks are queued (see `sys::set_notsent_lowat`).
+/// Four blocks keep a fast link busy between two wakeups.
+const UNSENT_MARK: usize = 64 * 1024;
 /// Addresses kept per release to dial (from `--peer` and peer exchange).
 const MAX_DIALS: usize = 64;
 /// Inbound connections must say which swarm they want within this.
@@ -449,6 +452,9 @@ impl Agent {
             return;
         }
         let _ = stream.set_nodelay(true);
+        if let Err(e) = sys::set_notsent_lowat(&stream, UNSENT_MARK as u32) {
+            log::debug!("cannot cap unsent bytes to {addr}: {e}");
+        }
         self.conns[slot] = Some(Conn {
             stream,
             addr,
@@ -589,7 +595,7 @@ impl Agent {
     /// Fills the send buffer from the swarm while it has room for a frame (so with at most one
     /// block) and writes once. Returns true if bytes went out and more may follow.
     fn pump(&mut self, slot: usize, now: Instant) -> Result<bool, AgentError> {
-        let Agent { conns, releases, .. } = self;
+        let Agent { conns, releases, poll, .. } = self;
         let Some(conn) = conns[slot].as_mut() else { return Ok(false) };
         let Some(r) = conn.release else { return Ok(false) };
         if conn.connecting {
@@ -604,8 +610,18 @@ impl Agent {
             conn.wlen -= conn.wpos;
             conn.wpos = 0;
         }
+        // Small messages always go; blocks only while the kernel holds little unsent. When it
+        // holds more, re-arming makes the kernel note that we wait for room, so epoll wakes us
+        // when the unsent bytes drop below the mark (a successful write never asks for that).
+        let blocks = sys::unsent_bytes(&conn.stream) < UNSENT_MARK;
+        if !blocks {
+            let interest = Interest::READABLE | Interest::WRITABLE;
+            if let Err(e) = poll.registry().reregister(&mut conn.stream, Token(slot), interest) {
+                log::debug!("cannot re-arm {}: {e}", conn.addr);
+            }
+        }
         while SEND_BUF - conn.wlen >= MAX_FRAME {
-            let Some(t) = release.swarm.poll_transmit(slot, now) else { break };
+            let Some(t) = release.swarm.poll_transmit(slot, now, blocks) else { break };
             conn.wlen += encode_transmit(t, &release.store, &mut conn.wbuf[conn.wlen..])?;
         }
         if conn.wpos == conn.wlen {

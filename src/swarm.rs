@@ -778,8 +778,9 @@ impl Swarm {
     }
 
     /// The next thing to send to peer `id`, if any. Call while the connection has room for a
-    /// whole frame; a `Block` is only handed out to peers holding an upload slot.
-    pub fn poll_transmit(&mut self, id: PeerId, now: Instant) -> Option<Transmit<'_>> {
+    /// whole frame; a `Block` is only handed out if `blocks` is true (the caller's link can take
+    /// one now) and to peers holding an upload slot.
+    pub fn poll_transmit(&mut self, id: PeerId, now: Instant, blocks: bool) -> Option<Transmit<'_>> {
         let s = self.peers.get_mut(id)?.as_mut()?;
         if let Some(c) = s.control.pop_front() {
             s.last_send = now;
@@ -793,6 +794,9 @@ impl Swarm {
             s.resend_bitfield = false;
             s.last_send = now;
             return Some(Transmit::Message(Message::Bitfield(Bytes(self.advertised()))));
+        }
+        if !blocks {
+            return None;
         }
         self.poll_block(id, now)
     }

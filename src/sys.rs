@@ -116,3 +116,41 @@ pub fn multicast_sender(from: Ipv4Addr) -> io::Result<std::net::UdpSocket> {
     }
     Ok(sock)
 }
+
+/// Unsent bytes a TCP socket may hold before it stops reporting writable.
+///
+/// Without a cap the kernel queues megabytes per connection: a `Have` or `Request` then waits
+/// behind seconds of blocks on a slow uplink, and the swarm's choices of what to send next are
+/// made long before the bytes leave. With it, epoll reports writable only below the mark.
+pub fn set_notsent_lowat(stream: &TcpStream, bytes: u32) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let v = bytes as libc::c_int;
+    let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: an int option on a socket we own.
+    let rc = unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_NOTSENT_LOWAT,
+            &v as *const _ as *const libc::c_void,
+            len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Bytes written to a TCP socket and not yet sent (SIOCOUTQNSD); 0 if the kernel cannot say.
+pub fn unsent_bytes(stream: &TcpStream) -> usize {
+    use std::os::fd::AsRawFd;
+    const SIOCOUTQNSD: u32 = 0x894B;
+    let mut n: libc::c_int = 0;
+    // SAFETY: SIOCOUTQNSD writes one int into `n`.
+    let rc = unsafe { libc::ioctl(stream.as_raw_fd(), SIOCOUTQNSD as _, &mut n as *mut libc::c_int) };
+    if rc != 0 {
+        return 0;
+    }
+    n.max(0) as usize
+}

@@ -192,7 +192,7 @@ impl Sim {
         let n = &mut self.nodes[node];
         loop {
             let mut buf = vec![0u8; MAX_FRAME];
-            match n.swarm.poll_transmit(link, now)? {
+            match n.swarm.poll_transmit(link, now, true)? {
                 Transmit::Message(m) => {
                     let len = wire::encode_frame(&m, &mut buf).unwrap();
                     buf.truncate(len);
@@ -459,7 +459,7 @@ fn requests_for_missing_chunks_are_rejected_not_served() {
     s.handle_message(0, &hello(SWARM), now).unwrap();
     s.handle_message(0, &Message::Request(2), now).unwrap();
     let mut sent = Vec::new();
-    while let Some(t) = s.poll_transmit(0, now) {
+    while let Some(t) = s.poll_transmit(0, now, true) {
         sent.push(format!("{t:?}"));
     }
     assert!(sent.iter().any(|t| t.contains("Reject(2)")), "sent: {sent:?}");
