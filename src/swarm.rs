@@ -35,6 +35,8 @@ pub struct SwarmConfig {
     pub pipeline_bytes: u32,
     /// Upload cap in bytes per second, 0 for none.
     pub max_upload_rate: u64,
+    /// Download cap in bytes per second, 0 for none; enforced when requesting whole chunks.
+    pub max_download_rate: u64,
     /// Session timeouts.
     pub timeouts: Timeouts,
     /// Our listening port, announced in Hello (0 for none).
@@ -58,6 +60,7 @@ impl Default for SwarmConfig {
             // product of any link we expect (256 KiB at 20 Mbit/s is 100 ms).
             pipeline_bytes: 256 * 1024,
             max_upload_rate: 0,
+            max_download_rate: 0,
             timeouts: Timeouts::default(),
             listen_port: 0,
             spread: true,
@@ -133,11 +136,28 @@ pub struct TokenBucket {
 impl TokenBucket {
     /// A bucket allowing `rate` bytes per second (0: unlimited), bursting one block or 50 ms.
     pub fn new(rate: u64) -> Self {
-        let burst = (rate / 20).max(BLOCK_SIZE as u64);
+        Self::with_burst(rate, (rate / 20).max(BLOCK_SIZE as u64))
+    }
+
+    /// A bucket allowing `rate` bytes per second that holds at most `burst` (at least one take).
+    pub fn with_burst(rate: u64, burst: u64) -> Self {
         TokenBucket { rate, burst, tokens: burst, last: None }
     }
 
+    /// True if `n` tokens were not there at the last refill: whoever waits for them needs a timer.
+    pub fn is_short(&self, n: u64) -> bool {
+        self.rate > 0 && self.tokens < n
+    }
+
+    /// Gives back tokens taken for something that did not happen.
+    pub fn refund(&mut self, n: u64) {
+        self.tokens = (self.tokens + n).min(self.burst);
+    }
+
     fn refill(&mut self, now: Instant) {
+        if self.rate == 0 {
+            return;
+        }
         let last = *self.last.get_or_insert(now);
         let dt = now.saturating_duration_since(last);
         let add = (self.rate as u128 * dt.as_nanos() / 1_000_000_000) as u64;
@@ -224,6 +244,7 @@ pub struct Swarm {
     upload_queue: VecDeque<PeerId>,
     config: SwarmConfig,
     upload_bucket: TokenBucket,
+    download_bucket: TokenBucket,
     /// Set while a seed spreads distinct chunks (see [`Spread`]).
     spread: Option<Spread>,
     /// Peer addresses learnt from peer exchange, for the caller to dial.
@@ -265,6 +286,8 @@ impl Swarm {
             peers: (0..config.max_peers).map(|_| None).collect(),
             upload_queue: VecDeque::with_capacity(config.max_peers),
             upload_bucket: TokenBucket::new(config.max_upload_rate),
+            // A request asks for a whole chunk at once, so the bucket must hold one.
+            download_bucket: TokenBucket::with_burst(config.max_download_rate, manifest.chunk_size as u64),
             spread: (have.is_full() && config.spread).then(|| Spread::new(n as u32)),
             discovered: heapless::Deque::new(),
             pex_buf: [0; MAX_PEX_PEERS * PEER_ENTRY],
@@ -722,9 +745,15 @@ impl Swarm {
             {
                 return;
             }
+            let want = self.chunk_size as u64;
+            if !self.download_bucket.take(want, now) {
+                return;
+            }
             let Some(chunk) = self.pick_chunk(id) else {
+                self.download_bucket.refund(want);
                 return;
             };
+            self.download_bucket.refund(want - self.chunk_len(chunk) as u64);
             let s = self.session_mut(id);
             if s.requested.is_empty() {
                 s.progress_at = now;
@@ -911,6 +940,10 @@ impl Swarm {
 
     /// Advances the timers: handshake and idle timeouts, stalled requests, keepalives.
     pub fn handle_timeout(&mut self, now: Instant) {
+        // Bring the buckets up to date, so a bucket that has refilled stops asking for a timer
+        // even when nothing is sent (a full socket must not turn a due refill into a spin).
+        self.upload_bucket.refill(now);
+        self.download_bucket.refill(now);
         let t = self.config.timeouts;
         for s in self.peers.iter_mut().flatten() {
             if s.close.is_some() {
@@ -952,9 +985,13 @@ impl Swarm {
         let t = self.config.timeouts;
         let timers = self.peers.iter().flatten().map(|s| s.next_deadline(&t)).min();
         // Only a block held back by the rate limit needs a timer; any other waits for the socket.
-        let bucket = self.upload_bucket.ready_at(BLOCK_SIZE as u64, now);
-        let held_back = bucket > now && !self.upload_queue.is_empty();
-        let bucket = held_back.then_some(bucket);
+        // The time may already have come: the caller then runs handle_timeout, which refills.
+        let held_back = self.upload_bucket.is_short(BLOCK_SIZE as u64) && !self.upload_queue.is_empty();
+        let mut bucket = held_back.then(|| self.upload_bucket.ready_at(BLOCK_SIZE as u64, now));
+        if self.download_bucket.is_short(self.chunk_size as u64) && !self.all_verified() {
+            let next_request = self.download_bucket.ready_at(self.chunk_size as u64, now);
+            bucket = Some(bucket.map_or(next_request, |b| b.min(next_request)));
+        }
         match (timers, bucket) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

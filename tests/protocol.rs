@@ -521,3 +521,19 @@ fn a_connection_to_ourselves_is_closed() {
     let me = Message::Hello { version: VERSION, swarm: SWARM, listen_port: 0, node: 0 };
     assert_eq!(s.handle_message(0, &me, now), Err(CloseReason::SelfConnection));
 }
+
+#[test]
+fn download_rate_limit_holds_within_ten_percent() {
+    let mut sim = Sim::new(4 << 20, 64 * 1024);
+    let rate = 256 * 1024;
+    let seed = sim.add_node(true, 100 * MB, Behaviour::Honest, SwarmConfig::default());
+    let limited = SwarmConfig { max_download_rate: rate, ..SwarmConfig::default() };
+    let leech = sim.add_node(false, 100 * MB, Behaviour::Honest, limited);
+    sim.connect(leech, seed);
+    let ok = sim.run(Duration::from_secs(60));
+    assert!(ok);
+    let took = sim.nodes[leech].done_at.unwrap().as_secs_f64();
+    // The bucket starts full with one chunk, which arrives at once.
+    let ideal = (sim.original.len() - 64 * 1024) as f64 / rate as f64;
+    assert!((took - ideal).abs() / ideal < 0.10, "took {took:.2} s at a cap that allows {ideal:.2} s");
+}
