@@ -39,6 +39,8 @@ const MAX_BANS: usize = 64;
 /// Unsent bytes per connection above which no more blocks are queued (see `sys::set_notsent_lowat`).
 /// Four blocks keep a fast link busy between two wakeups.
 const UNSENT_MARK: usize = 64 * 1024;
+/// How often a dial that cannot go now (banned, already connected, no free slot) is looked at.
+const REDIAL_CHECK: Duration = Duration::from_secs(2);
 /// Addresses kept per release to dial (from `--peer` and peer exchange).
 const MAX_DIALS: usize = 64;
 /// Inbound connections must say which swarm they want within this.
@@ -161,6 +163,8 @@ struct Offender {
 pub struct Agent {
     poll: Poll,
     listener: Option<TcpListener>,
+    /// The address `listener` is bound to.
+    local: Option<SocketAddr>,
     lan: Option<Lan>,
     conns: Vec<Option<Conn>>,
     releases: Vec<Release>,
@@ -181,6 +185,7 @@ impl Agent {
         Ok(Agent {
             poll,
             listener: None,
+            local: None,
             lan: None,
             conns,
             releases: Vec::new(),
@@ -203,6 +208,7 @@ impl Agent {
             for r in &mut self.releases {
                 r.swarm.set_listen_port(port);
             }
+            self.local = l.local_addr().ok();
             self.listener = Some(l);
             self.open_lan();
         }
@@ -274,7 +280,7 @@ impl Agent {
 
     /// The address the agent accepts peers on, if it listens.
     pub fn local_addr(&self) -> Option<SocketAddr> {
-        self.listener.as_ref()?.local_addr().ok()
+        self.local
     }
 
     /// The releases, in the order they were added.
@@ -487,16 +493,18 @@ impl Agent {
             }
             for d in 0..self.releases[r].dials.len() {
                 let dial = &self.releases[r].dials[d];
-                if dial.slot.is_some()
-                    || dial.next_try > now
-                    || self.is_banned(dial.addr.ip(), now)
-                    || self.releases[r].swarm.is_connected_to(dial.addr)
-                {
+                if dial.slot.is_some() || dial.next_try > now {
                     continue;
                 }
-                let Some(slot) = self.free_slot() else { return };
                 let addr = dial.addr;
+                let skip = self.is_banned(addr.ip(), now) || self.releases[r].swarm.is_connected_to(addr);
+                let slot = self.free_slot();
                 let dial = &mut self.releases[r].dials[d];
+                // Looked at again later, not at every turn: a due dial is a wakeup deadline.
+                let Some(slot) = slot.filter(|_| !skip) else {
+                    dial.next_try = now + REDIAL_CHECK;
+                    continue;
+                };
                 dial.next_try = now + dial.backoff;
                 dial.backoff = (dial.backoff * 2).min(Duration::from_secs(30));
                 match sys::connect_from(self.config.listen, addr) {
@@ -613,8 +621,8 @@ impl Agent {
         // Small messages always go; blocks only while the kernel holds little unsent. When it
         // holds more, re-arming makes the kernel note that we wait for room, so epoll wakes us
         // when the unsent bytes drop below the mark (a successful write never asks for that).
-        let blocks = sys::unsent_bytes(&conn.stream) < UNSENT_MARK;
-        if !blocks {
+        let blocks = release.swarm.wants_block(slot) && sys::unsent_bytes(&conn.stream) < UNSENT_MARK;
+        if !blocks && release.swarm.wants_block(slot) {
             let interest = Interest::READABLE | Interest::WRITABLE;
             if let Err(e) = poll.registry().reregister(&mut conn.stream, Token(slot), interest) {
                 log::debug!("cannot re-arm {}: {e}", conn.addr);

@@ -806,6 +806,16 @@ impl Swarm {
         })
     }
 
+    /// True if peer `id` holds an upload slot and has asked for something: the caller should
+    /// check whether its link can take a block.
+    pub fn wants_block(&self, id: PeerId) -> bool {
+        self.session(id).is_some_and(|s| !s.serving.is_empty()) && self.holds_upload_slot(id)
+    }
+
+    fn holds_upload_slot(&self, id: PeerId) -> bool {
+        self.upload_queue.iter().take(self.config.upload_slots).any(|&p| p == id)
+    }
+
     /// The next thing to send to peer `id`, if any. Call while the connection has room for a
     /// whole frame; a `Block` is only handed out if `blocks` is true (the caller's link can take
     /// one now) and to peers holding an upload slot.
@@ -882,7 +892,7 @@ impl Swarm {
     }
 
     fn poll_block(&mut self, id: PeerId, now: Instant) -> Option<Transmit<'static>> {
-        if !self.upload_queue.iter().take(self.config.upload_slots).any(|&p| p == id) {
+        if !self.holds_upload_slot(id) {
             return None;
         }
         let chunk = *self.session_mut(id).serving.front()?;

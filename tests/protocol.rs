@@ -247,6 +247,9 @@ impl Sim {
         for node in 0..self.nodes.len() {
             if self.nodes[node].swarm.poll_timeout(self.now).is_some_and(|t| t <= self.now) {
                 self.nodes[node].swarm.handle_timeout(self.now);
+                // A timer handled must not be due again at once: the event loop would spin.
+                let next = self.nodes[node].swarm.poll_timeout(self.now);
+                assert!(next.is_none_or(|t| t > self.now), "node {node} asks to be woken again at once");
             }
             for link in 0..self.links.len() {
                 if self.links[link].closed.is_none() && self.links[link].ends.contains(&node) {
