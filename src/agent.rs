@@ -72,7 +72,7 @@ impl Default for AgentConfig {
             listen: None,
             peers: Vec::new(),
             max_peers: 32,
-            upload_slots: 4,
+            upload_slots: 2,
             max_upload_rate: 0,
             commit_interval: Duration::from_millis(100),
             discovery: Some(discovery::DEFAULT_GROUP),

@@ -336,7 +336,7 @@ const NET_OPTIONS_HELP: &str = "
   --discovery-group ADDR    the LAN discovery group (default 239.255.70.70:7071)
   --trust PUBKEY            an operator key to accept manifests from (repeatable; 64 hex or a file)
   --max-peers N             connection slots (default 32)
-  --upload-slots N          peers uploaded to at once (default 4)
+  --upload-slots N          peers uploaded to at once (default 2)
   --max-upload-rate RATE    bytes per second per release, suffixes K and M allowed (default: none)
 ";
 
