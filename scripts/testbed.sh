@@ -65,6 +65,9 @@ cleanup() {
         for pid in $(ip netns pids "$ns" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null; done
     done
     for ns in "${NSS[@]}"; do ip netns del "$ns" 2>/dev/null; done
+    # TESTBED_AGENT_ARGS adds flags to every agent; TESTBED_KEEP_LOGS=DIR keeps every agent's log for a look at what happened.
+    [ -n "$TMP" ] && [ -n "${TESTBED_KEEP_LOGS:-}" ] && mkdir -p "$TESTBED_KEEP_LOGS" &&
+        find "$TMP" -name '*.log' -exec cp --parents {} "$TESTBED_KEEP_LOGS" \;
     [ -n "$TMP" ] && rm -rf "$TMP"
     [ -n "$POLICY_RC" ] && rm -f /usr/sbin/policy-rc.d
 }
@@ -201,7 +204,7 @@ run_swarm() {
     local r=$1 d=$TMP/run$1 i j seed t0 now left peers=() pids=() done_t=() ok rss
     mkdir -p "$d"; arm "$d"
     ip netns exec "$(ns_of 0)" "$AGENT" serve --data "$TMP/seed" --listen "$(addr_of 0):$PORT" \
-        --trust "$PK" 7>&- 8>&- >"$d/seed.log" 2>&1 &
+        --trust "$PK" ${TESTBED_AGENT_ARGS:-} 7>&- 8>&- >"$d/seed.log" 2>&1 &
     seed=$!; PIDS+=("$seed")
     wait_listen "$(ns_of 0)" "$PORT"
     for ((i = 1; i <= N; i++)); do
@@ -209,7 +212,8 @@ run_swarm() {
         [ "$SEED_ONLY" = 1 ] || for ((j = 1; j < i; j++)); do peers+=(--peer "$(addr_of "$j"):$PORT"); done
         mkdir -p "$d/p$i"
         spawn_blocked "$(ns_of "$i")" "$d/p$i.log" "$AGENT" fetch "$TMP/seed/fw.img.flotilla" --trust "$PK" \
-            --out "$d/p$i/fw.img" --listen "$(addr_of "$i"):$PORT" --seed-for "$((TIMEOUT + 60))" "${peers[@]}"
+            --out "$d/p$i/fw.img" --listen "$(addr_of "$i"):$PORT" --seed-for "$((TIMEOUT + 60))" "${peers[@]}" \
+            ${TESTBED_AGENT_ARGS:-}
         pids[i]=${PIDS[-1]}
     done
     release "$d" "$N"; t0=$T0 left=$N

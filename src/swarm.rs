@@ -450,7 +450,7 @@ impl Swarm {
         if node == self.config.node {
             return Err(CloseReason::SelfConnection);
         }
-        if self.keeps_other_connection_to(id, node) {
+        if self.resolve_duplicate(id, node) {
             return Err(CloseReason::Duplicate);
         }
         let s = self.session_mut(id);
@@ -474,15 +474,21 @@ impl Swarm {
         Ok(())
     }
 
-    /// True if connection `id` to `node` duplicates another one to it that is to be kept. Both
-    /// ends decide alike: the connection dialled by the lower node number stays.
-    fn keeps_other_connection_to(&self, id: PeerId, node: u64) -> bool {
-        let dialler = |s: &Session, peer: u64| if s.outbound { self.config.node } else { peer };
-        let Some(me) = self.peers[id].as_ref() else { return false };
-        let mine = dialler(me, node);
-        self.peers.iter().enumerate().any(|(p, s)| {
-            p != id && s.as_ref().is_some_and(|s| s.active && s.node == node && dialler(s, s.node) <= mine)
-        })
+    /// Settles two connections to one agent: both ends keep the one dialled by the lower node
+    /// number. Returns true if connection `id` (whose Hello names `node`) is the one to close;
+    /// otherwise an older duplicate, if any, is marked to be closed instead.
+    fn resolve_duplicate(&mut self, id: PeerId, node: u64) -> bool {
+        let me = self.config.node;
+        let dialler = |s: &Session, peer: u64| if s.outbound { me } else { peer };
+        let Some(mine) = self.peers[id].as_ref().map(|s| dialler(s, node)) else { return false };
+        for (p, s) in self.peers.iter_mut().enumerate() {
+            let Some(s) = s.as_mut().filter(|s| p != id && s.active && s.node == node) else { continue };
+            if dialler(s, s.node) <= mine {
+                return true;
+            }
+            s.close.get_or_insert(CloseReason::Duplicate);
+        }
+        false
     }
 
     /// True if an active session leads to the agent listening on `addr`.
