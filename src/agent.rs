@@ -8,24 +8,40 @@
 //! chunks are made durable in batches by [`Store::commit`] at most every `commit_interval`, and
 //! only then announced to peers.
 //!
+//! Around that sit the parts a device daemon needs, each bounded: a `--data` directory looked at
+//! again on request ([`Agent::rescan`]), the operator's install hook started when a release
+//! completes (a few children at once, reaped every turn, never waited for inside the loop), and
+//! a Unix status socket answered with one [`status::report`] per connection, then closed.
+//!
 //! Everything here is plumbing; every protocol decision is the swarm's.
 
 use crate::discovery::{self, Announcement};
-use crate::manifest::{PublicKey, SignedManifest};
+use crate::manifest::{ManifestError, PublicKey, SignedManifest};
 use crate::session::CloseReason;
+use crate::status::{self, Rates, ReleaseStatus, Snapshot};
 use crate::store::{Store, StoreError};
 use crate::swarm::{PeerId, Received, Swarm, SwarmConfig, Transmit, Verdict};
 use crate::sys;
 use crate::wire::{self, Message, RefuseReason, MAX_FRAME};
-use mio::net::{TcpListener, TcpStream};
+use mio::net::{TcpListener, TcpStream, UnixListener};
 use mio::{Events, Interest, Poll, Token};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant, SystemTime};
 
 const LISTENER: Token = Token(usize::MAX);
 const DISCOVERY: Token = Token(usize::MAX - 1);
+const STATUS: Token = Token(usize::MAX - 2);
+/// Status queries answered per wakeup; the rest wait for the next turn.
+const MAX_STATUS_PER_TURN: usize = 4;
+/// Install hooks running at once; a completion beyond that waits for one to finish.
+const MAX_HOOKS: usize = 4;
+/// Refused manifests remembered so that each is logged once, not at every rescan. Past this many
+/// bad files the oldest is forgotten (and logged again if it is still there).
+const MAX_REFUSED: usize = 64;
 /// Datagrams read per wakeup: a flood on the group cannot keep the loop from its other work.
 const MAX_DATAGRAMS_PER_TURN: usize = 64;
 /// Receive buffer: one whole frame, so any legal frame fits and nothing larger is ever needed.
@@ -64,6 +80,13 @@ pub struct AgentConfig {
     /// The LAN discovery multicast group, or `None` to find peers only through `peers` and
     /// peer exchange.
     pub discovery: Option<std::net::SocketAddrV4>,
+    /// Releases held at most; [`Agent::add_release`] refuses more.
+    pub max_releases: usize,
+    /// The install hook: a program and its arguments, run with the path of each release that
+    /// completes in this run appended as one more argument. Empty for none.
+    pub on_complete: Vec<String>,
+    /// Where to open the Unix socket that answers status queries, if anywhere.
+    pub status: Option<PathBuf>,
 }
 
 impl Default for AgentConfig {
@@ -76,6 +99,9 @@ impl Default for AgentConfig {
             max_upload_rate: 0,
             commit_interval: Duration::from_millis(100),
             discovery: Some(discovery::DEFAULT_GROUP),
+            max_releases: 16,
+            on_complete: Vec::new(),
+            status: None,
         }
     }
 }
@@ -89,6 +115,10 @@ pub enum AgentError {
     Poll(io::Error),
     /// A release's storage failed (disk full, read-only, ...).
     Store(StoreError),
+    /// The status socket could not be opened.
+    Status(PathBuf, io::Error),
+    /// Adding a release would pass `max_releases`.
+    TooManyReleases(usize),
 }
 
 impl std::fmt::Display for AgentError {
@@ -97,6 +127,10 @@ impl std::fmt::Display for AgentError {
             AgentError::Listen(a, e) => write!(f, "cannot listen on {a}: {e}"),
             AgentError::Poll(e) => write!(f, "event loop failed: {e}"),
             AgentError::Store(e) => write!(f, "{e}"),
+            AgentError::Status(p, e) => write!(f, "cannot open the status socket {}: {e}", p.display()),
+            AgentError::TooManyReleases(n) => {
+                write!(f, "already holding {n} releases, the most allowed (--max-releases)")
+            }
         }
     }
 }
@@ -121,6 +155,31 @@ pub struct Release {
     /// When the release became complete in this run, if it did.
     pub completed_at: Option<Instant>,
     dials: Vec<Dial>,
+    /// File size, for the status report.
+    size: u64,
+    rates: Rates,
+    /// Set when the release completes in this run, until its install hook is started.
+    hook_due: bool,
+}
+
+impl Release {
+    fn status(&self, now: Instant) -> ReleaseStatus {
+        let stats = &self.swarm.stats;
+        let (rate_up, rate_down) = self.rates.per_second(now, stats.uploaded, stats.downloaded);
+        ReleaseStatus {
+            name: self.name.clone(),
+            path: self.store.path().display().to_string(),
+            swarm_id: *self.swarm.id(),
+            have: self.swarm.have_bytes(),
+            total: self.size,
+            complete: self.store.is_complete(),
+            peers: self.swarm.active_peers(),
+            rate_up,
+            rate_down,
+            uploaded: stats.uploaded,
+            downloaded: stats.downloaded,
+        }
+    }
 }
 
 /// An address we keep a connection to for one release, redialled with backoff.
@@ -159,6 +218,40 @@ struct Offender {
     until: Instant,
 }
 
+/// The status socket; its file is removed when the agent goes.
+struct StatusSocket {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl Drop for StatusSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// A running install hook.
+struct Hook {
+    child: Child,
+    release: usize,
+}
+
+/// A manifest that was refused, as its files looked then: unchanged, it is not read again.
+#[derive(PartialEq)]
+struct Refused {
+    manifest: PathBuf,
+    stamps: [Option<(SystemTime, u64)>; 2],
+}
+
+impl Refused {
+    /// The manifest's and its data file's modification time and size: a copy still in progress
+    /// or a file replaced since gets another look.
+    fn new(manifest: &Path, data: &Path) -> Refused {
+        let stamp = |p: &Path| std::fs::metadata(p).ok().and_then(|m| Some((m.modified().ok()?, m.len())));
+        Refused { manifest: manifest.to_owned(), stamps: [stamp(manifest), stamp(data)] }
+    }
+}
+
 /// The agent: one event loop serving and fetching a set of releases.
 pub struct Agent {
     poll: Poll,
@@ -175,6 +268,11 @@ pub struct Agent {
     scratch: Vec<u32>,
     /// A storage failure seen while handling a frame; the loop stops with it.
     fatal: Option<StoreError>,
+    status: Option<StatusSocket>,
+    hooks: Vec<Hook>,
+    hooks_failed: usize,
+    refused: heapless::Deque<Refused, MAX_REFUSED>,
+    started: Instant,
 }
 
 impl Agent {
@@ -194,12 +292,19 @@ impl Agent {
             node: random_seed(),
             scratch: Vec::with_capacity(1024),
             fatal: None,
+            status: None,
+            hooks: Vec::with_capacity(MAX_HOOKS),
+            hooks_failed: 0,
+            refused: heapless::Deque::new(),
+            started: Instant::now(),
         })
     }
 
-    /// Opens the listening socket, if the configuration names one and it is not open yet.
-    /// [`Agent::run_until`] calls this itself; call it first to learn the bound address.
+    /// Opens the listening socket and the status socket, those the configuration names that are
+    /// not open yet. [`Agent::run_until`] calls this itself; call it first to learn the bound
+    /// address.
     pub fn listen(&mut self) -> Result<Option<SocketAddr>, AgentError> {
+        self.open_status()?;
         let Some(addr) = self.config.listen else { return Ok(None) };
         if self.listener.is_none() {
             let mut l = TcpListener::bind(addr).map_err(|e| AgentError::Listen(addr, e))?;
@@ -213,6 +318,15 @@ impl Agent {
             self.open_lan();
         }
         Ok(self.local_addr())
+    }
+
+    fn open_status(&mut self) -> Result<(), AgentError> {
+        let Some(path) = self.config.status.as_ref().filter(|_| self.status.is_none()) else { return Ok(()) };
+        let mut listener = bind_status(path).map_err(|e| AgentError::Status(path.clone(), e))?;
+        self.poll.registry().register(&mut listener, STATUS, Interest::READABLE).map_err(AgentError::Poll)?;
+        log::info!("status on {}", path.display());
+        self.status = Some(StatusSocket { listener, path: path.clone() });
+        Ok(())
     }
 
     /// Joins the discovery group; without it the agent still works through its peer list.
@@ -288,8 +402,25 @@ impl Agent {
         &self.releases
     }
 
+    /// What `flotilla status` reports, taken at `now`.
+    pub fn snapshot(&self, now: Instant) -> Snapshot {
+        Snapshot {
+            listen: self.local_addr(),
+            uptime: now.saturating_duration_since(self.started),
+            releases: self.releases.iter().map(|r| r.status(now)).collect(),
+        }
+    }
+
+    /// False once an install hook has failed (exited non-zero, or could not be started).
+    pub fn hooks_ok(&self) -> bool {
+        self.hooks_failed == 0
+    }
+
     /// Adds a release whose data lives at `path` (complete, partial or absent); returns its index.
     pub fn add_release(&mut self, m: &SignedManifest, path: &Path) -> Result<usize, AgentError> {
+        if self.releases.len() >= self.config.max_releases {
+            return Err(AgentError::TooManyReleases(self.config.max_releases));
+        }
         let store = Store::open(path, m)?;
         let swarm_config = SwarmConfig {
             max_peers: self.config.max_peers,
@@ -315,8 +446,67 @@ impl Agent {
             last_commit: now,
             completed_at,
             dials,
+            size: m.manifest.file_size,
+            rates: Rates::default(),
+            hook_due: false,
         });
         Ok(self.releases.len() - 1)
+    }
+
+    /// Adds the releases in a `--data` directory that are not held yet: each `NAME.flotilla` that
+    /// decodes and is signed by a trusted key (any key when `trust` is empty), its data at `NAME`.
+    /// A release held already (same path or swarm id) is passed over quietly; one refused is
+    /// logged once and not read again until its manifest or data file changes. Returns how many
+    /// were added. Called at start and then now and then, it lets an operator drop in a manifest.
+    pub fn rescan(&mut self, dir: &Path, trust: &[PublicKey]) -> io::Result<usize> {
+        let mut added = 0;
+        for (manifest, data) in manifests_in(dir)? {
+            if self.releases.iter().any(|r| r.store.path() == data) {
+                continue;
+            }
+            let seen = Refused::new(&manifest, &data);
+            if self.refused.iter().any(|r| *r == seen) {
+                continue;
+            }
+            if self.load(&manifest, &data, trust) {
+                added += 1;
+            } else {
+                if self.refused.is_full() {
+                    self.refused.pop_front();
+                }
+                let _ = self.refused.push_back(seen);
+            }
+        }
+        Ok(added)
+    }
+
+    /// Reads, checks and adds one release of a data directory; false (logged) if refused.
+    fn load(&mut self, manifest: &Path, data: &Path, trust: &[PublicKey]) -> bool {
+        let m = match load_manifest(manifest, trust) {
+            Ok(m) => m,
+            Err(e) => {
+                log::error!("skipping {}: {e}", manifest.display());
+                return false;
+            }
+        };
+        if let Some(r) = self.releases.iter().find(|r| *r.swarm.id() == m.swarm_id) {
+            log::warn!("skipping {}: the same release as {}", manifest.display(), r.store.path().display());
+            return false;
+        }
+        match self.add_release(&m, data) {
+            Ok(_) => {
+                log::info!("serving {} #{} from {}", m.manifest.name, m.manifest.release, data.display());
+                true
+            }
+            Err(e @ AgentError::TooManyReleases(_)) => {
+                log::warn!("skipping {}: {e}", manifest.display());
+                false
+            }
+            Err(e) => {
+                log::error!("skipping {}: {e}", data.display());
+                false
+            }
+        }
     }
 
     /// Runs the loop until `done` returns true (checked after every turn).
@@ -343,6 +533,7 @@ impl Agent {
                 match ev.token() {
                     LISTENER => self.accept(now),
                     DISCOVERY => self.hear(now),
+                    STATUS => self.answer_status(now),
                     Token(slot) => self.on_ready(slot, now),
                 }
             }
@@ -375,6 +566,8 @@ impl Agent {
             }
         }
         self.commit(now)?;
+        self.run_hooks();
+        self.sample_rates(now);
         self.learn_peers(now);
         self.announce(now);
         self.dial(now);
@@ -441,6 +634,94 @@ impl Agent {
                 continue;
             };
             self.open_slot(slot, stream, addr, None, now);
+        }
+    }
+
+    /// Samples each release's byte counters (about once a second) for the status report's rates.
+    fn sample_rates(&mut self, now: Instant) {
+        for r in &mut self.releases {
+            r.rates.sample(now, r.swarm.stats.uploaded, r.swarm.stats.downloaded);
+        }
+    }
+
+    /// Answers a few status queries: each gets the report in one write and is closed.
+    fn answer_status(&mut self, now: Instant) {
+        for _ in 0..MAX_STATUS_PER_TURN {
+            let Some(status) = self.status.as_ref() else { return };
+            let mut stream = match status.listener.accept() {
+                Ok((stream, _)) => stream,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => return log::warn!("status socket: accept failed: {e}"),
+            };
+            // The report is a few hundred bytes a release; a reader that cannot take it at once
+            // gets what fitted rather than a buffer kept for it.
+            let report = status::report(&self.snapshot(now));
+            match stream.write(report.as_bytes()) {
+                Ok(n) if n == report.len() => {}
+                Ok(n) => log::debug!("status socket: report cut at {n} of {} bytes", report.len()),
+                Err(e) => log::debug!("status socket: {e}"),
+            }
+        }
+        // Readiness is edge-triggered and we stopped before draining the queue: re-arming makes
+        // the next poll report the socket again if queries are still waiting.
+        if let Some(s) = self.status.as_mut() {
+            if let Err(e) = self.poll.registry().reregister(&mut s.listener, STATUS, Interest::READABLE) {
+                log::warn!("status socket: cannot re-arm: {e}");
+            }
+        }
+    }
+
+    /// Reaps the install hooks that finished, then starts those that are due, a few at a time.
+    fn run_hooks(&mut self) {
+        self.reap_hooks();
+        let Agent { hooks, releases, config, hooks_failed, .. } = self;
+        for (i, r) in releases.iter_mut().enumerate().filter(|(_, r)| r.hook_due) {
+            if hooks.len() >= MAX_HOOKS {
+                return;
+            }
+            r.hook_due = false;
+            let (name, path) = (&r.name, r.store.path());
+            log::info!("{name}: running the install hook: {} {path:?}", config.on_complete.join(" "));
+            match spawn_hook(&config.on_complete, path) {
+                Ok(child) => hooks.push(Hook { child, release: i }),
+                Err(e) => {
+                    *hooks_failed += 1;
+                    log::error!("{name}: cannot run the install hook {:?}: {e}", config.on_complete[0]);
+                }
+            }
+        }
+    }
+
+    /// Logs how each finished install hook ended and forgets it.
+    fn reap_hooks(&mut self) {
+        let Agent { hooks, releases, hooks_failed, .. } = self;
+        hooks.retain_mut(|h| {
+            let name = &releases[h.release].name;
+            match h.child.try_wait() {
+                Ok(None) => true,
+                Ok(Some(status)) => {
+                    *hooks_failed += !hook_finished(name, status) as usize;
+                    false
+                }
+                Err(e) => {
+                    log::warn!("{name}: cannot wait for the install hook: {e}");
+                    false
+                }
+            }
+        });
+    }
+
+    /// Starts the install hooks still due and waits for every one still running: for a command
+    /// that exits once its release is complete. Returns [`Agent::hooks_ok`].
+    pub fn finish_hooks(&mut self) -> bool {
+        loop {
+            self.run_hooks();
+            let Some(mut h) = self.hooks.pop() else { return self.hooks_ok() };
+            let name = &self.releases[h.release].name;
+            match h.child.wait() {
+                Ok(status) => self.hooks_failed += !hook_finished(name, status) as usize,
+                Err(e) => log::warn!("{name}: cannot wait for the install hook: {e}"),
+            }
         }
     }
 
@@ -692,6 +973,7 @@ impl Agent {
             }
             if r.store.is_complete() && r.completed_at.is_none() {
                 r.completed_at = Some(now);
+                r.hook_due = !self.config.on_complete.is_empty();
                 log::info!("{}: complete and verified at {}", r.name, r.store.path().display());
             }
         }
@@ -764,6 +1046,45 @@ fn encode_transmit(t: Transmit, store: &Store, out: &mut [u8]) -> Result<usize, 
     }
 }
 
+/// Starts the install hook: the operator's program and arguments, then `path` as one more
+/// argument. No shell parses anything, so no file name can smuggle in a command.
+fn spawn_hook(command: &[String], path: &Path) -> io::Result<Child> {
+    let Some((program, args)) = command.split_first() else { return Err(io::Error::other("no command")) };
+    Command::new(program).args(args).arg(path).stdin(Stdio::null()).spawn()
+}
+
+/// Logs how an install hook ended; true if it succeeded.
+fn hook_finished(name: &str, status: ExitStatus) -> bool {
+    if status.success() {
+        log::info!("{name}: the install hook finished ({status})");
+    } else {
+        log::warn!("{name}: the install hook failed ({status})");
+    }
+    status.success()
+}
+
+/// Binds the status socket at `path`. A socket file left there by an agent that is gone is
+/// replaced; a live agent's socket, or anything that is not a socket, is left alone.
+fn bind_status(path: &Path) -> io::Result<UnixListener> {
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+        Ok(meta) if !meta.file_type().is_socket() => {
+            return Err(io::Error::other("a file that is not a socket is there"))
+        }
+        // A non-blocking connect: refused at once when nobody listens, never waits.
+        Ok(_) => match mio::net::UnixStream::connect(path) {
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => std::fs::remove_file(path)?,
+            Ok(_) => return Err(io::Error::other("another agent is listening on it")),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                return Err(io::Error::other("another agent is listening on it"))
+            }
+            Err(e) => return Err(e),
+        },
+    }
+    UnixListener::bind(path)
+}
+
 /// A seed for the swarm's choices; different per process so agents do not pick alike.
 fn random_seed() -> u64 {
     let mut b = [0u8; 8];
@@ -778,30 +1099,34 @@ fn random_seed() -> u64 {
 /// skipped so that one bad file does not stop the others.
 pub fn scan_data_dir(dir: &Path, trust: &[PublicKey]) -> io::Result<Vec<(SignedManifest, PathBuf)>> {
     let mut found = Vec::new();
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
-    entries.sort();
-    for path in entries {
-        let Some(stem) = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_suffix(".flotilla")) else {
-            continue;
-        };
-        if stem.is_empty() {
-            continue;
+    for (manifest, data) in manifests_in(dir)? {
+        match load_manifest(&manifest, trust) {
+            Ok(m) => found.push((m, data)),
+            Err(e) => log::error!("skipping {}: {e}", manifest.display()),
         }
-        let checked = SignedManifest::read_file(&path).and_then(|m| {
-            if trust.is_empty() {
-                Ok(m)
-            } else {
-                m.check_trust(trust).map(|()| m)
-            }
-        });
-        let m = match checked {
-            Ok(m) => m,
-            Err(e) => {
-                log::error!("skipping {}: {e}", path.display());
-                continue;
-            }
-        };
-        found.push((m, dir.join(stem)));
     }
     Ok(found)
+}
+
+/// The `(NAME.flotilla, NAME)` pairs in `dir`, sorted by name.
+fn manifests_in(dir: &Path) -> io::Result<Vec<(PathBuf, PathBuf)>> {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    entries.sort();
+    Ok(entries
+        .into_iter()
+        .filter_map(|path| {
+            let stem = path.file_name()?.to_str()?.strip_suffix(".flotilla").filter(|s| !s.is_empty())?;
+            let data = dir.join(stem);
+            Some((path, data))
+        })
+        .collect())
+}
+
+/// Reads a manifest and checks it is signed by a trusted key (any key when `trust` is empty).
+fn load_manifest(path: &Path, trust: &[PublicKey]) -> Result<SignedManifest, ManifestError> {
+    let m = SignedManifest::read_file(path)?;
+    if !trust.is_empty() {
+        m.check_trust(trust)?;
+    }
+    Ok(m)
 }

@@ -1,12 +1,12 @@
 //! Subcommands of the `flotilla` binary. Each checks its input fully (flags, manifest, trust,
 //! output path) before it binds a socket or creates a file, and reports one line on failure.
 
-use flotilla::agent::{scan_data_dir, Agent, AgentConfig};
+use flotilla::agent::{Agent, AgentConfig};
 use flotilla::manifest::{self, ManifestError, PublicKey, SecretKey, SignedManifest, DEFAULT_CHUNK_SIZE};
 use flotilla::store::StoreError;
 use lexopt::prelude::*;
 use std::ffi::OsString;
-use std::io::{IsTerminal, Write};
+use std::io::{IsTerminal, Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -62,6 +62,7 @@ Commands:
   verify    check that a file is exactly the release a manifest describes
   serve     serve (and complete) every release in a directory
   fetch     fetch one release from peers, serving it meanwhile
+  status    ask a running serve or fetch how it is doing
   demo      run a seed and 8 peers on loopback and print figures
 
 Options:
@@ -101,6 +102,7 @@ pub fn run(args: Vec<OsString>) -> Result<(), Failure> {
         "verify" => verify(p),
         "serve" => serve(p),
         "fetch" => fetch(p),
+        "status" => status(p),
         "demo" => crate::demo::run(p),
         other => Err(usage(format!("unknown command {other:?} (see flotilla --help)"))),
     }
@@ -321,6 +323,14 @@ impl NetOptions {
             "max-peers" => c.max_peers = p.value()?.parse::<usize>()?.clamp(1, 4096),
             "upload-slots" => c.upload_slots = p.value()?.parse::<usize>()?.max(1),
             "max-upload-rate" => c.max_upload_rate = parse_rate(&p.value()?.string()?)?,
+            "status" => c.status = Some(PathBuf::from(p.value()?)),
+            "on-complete" => {
+                let cmd = p.value()?.string()?;
+                c.on_complete = cmd.split_whitespace().map(str::to_owned).collect();
+                if c.on_complete.is_empty() {
+                    return Err(usage("--on-complete needs a command"));
+                }
+            }
             other => return Err(usage(format!("invalid option '--{other}' (see --help)"))),
         }
         Ok(())
@@ -338,6 +348,15 @@ const NET_OPTIONS_HELP: &str = "
   --max-peers N             connection slots (default 32)
   --upload-slots N          peers uploaded to at once (default 2)
   --max-upload-rate RATE    bytes per second per release, suffixes K and M allowed (default: none)
+  --status PATH             answer `flotilla status PATH` on a Unix socket at PATH (a socket
+                            left there by an agent that is gone is replaced, any other file is not)
+  --on-complete CMD         the install hook: when a release completes and is verified in this run,
+                            run CMD with the path of the finished file as one more argument.
+                            CMD is split on whitespace into a program and its arguments; no shell
+                            is involved, so the path reaches the program intact whatever its
+                            characters (for shell syntax, use a script: --on-complete '/bin/sh
+                            /etc/flotilla/install.sh'). Runs once per completion, never for a
+                            release already complete at start; its exit status is logged.
 ";
 
 fn parse_addr(p: &mut lexopt::Parser) -> Result<SocketAddr, Failure> {
@@ -355,7 +374,14 @@ fn serve_help() -> String {
 Usage: flotilla serve --data DIR [options]
 
 Serves every release in DIR (a manifest NAME.flotilla beside its file NAME). A manifest whose
-file is missing or partial is fetched first, from the --peer addresses.
+file is missing or partial is fetched first, from the --peer addresses. DIR is looked at again
+every --rescan seconds: a manifest dropped in starts serving or fetching its release. Copy the
+file (if any) before its manifest; a manifest that cannot be used is logged once, and looked at
+again only when it or its file changes.
+
+  --data DIR                the releases
+  --rescan SECS             look for new manifests this often, 0 for never (default 10)
+  --max-releases N          releases held at most; more are refused with a warning (default 16)
 {NET_OPTIONS_HELP}"
     )
 }
@@ -363,9 +389,12 @@ file is missing or partial is fetched first, from the --peer addresses.
 fn serve(mut p: lexopt::Parser) -> Result<(), Failure> {
     let mut net = NetOptions::new();
     let mut dir = None;
+    let mut rescan = Duration::from_secs(10);
     while let Some(arg) = p.next()? {
         match arg {
             Long("data") => dir = Some(PathBuf::from(p.value()?)),
+            Long("rescan") => rescan = Duration::from_secs(p.value()?.parse()?),
+            Long("max-releases") => net.config.max_releases = p.value()?.parse::<usize>()?.clamp(1, 4096),
             Long(name) if name != "help" => {
                 let name = name.to_owned();
                 net.parse(&name, &mut p)?
@@ -374,24 +403,25 @@ fn serve(mut p: lexopt::Parser) -> Result<(), Failure> {
         }
     }
     let dir = required(dir, "--data DIR")?;
-    let found = scan_data_dir(&dir, &net.trust).map_err(|e| usage(format!("cannot read {}: {e}", dir.display())))?;
     let mut agent = Agent::new(net.config)?;
-    // Consumed one by one: each manifest is dropped once its swarm holds the chunk hashes.
-    for (m, path) in found {
-        let (m, path) = (&m, &path);
-        match agent.add_release(m, path) {
-            Ok(_) => log::info!("serving {} #{} from {}", m.manifest.name, m.manifest.release, path.display()),
-            Err(e) => log::error!("skipping {}: {e}", path.display()),
-        }
-    }
+    agent.rescan(&dir, &net.trust).map_err(|e| usage(format!("cannot read {}: {e}", dir.display())))?;
     if agent.releases().is_empty() {
-        log::warn!("no releases in {}: nothing to serve", dir.display());
+        log::warn!("no releases in {} yet: nothing to serve", dir.display());
     }
     if let Some(addr) = agent.listen()? {
         log::info!("listening on {addr}");
     }
-    agent.run_until(|_, _| false)?;
-    Ok(())
+    if rescan.is_zero() {
+        agent.run_until(|_, _| false)?;
+        return Ok(());
+    }
+    loop {
+        let due = Instant::now() + rescan;
+        agent.run_until(|_, now| now >= due)?;
+        if let Err(e) = agent.rescan(&dir, &net.trust) {
+            log::warn!("cannot read {}: {e}", dir.display());
+        }
+    }
 }
 
 fn fetch_help() -> String {
@@ -404,7 +434,9 @@ meanwhile. Partial data is kept in FILE.part and FILE.state: run the same comman
 an interruption and it resumes. FILE appears only when whole and verified.
 
   --out FILE                where the release goes
-  --seed-for SECS           keep serving this long after completing (default 0)
+  --seed-for SECS           keep serving this long after completing (default 0); an install
+                            hook (--on-complete) runs meanwhile, and fetch waits for it to finish
+                            and exits 1 if it failed
 {NET_OPTIONS_HELP}"
     )
 }
@@ -439,6 +471,41 @@ fn fetch(mut p: lexopt::Parser) -> Result<(), Failure> {
         r.completed_at.is_some_and(|t| now >= t + seed_for)
     })?;
     progress.finish(&agent.releases()[0]);
+    if !agent.finish_hooks() {
+        return Err(runtime("the install hook failed (see the log above)"));
+    }
+    Ok(())
+}
+
+const STATUS_HELP: &str = "\
+Usage: flotilla status [--status] PATH
+
+Asks the agent (serve or fetch) started with --status PATH how it is doing and prints its
+report: each release with its path, swarm id, progress, peers, rates and bytes sent and
+received. Exits 1 if no agent answers at PATH.
+";
+
+fn status(mut p: lexopt::Parser) -> Result<(), Failure> {
+    let mut path = None;
+    while let Some(arg) = p.next()? {
+        match arg {
+            Value(v) if path.is_none() => path = Some(PathBuf::from(v)),
+            Long("status") if path.is_none() => path = Some(PathBuf::from(p.value()?)),
+            a => help_or(a, STATUS_HELP)?,
+        }
+    }
+    let path = required(path, "PATH")?;
+    let nobody = |e: std::io::Error| runtime(format!("no agent answers at {}: {e}", path.display()));
+    let stream = std::os::unix::net::UnixStream::connect(&path).map_err(nobody)?;
+    // The agent writes its report as soon as it accepts; a stuck agent must not hang us.
+    stream.set_read_timeout(Some(Duration::from_secs(10))).map_err(nobody)?;
+    let mut report = String::new();
+    // A report is a few hundred bytes a release; the cap keeps a stranger's socket from filling RAM.
+    stream.take(1 << 20).read_to_string(&mut report).map_err(nobody)?;
+    if report.is_empty() {
+        return Err(runtime(format!("the agent at {} sent no report", path.display())));
+    }
+    print!("{report}");
     Ok(())
 }
 
@@ -493,13 +560,14 @@ impl Progress {
         }
         let secs = self.start.elapsed().as_secs_f64();
         log::info!(
-            "{}: {:.1} MiB complete at {} ({:.1} s, {:.1} MiB received, {:.1} MiB sent)",
+            "{}: {:.1} MiB complete at {} ({:.1} s, {:.1} MiB received, {:.1} MiB sent, {:.1} MiB discarded)",
             r.name,
             mib(self.total),
             r.store.path().display(),
             secs,
             mib(r.swarm.stats.downloaded),
-            mib(r.swarm.stats.uploaded)
+            mib(r.swarm.stats.uploaded),
+            mib(r.swarm.stats.wasted)
         );
     }
 }

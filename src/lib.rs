@@ -4,6 +4,7 @@ pub mod bitfield;
 pub mod discovery;
 pub mod manifest;
 pub mod session;
+pub mod status;
 pub mod store;
 pub mod swarm;
 mod sys;

@@ -1,0 +1,452 @@
+//! Daemon tests: the real `flotilla` binary as a device runs it. The status socket while a fetch
+//! runs, the install hook (`--on-complete`), and `serve` picking up a manifest dropped into its
+//! `--data` directory.
+//!
+//! Each test owns its 127.0.0.x addresses (150 and up, apart from `tests/e2e.rs`), runs every
+//! agent with `--no-discovery` so that no test hears another's announcements, and holds its
+//! children in a [`Procs`] guard that kills and reaps them on every path. Conditions are polled
+//! with a generous deadline rather than slept for.
+
+use std::fs;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long any one thing may take before the test gives up.
+const PATIENCE: Duration = Duration::from_secs(60);
+const MIB: usize = 1024 * 1024;
+
+/// A fresh directory for one test; removed at the end unless the test failed.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(test: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("flotilla-daemon-{test}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+
+    fn sub(&self, name: &str) -> PathBuf {
+        let d = self.0.join(name);
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// A free port on 127.0.0.x: bound by the OS, then released for the agent to take.
+fn free_addr(x: u8) -> String {
+    let addr: SocketAddr = TcpListener::bind((Ipv4Addr::new(127, 0, 0, x), 0)).unwrap().local_addr().unwrap();
+    addr.to_string()
+}
+
+/// Every child of a test, run in the test's directory with stdout and stderr in files there;
+/// dropping the guard kills and reaps them all.
+#[derive(Default)]
+struct Procs(Vec<(String, Child, PathBuf)>);
+
+impl Procs {
+    fn spawn(&mut self, dir: &Path, name: &str, args: &[&str]) -> usize {
+        let stderr = dir.join(format!("{name}.err"));
+        let child = Command::new(env!("CARGO_BIN_EXE_flotilla"))
+            .args(args)
+            .current_dir(dir)
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(dir.join(format!("{name}.out"))).unwrap())
+            .stderr(fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start flotilla for {name}: {e}"));
+        self.0.push((name.to_owned(), child, stderr));
+        self.0.len() - 1
+    }
+
+    fn stderr(&self, i: usize) -> String {
+        fs::read_to_string(&self.0[i].2).unwrap_or_default()
+    }
+
+    fn running(&mut self, i: usize) -> bool {
+        self.0[i].1.try_wait().unwrap().is_none()
+    }
+
+    fn wait(&mut self, i: usize) -> ExitStatus {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            if let Some(status) = self.0[i].1.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "{} did not exit:\n{}", self.0[i].0, self.stderr(i));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits until process `i` logs a line containing `needle`; fails at once if it exits.
+    fn wait_for_log(&mut self, i: usize, needle: &str) {
+        wait_until(&format!("{needle:?} in the log of {}", self.0[i].0), || {
+            if self.stderr(i).contains(needle) {
+                return true;
+            }
+            assert!(self.running(i), "{} exited early:\n{}", self.0[i].0, self.stderr(i));
+            false
+        });
+    }
+}
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for (_, child, _) in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Runs a command to its end: (exit code, stdout, stderr).
+fn run(dir: &Path, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_flotilla")).args(args).current_dir(dir).output().unwrap();
+    let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
+    (out.status.code().unwrap_or(-1), text(out.stdout), text(out.stderr))
+}
+
+fn run_ok(dir: &Path, args: &[&str]) -> String {
+    let (code, stdout, stderr) = run(dir, args);
+    assert_eq!(code, 0, "flotilla {args:?} failed:\n{stderr}");
+    stdout
+}
+
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out after {PATIENCE:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Deterministic pseudo-random bytes (xorshift64).
+fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// A published release in `dir/seed/`: the file `NAME` and its manifest `NAME.flotilla`.
+struct Release {
+    key: String,
+    data_dir: PathBuf,
+    manifest: PathBuf,
+    bytes: Vec<u8>,
+}
+
+/// `keygen` (once per directory), then `publish` `size` random bytes as `dir/seed/NAME`.
+fn make_release(dir: &Path, name: &str, size: usize, seed: u64) -> Release {
+    let secret = dir.join("operator.key");
+    if !secret.exists() {
+        run_ok(dir, &["keygen", "--secret", secret.to_str().unwrap()]);
+    }
+    let data_dir = dir.join("seed");
+    fs::create_dir_all(&data_dir).unwrap();
+    let file = data_dir.join(name);
+    let bytes = random_bytes(size, seed);
+    fs::write(&file, &bytes).unwrap();
+    run_ok(dir, &["publish", file.to_str().unwrap(), "--secret", secret.to_str().unwrap(), "--chunk-size", "64K"]);
+    let manifest = data_dir.join(format!("{name}.flotilla"));
+    Release { key: public_key(dir, &manifest), data_dir, manifest, bytes }
+}
+
+/// The signer `inspect` prints: the operator's public key.
+fn public_key(dir: &Path, manifest: &Path) -> String {
+    let text = run_ok(dir, &["inspect", manifest.to_str().unwrap()]);
+    let line = text.lines().find(|l| l.starts_with("signer:")).expect("inspect prints the signer");
+    line["signer:".len()..].trim().to_owned()
+}
+
+/// `serve` of the seed's directory on `addr` with its upload capped at `rate`.
+fn start_seed(procs: &mut Procs, dir: &Path, rel: &Release, addr: &str, rate: &str, extra: &[&str]) -> usize {
+    let data = rel.data_dir.to_str().unwrap();
+    let mut args = vec!["serve", "--data", data, "--listen", addr, "--no-discovery", "--trust", &rel.key];
+    args.extend(["--max-upload-rate", rate]);
+    args.extend(extra);
+    let i = procs.spawn(dir, "seed", &args);
+    procs.wait_for_log(i, "listening on");
+    i
+}
+
+/// What `flotilla status PATH` prints, or `None` while nobody answers there.
+fn status(dir: &Path, socket: &Path) -> Option<String> {
+    let (code, stdout, stderr) = run(dir, &["status", socket.to_str().unwrap()]);
+    match code {
+        0 => Some(stdout),
+        1 => None,
+        _ => panic!("flotilla status exited {code}:\n{stderr}"),
+    }
+}
+
+/// The value of `  key: value` in the block of release `name` of a status report.
+fn field<'a>(report: &'a str, name: &str, key: &str) -> &'a str {
+    let block = report
+        .split("\n\n")
+        .find(|b| b.starts_with(&format!("release: {name}\n")))
+        .unwrap_or_else(|| panic!("no release {name} in:\n{report}"));
+    let prefix = format!("  {key}: ");
+    let line = block.lines().find(|l| l.starts_with(&prefix)).unwrap_or_else(|| panic!("no {key} in:\n{block}"));
+    &line[prefix.len()..]
+}
+
+/// The percent of a `progress: H of T bytes (P%)` field.
+fn percent(report: &str, name: &str) -> u32 {
+    let p = field(report, name, "progress");
+    let open = p.rfind('(').unwrap_or_else(|| panic!("no percent in {p:?}"));
+    p[open + 1..p.len() - 2].parse().unwrap_or_else(|_| panic!("bad percent in {p:?}"))
+}
+
+/// A hook script that appends, per run, its argument count and arguments (`|`-separated) to
+/// `log`. The test's hook command is `/bin/sh SCRIPT tag`: the agent appends the path, so a
+/// correct run logs `2|tag|PATH`.
+fn hook_script(dir: &Path, log: &Path) -> PathBuf {
+    let script = dir.join("hook.sh");
+    fs::write(&script, format!("printf '%s|%s|%s\\n' \"$#\" \"$1\" \"$2\" >> '{}'\n", log.display())).unwrap();
+    script
+}
+
+fn hook_runs(log: &Path) -> Vec<String> {
+    fs::read_to_string(log).unwrap_or_default().lines().map(str::to_owned).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// While a fetch runs (from a seed capped at 1 MiB/s), `flotilla status` names the release,
+/// shows a connected peer, a percent below 100 and a download rate; once done, complete. The
+/// seed's own socket shows what it sent. Uses 127.0.0.150-151.
+#[test]
+fn status_while_a_fetch_runs() {
+    let tmp = TempDir::new("status");
+    let dir = tmp.path();
+    let rel = make_release(dir, "fw.img", 6 * MIB + 4321, 0x150);
+    let mut procs = Procs::default();
+    let (s, f) = (free_addr(150), free_addr(151));
+    let seed_sock = dir.join("seed.sock");
+    let seed = start_seed(&mut procs, dir, &rel, &s, "1M", &["--status", seed_sock.to_str().unwrap()]);
+
+    let sock = dir.join("fetch.sock");
+    let out = tmp.sub("fetcher").join("fw.img");
+    let manifest = rel.manifest.to_str().unwrap();
+    let args = ["fetch", manifest, "--trust", &rel.key, "--out", out.to_str().unwrap(), "--listen", &f];
+    let mut args = args.to_vec();
+    args.extend(["--peer", &s, "--no-discovery", "--seed-for", "120", "--status", sock.to_str().unwrap()]);
+    let fetch = procs.spawn(dir, "fetch", &args);
+
+    // Mid-way: connected, some bytes in, not all, and a rate measured over the last seconds.
+    let mut during = String::new();
+    wait_until("a status report showing the fetch under way", || {
+        assert!(procs.running(fetch), "fetch exited:\n{}", procs.stderr(fetch));
+        let Some(report) = status(dir, &sock) else { return false };
+        let moving = !field(&report, "fw.img", "rate").ends_with("down 0 B/s");
+        let ok = field(&report, "fw.img", "peers") != "0" && percent(&report, "fw.img") > 0 && moving;
+        during = report;
+        ok
+    });
+    eprintln!("during:\n{during}");
+    assert!(percent(&during, "fw.img") < 100, "{during}");
+    assert_eq!(field(&during, "fw.img", "complete"), "no", "{during}");
+    assert_eq!(field(&during, "fw.img", "path"), out.to_str().unwrap());
+    assert!(field(&during, "fw.img", "peers").parse::<u32>().unwrap() >= 1);
+    assert!(during.starts_with("flotilla "), "{during}");
+    assert!(during.contains(&format!("listening on {f}")), "{during}");
+
+    procs.wait_for_log(fetch, "complete and verified");
+    let after = status(dir, &sock).expect("the fetch still answers while it seeds");
+    eprintln!("after:\n{after}");
+    assert_eq!(field(&after, "fw.img", "complete"), "yes", "{after}");
+    assert_eq!(percent(&after, "fw.img"), 100);
+    let total = rel.bytes.len();
+    assert_eq!(field(&after, "fw.img", "progress"), format!("{total} of {total} bytes (100%)"));
+    assert_eq!(fs::read(&out).unwrap(), rel.bytes);
+
+    let seeding = status(dir, &seed_sock).expect("the seed answers");
+    assert_eq!(field(&seeding, "fw.img", "complete"), "yes", "{seeding}");
+    assert!(!field(&seeding, "fw.img", "total").starts_with("up 0 B,"), "the seed sent nothing?\n{seeding}");
+    assert!(procs.running(seed));
+}
+
+/// The status command and socket at the edges: nobody there is exit 1 with a message; a
+/// regular file at the path is never clobbered; a socket left by a dead agent is replaced; a
+/// live agent's socket is not taken over; the socket goes when a fetch exits. No TCP.
+#[test]
+fn status_socket_edges() {
+    let tmp = TempDir::new("sockedge");
+    let dir = tmp.path();
+    let rel = make_release(dir, "fw.img", 100_000, 0x156);
+    let data = rel.data_dir.to_str().unwrap();
+
+    let sock = dir.join("agent.sock");
+    let (code, _, stderr) = run(dir, &["status", sock.to_str().unwrap()]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("no agent answers at") && stderr.contains("agent.sock"), "{stderr}");
+    let (code, _, stderr) = run(dir, &["status"]);
+    assert_eq!(code, 2, "status without a path is bad usage: {stderr}");
+
+    // A regular file where the socket should go: refused, left as it was.
+    let file = dir.join("precious.txt");
+    fs::write(&file, "keep me").unwrap();
+    let serve = |path: &Path| {
+        let mut procs = Procs::default();
+        let args = ["serve", "--data", data, "--no-listen", "--no-discovery", "--status", path.to_str().unwrap()];
+        let i = procs.spawn(dir, "serve", &args);
+        (procs, i)
+    };
+    let (mut procs, i) = serve(&file);
+    let code = procs.wait(i).code();
+    assert_eq!(code, Some(1), "{}", procs.stderr(i));
+    assert!(procs.stderr(i).contains("not a socket"), "{}", procs.stderr(i));
+    assert_eq!(fs::read_to_string(&file).unwrap(), "keep me");
+
+    // A live socket is somebody else's.
+    let live = UnixListener::bind(&sock).unwrap();
+    let (mut procs, i) = serve(&sock);
+    assert_eq!(procs.wait(i).code(), Some(1), "{}", procs.stderr(i));
+    assert!(procs.stderr(i).contains("another agent is listening"), "{}", procs.stderr(i));
+    drop(live);
+
+    // Its owner gone, the socket file stays behind and is taken over.
+    assert!(sock.exists());
+    let (mut procs, i) = serve(&sock);
+    procs.wait_for_log(i, "status on");
+    let report = status(dir, &sock).expect("the agent answers on the replaced socket");
+    assert!(report.contains(": 1 release, not listening"), "{report}");
+    assert_eq!(field(&report, "fw.img", "complete"), "yes");
+    assert_eq!(field(&report, "fw.img", "peers"), "0");
+    drop(procs);
+
+    // A fetch that finishes removes its socket (here: the release is whole at start).
+    fs::remove_file(&sock).unwrap();
+    let out = rel.data_dir.join("fw.img");
+    let args = ["fetch", rel.manifest.to_str().unwrap(), "--trust", &rel.key, "--out", out.to_str().unwrap()];
+    let mut args = args.to_vec();
+    args.extend(["--no-listen", "--no-discovery", "--status", sock.to_str().unwrap()]);
+    run_ok(dir, &args);
+    assert!(!sock.exists(), "the fetch left its status socket behind");
+}
+
+/// `--on-complete` runs once, when the fetch completes, with the finished file's path as one
+/// argument after the operator's own: a path with spaces, `;`, quotes and `$(...)` arrives
+/// intact and runs nothing. The seed, complete at start, never runs its hook. The fetch waits
+/// for the hook; a failing hook makes it exit 1. Uses 127.0.0.152-153.
+#[test]
+fn on_complete_hook_gets_the_path_once() {
+    let tmp = TempDir::new("hook");
+    let dir = tmp.path();
+    let rel = make_release(dir, "fw.img", 2 * MIB + 99, 0x152);
+    let log = dir.join("hook.log");
+    let hook = format!("/bin/sh {} tag", hook_script(dir, &log).display());
+    let mut procs = Procs::default();
+    let (s, f) = (free_addr(152), free_addr(153));
+    start_seed(&mut procs, dir, &rel, &s, "4M", &["--on-complete", &hook]);
+
+    let out = tmp.sub("out").join("my fw; touch INJECTED 'q\" $(touch INJECTED2).img");
+    let out_s = out.to_str().unwrap();
+    let manifest = rel.manifest.to_str().unwrap();
+    let args = ["fetch", manifest, "--trust", &rel.key, "--out", out_s, "--listen", &f, "--peer", &s, "--no-discovery"];
+    let mut with_hook = args.to_vec();
+    with_hook.extend(["--on-complete", &hook]);
+    let i = procs.spawn(dir, "fetch", &with_hook);
+    let status = procs.wait(i);
+    let stderr = procs.stderr(i);
+    assert!(status.success(), "fetch failed ({status}):\n{stderr}");
+    assert_eq!(fs::read(&out).unwrap(), rel.bytes);
+    // fetch returned only after its hook finished, so the log is complete now.
+    assert_eq!(hook_runs(&log), [format!("2|tag|{out_s}")], "the hook's arguments");
+    assert!(stderr.contains("running the install hook"), "{stderr}");
+    assert!(stderr.contains("install hook finished (exit status: 0)"), "{stderr}");
+    for f in ["INJECTED", "INJECTED2"] {
+        assert!(!dir.join(f).exists() && !tmp.path().join("out").join(f).exists(), "the path was run as a command");
+    }
+
+    // Already complete at start: no hook. Same for the seed, which has been up all along.
+    run_ok(dir, &with_hook);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(hook_runs(&log).len(), 1, "a hook ran for a release that was complete at start");
+
+    // A hook that fails (or cannot start) makes fetch exit 1 after the release is in place.
+    fs::remove_file(&out).unwrap();
+    let mut failing = args.to_vec();
+    failing.extend(["--on-complete", "/bin/false"]);
+    let (code, _, stderr) = run(dir, &failing);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("install hook failed"), "{stderr}");
+    assert_eq!(fs::read(&out).unwrap(), rel.bytes);
+}
+
+/// `serve --rescan 1` with an empty `--data`: a manifest dropped in later is fetched from the
+/// peer, completed and handed to the hook once; a corrupt manifest, a second copy of the same
+/// release and a release beyond `--max-releases` are each logged once, however many rescans
+/// pass. Uses 127.0.0.154-155.
+#[test]
+fn rescan_picks_up_a_new_manifest() {
+    let tmp = TempDir::new("rescan");
+    let dir = tmp.path();
+    let rel = make_release(dir, "fw.img", 3 * MIB + 5, 0x154);
+    let other = make_release(dir, "other.img", 70_000, 0x155);
+    let log = dir.join("hook.log");
+    let hook = format!("/bin/sh {} tag", hook_script(dir, &log).display());
+    let mut procs = Procs::default();
+    let (s, b) = (free_addr(154), free_addr(155));
+    start_seed(&mut procs, dir, &rel, &s, "8M", &[]);
+
+    let data = tmp.sub("device");
+    let args = ["serve", "--data", data.to_str().unwrap(), "--listen", &b, "--peer", &s, "--no-discovery"];
+    let mut args = args.to_vec();
+    args.extend(["--trust", &rel.key, "--rescan", "1", "--max-releases", "1", "--on-complete", &hook]);
+    let d = procs.spawn(dir, "device", &args);
+    procs.wait_for_log(d, "listening on");
+    assert!(procs.stderr(d).contains("nothing to serve"), "{}", procs.stderr(d));
+
+    // Junk first: logged at the next rescan, then left alone.
+    fs::write(data.join("junk.flotilla"), b"not a manifest").unwrap();
+    procs.wait_for_log(d, "junk.flotilla");
+
+    fs::copy(&rel.manifest, data.join("fw.img.flotilla")).unwrap();
+    let out = data.join("fw.img");
+    wait_until("the dropped-in release to complete", || {
+        assert!(procs.running(d), "serve exited:\n{}", procs.stderr(d));
+        out.exists()
+    });
+    assert_eq!(fs::read(&out).unwrap(), rel.bytes);
+    wait_until("the install hook to run", || !hook_runs(&log).is_empty());
+
+    // The same release under a second name, and a second release past the cap of one.
+    fs::copy(&rel.manifest, data.join("copy.flotilla")).unwrap();
+    fs::copy(&other.manifest, data.join("other.img.flotilla")).unwrap();
+    procs.wait_for_log(d, "copy.flotilla: the same release as");
+    procs.wait_for_log(d, "other.img.flotilla: already holding 1 releases");
+    // Three more rescans: nothing is logged again, nothing else is added, the hook ran once.
+    std::thread::sleep(Duration::from_millis(3500));
+    let stderr = procs.stderr(d);
+    eprintln!("{stderr}");
+    for needle in ["junk.flotilla", "copy.flotilla", "other.img.flotilla"] {
+        assert_eq!(stderr.matches(needle).count(), 1, "{needle} logged more than once:\n{stderr}");
+    }
+    assert_eq!(stderr.matches("serving fw.img #1").count(), 1, "{stderr}");
+    assert!(stderr.contains("fw.img: complete and verified"), "{stderr}");
+    assert_eq!(hook_runs(&log), [format!("2|tag|{}", out.display())]);
+    assert!(!data.join("other.img.part").exists() && !data.join("copy.part").exists());
+}
