@@ -75,6 +75,8 @@ pub struct AgentConfig {
     pub upload_slots: usize,
     /// Upload cap per release in bytes per second, 0 for none.
     pub max_upload_rate: u64,
+    /// Download cap per release in bytes per second, 0 for none.
+    pub max_download_rate: u64,
     /// Longest a verified chunk waits before it is made durable and announced.
     pub commit_interval: Duration,
     /// The LAN discovery multicast group, or `None` to find peers only through `peers` and
@@ -97,6 +99,7 @@ impl Default for AgentConfig {
             max_peers: 32,
             upload_slots: 2,
             max_upload_rate: 0,
+            max_download_rate: 0,
             commit_interval: Duration::from_millis(100),
             discovery: Some(discovery::DEFAULT_GROUP),
             max_releases: 16,
@@ -426,6 +429,7 @@ impl Agent {
             max_peers: self.config.max_peers,
             upload_slots: self.config.upload_slots,
             max_upload_rate: self.config.max_upload_rate,
+            max_download_rate: self.config.max_download_rate,
             listen_port: self.local_addr().map_or(0, |a| a.port()),
             node: self.node,
             ..SwarmConfig::default()

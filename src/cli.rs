@@ -323,6 +323,7 @@ impl NetOptions {
             "max-peers" => c.max_peers = p.value()?.parse::<usize>()?.clamp(1, 4096),
             "upload-slots" => c.upload_slots = p.value()?.parse::<usize>()?.max(1),
             "max-upload-rate" => c.max_upload_rate = parse_rate(&p.value()?.string()?)?,
+            "max-download-rate" => c.max_download_rate = parse_rate(&p.value()?.string()?)?,
             "status" => c.status = Some(PathBuf::from(p.value()?)),
             "on-complete" => {
                 let cmd = p.value()?.string()?;
@@ -348,6 +349,7 @@ const NET_OPTIONS_HELP: &str = "
   --max-peers N             connection slots (default 32)
   --upload-slots N          peers uploaded to at once (default 2)
   --max-upload-rate RATE    bytes per second per release, suffixes K and M allowed (default: none)
+  --max-download-rate RATE  the same for downloads, counted in whole chunks requested
   --status PATH             answer `flotilla status PATH` on a Unix socket at PATH (a socket
                             left there by an agent that is gone is replaced, any other file is not)
   --on-complete CMD         the install hook: when a release completes and is verified in this run,
