@@ -360,7 +360,7 @@ impl Agent {
         let query = self.releases.iter().any(|r| !r.store.is_complete());
         let mut buf = [0u8; discovery::MAX_DATAGRAM];
         for group in self.releases.chunks(discovery::MAX_IDS) {
-            let n = discovery::encode(query, port, group.iter().map(|r| r.swarm.id()), &mut buf);
+            let n = discovery::encode(query, port, self.node, group.iter().map(|r| r.swarm.id()), &mut buf);
             if let Err(e) = lan.sender.send_to(&buf[..n], lan.group) {
                 log::debug!("cannot announce on {}: {e}", lan.group);
             }
@@ -383,7 +383,8 @@ impl Agent {
                 continue;
             };
             let peer = SocketAddr::new(from.ip(), a.listen_port);
-            if Some(peer) == me {
+            // Our own announcement looped back: under 0.0.0.0 its address would not tell us.
+            if a.node == self.node || Some(peer) == me {
                 continue;
             }
             if a.query {
@@ -945,15 +946,21 @@ impl Agent {
             Ok(reason) => log::info!("closed {}: {reason}", conn.addr),
             Err(e) => log::debug!("closed {}: {e}", conn.addr),
         }
+        if why == Ok(CloseReason::SelfConnection) {
+            // We accepted our own dial: the address it reached is ours, learnt from a peer.
+            // Only this end sees the reason (the dialling end sees the close), so it is here
+            // that the dial is put to rest.
+            if let Ok(ours) = conn.stream.local_addr() {
+                for d in self.releases.iter_mut().flat_map(|r| r.dials.iter_mut()).filter(|d| d.addr == ours) {
+                    d.next_try = now + Duration::from_secs(86_400);
+                }
+            }
+        }
         if let Some(r) = conn.release {
             self.releases[r].swarm.remove_peer(slot, now);
             if let Some(d) = conn.dial {
                 let dial = &mut self.releases[r].dials[d];
                 dial.slot = None;
-                if why == Ok(CloseReason::SelfConnection) {
-                    // Our own address, learnt from a peer: never worth dialling again.
-                    dial.next_try = now + Duration::from_secs(86_400);
-                }
             }
         }
     }

@@ -161,7 +161,8 @@ fn write_random(path: &Path, size: u64) -> std::io::Result<()> {
 }
 
 fn free_port() -> Result<u16, Failure> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| runtime(format!("cannot find a free port: {e}")))?;
+    let l = std::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .map_err(|e| runtime(format!("cannot find a free port: {e}")))?;
     l.local_addr().map(|a| a.port()).map_err(|e| runtime(e.to_string()))
 }
 

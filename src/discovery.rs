@@ -7,8 +7,9 @@
 //! Datagrams that do not decode exactly are ignored. This module owns the datagram format and
 //! the announcement schedule; it does no I/O (the agent sends and receives).
 //!
-//! Datagram: `"FLOTANN1"` ‖ version u8 (1) ‖ flags u8 ‖ listen port u16 BE ‖ count u8 (≤ 16) ‖
-//! count × 32-byte swarm ids. Flag bit 0, "query": the sender is fetching and asks listeners to
+//! Datagram: `"FLOTANN1"` ‖ version u8 (1) ‖ flags u8 ‖ listen port u16 BE ‖ node u64 BE (the
+//! sender's random node number, so an agent listening on 0.0.0.0 knows its own) ‖ count u8
+//! (≤ 16) ‖ count × 32-byte swarm ids. Flag bit 0, "query": the sender is fetching and asks listeners to
 //! announce now rather than at their next interval (each answers at most once a second).
 
 use crate::manifest::SwarmId;
@@ -24,7 +25,7 @@ pub const MAX_DATAGRAM: usize = HEADER + MAX_IDS * 32;
 
 const MAGIC: &[u8; 8] = b"FLOTANN1";
 const VERSION: u8 = 1;
-const HEADER: usize = 13;
+const HEADER: usize = 21;
 const FLAG_QUERY: u8 = 1;
 /// Time between announcements.
 const INTERVAL: Duration = Duration::from_secs(5);
@@ -38,6 +39,8 @@ pub struct Announcement<'a> {
     pub query: bool,
     /// The TCP port the sender accepts peers on.
     pub listen_port: u16,
+    /// The sender's node number.
+    pub node: u64,
     ids: &'a [u8],
 }
 
@@ -47,7 +50,7 @@ impl<'a> Announcement<'a> {
         if d.len() < HEADER || &d[..8] != MAGIC || d[8] != VERSION {
             return None;
         }
-        let count = d[12] as usize;
+        let count = d[20] as usize;
         if count > MAX_IDS || d.len() != HEADER + count * 32 {
             return None;
         }
@@ -55,7 +58,10 @@ impl<'a> Announcement<'a> {
         if listen_port == 0 {
             return None;
         }
-        Some(Announcement { query: d[9] & FLAG_QUERY != 0, listen_port, ids: &d[HEADER..] })
+        let mut node = [0u8; 8];
+        node.copy_from_slice(&d[12..20]);
+        let node = u64::from_be_bytes(node);
+        Some(Announcement { query: d[9] & FLAG_QUERY != 0, listen_port, node, ids: &d[HEADER..] })
     }
 
     /// True if the announcement names swarm `id`.
@@ -68,6 +74,7 @@ impl<'a> Announcement<'a> {
 pub fn encode<'i>(
     query: bool,
     listen_port: u16,
+    node: u64,
     ids: impl Iterator<Item = &'i SwarmId>,
     out: &mut [u8; MAX_DATAGRAM],
 ) -> usize {
@@ -75,12 +82,13 @@ pub fn encode<'i>(
     out[8] = VERSION;
     out[9] = if query { FLAG_QUERY } else { 0 };
     out[10..12].copy_from_slice(&listen_port.to_be_bytes());
+    out[12..20].copy_from_slice(&node.to_be_bytes());
     let mut n = 0;
     for id in ids.take(MAX_IDS) {
         out[HEADER + n * 32..HEADER + (n + 1) * 32].copy_from_slice(id);
         n += 1;
     }
-    out[12] = n as u8;
+    out[20] = n as u8;
     HEADER + n * 32
 }
 
@@ -128,16 +136,16 @@ mod tests {
     fn roundtrip_and_exact_decoding() {
         let ids = [[1u8; 32], [2u8; 32]];
         let mut buf = [0u8; MAX_DATAGRAM];
-        let n = encode(true, 7070, ids.iter(), &mut buf);
+        let n = encode(true, 7070, 0xfeed, ids.iter(), &mut buf);
         let a = Announcement::decode(&buf[..n]).unwrap();
-        assert!(a.query && a.listen_port == 7070 && a.names(&ids[1]) && !a.names(&[3; 32]));
+        assert!(a.query && a.listen_port == 7070 && a.node == 0xfeed && a.names(&ids[1]) && !a.names(&[3; 32]));
         for cut in 0..n {
             assert!(Announcement::decode(&buf[..cut]).is_none(), "truncated at {cut}");
         }
         assert!(Announcement::decode(&buf[..n + 1]).is_none(), "trailing byte");
         let mut long = vec![0u8; HEADER + 17 * 32];
         long[..HEADER].copy_from_slice(&buf[..HEADER]);
-        long[12] = 17;
+        long[20] = 17;
         assert!(Announcement::decode(&long).is_none(), "too many ids");
         let mut bad = buf;
         bad[8] = 2;

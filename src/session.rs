@@ -20,9 +20,10 @@ pub const MAX_OFFERED: usize = 4;
 const CONTROL_CAPACITY: usize = 64;
 /// `Have`s may fill the queue only this far; past it they fold into one bitfield resend. The
 /// rest is kept for messages an honest peer can cause at most `MAX_REQUESTS` of each (our
-/// requests, our cancels, our rejects answering its cancels) plus Hello, Bitfield and keepalive,
-/// so those are never dropped while a slow socket holds the queue up.
-const HAVE_LIMIT: usize = CONTROL_CAPACITY - 3 * MAX_REQUESTS - 3;
+/// requests, our cancels, our rejects answering its cancels), a spreading seed's offers, and
+/// one each of Hello, Bitfield, Peers and keepalive, so those are never dropped while a slow
+/// socket holds the queue up.
+const HAVE_LIMIT: usize = CONTROL_CAPACITY - 3 * MAX_REQUESTS - MAX_OFFERED - 4;
 
 /// A small message the swarm wants sent; the shell encodes it when the socket has room.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -187,6 +188,9 @@ impl Session {
     /// Queues a small message; `Have`s beyond their share become one bitfield resend. Returns
     /// false only if the queue is full, which an honest peer cannot cause (see `HAVE_LIMIT`).
     pub(crate) fn push_control(&mut self, c: Control) -> bool {
+        if matches!(c, Control::Peers | Control::KeepAlive) && self.control.iter().any(|&q| q == c) {
+            return true;
+        }
         if matches!(c, Control::Have(_)) && self.control.len() >= HAVE_LIMIT {
             self.resend_bitfield = true;
             return true;
