@@ -3,6 +3,7 @@
 
 use flotilla::agent::{Agent, AgentConfig};
 use flotilla::manifest::{self, ManifestError, PublicKey, SecretKey, SignedManifest, DEFAULT_CHUNK_SIZE};
+use flotilla::status::fixed;
 use flotilla::store::StoreError;
 use lexopt::prelude::*;
 use std::ffi::OsString;
@@ -539,14 +540,15 @@ impl Progress {
         }
         self.last_shown = Some(now);
         self.last_bytes = done;
-        let eta = if self.rate > 0.0 { format!("{:.0}s", (self.total - done) as f64 / self.rate) } else { "?".into() };
+        let eta =
+            if self.rate > 0.0 { format!("{}s", fixed((self.total - done) as f64 / self.rate, 0)) } else { "?".into() };
         let line = format!(
-            "{}: {:.1}/{:.1} MiB {:3.0}%  {:.1} MiB/s  {} peers  ETA {eta}",
+            "{}: {}/{} MiB {:>3}%  {} MiB/s  {} peers  ETA {eta}",
             r.name,
-            mib(done),
-            mib(self.total),
-            100.0 * done as f64 / self.total as f64,
-            self.rate / 1048576.0,
+            fixed(mib(done), 1),
+            fixed(mib(self.total), 1),
+            fixed(100.0 * done as f64 / self.total as f64, 0),
+            fixed(self.rate / 1048576.0, 1),
             r.swarm.active_peers()
         );
         if self.tty {
@@ -562,14 +564,14 @@ impl Progress {
         }
         let secs = self.start.elapsed().as_secs_f64();
         log::info!(
-            "{}: {:.1} MiB complete at {} ({:.1} s, {:.1} MiB received, {:.1} MiB sent, {:.1} MiB discarded)",
+            "{}: {} MiB complete at {} ({} s, {} MiB received, {} MiB sent, {} MiB discarded)",
             r.name,
-            mib(self.total),
+            fixed(mib(self.total), 1),
             r.store.path().display(),
-            secs,
-            mib(r.swarm.stats.downloaded),
-            mib(r.swarm.stats.uploaded),
-            mib(r.swarm.stats.wasted)
+            fixed(secs, 1),
+            fixed(mib(r.swarm.stats.downloaded), 1),
+            fixed(mib(r.swarm.stats.uploaded), 1),
+            fixed(mib(r.swarm.stats.wasted), 1)
         );
     }
 }

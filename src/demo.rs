@@ -4,6 +4,7 @@
 
 use crate::cli::{runtime, usage, Failure};
 use flotilla::manifest::{self, SecretKey, SignedManifest};
+use flotilla::status::fixed;
 use lexopt::prelude::*;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -96,10 +97,10 @@ pub fn run(mut p: lexopt::Parser) -> Result<(), Failure> {
     for (i, out) in outs.iter().enumerate() {
         m.verify_file(out).map_err(|e| runtime(format!("peer {}: {e}", i + 1)))?;
         println!(
-            "  peer {:>2}  {:<14}  complete in {:>6.2} s  verified",
+            "  peer {:>2}  {:<14}  complete in {:>6} s  verified",
             i + 1,
             host(i as u32 + 1, port).ip(),
-            done[i]
+            fixed(done[i], 2)
         );
     }
     report(&o, &done);
@@ -118,16 +119,21 @@ fn report(o: &Options, done: &[f64]) {
     let client_server = n * f / u;
     // Kumar & Ross: the seed must send every byte once, and all N copies share N+1 uplinks.
     let bound = (f / u).max(n * f / (u * (n + 1.0)));
-    println!("all {} peers complete and verified in {all:.2} s", o.peers);
+    println!("all {} peers complete and verified in {} s", o.peers, fixed(all, 2));
     println!(
-        "one server alone at {} MiB/s would need {client_server:.2} s ({} x {} MiB / {} MiB/s): the swarm was {:.1}x faster",
+        "one server alone at {} MiB/s would need {} s ({} x {} MiB / {} MiB/s): the swarm was {}x faster",
         o.rate_mib,
+        fixed(client_server, 2),
         o.peers,
         o.size_mib,
         o.rate_mib,
-        client_server / all
+        fixed(client_server / all, 1)
     );
-    println!("theoretical lower bound (Kumar & Ross) {bound:.2} s: the swarm took {:.2}x the bound", all / bound);
+    println!(
+        "theoretical lower bound (Kumar & Ross) {} s: the swarm took {}x the bound",
+        fixed(bound, 2),
+        fixed(all / bound, 2)
+    );
 }
 
 /// Writes the release, its key and its manifest into `dir`; returns the manifest and public key.
