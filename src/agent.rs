@@ -16,6 +16,7 @@
 //! Everything here is plumbing; every protocol decision is the swarm's.
 
 use crate::discovery::{self, Announcement};
+use crate::history::History;
 use crate::manifest::{ManifestError, PublicKey, SignedManifest};
 use crate::session::CloseReason;
 use crate::status::{self, Rates, ReleaseStatus, Snapshot};
@@ -275,6 +276,8 @@ pub struct Agent {
     hooks: Vec<Hook>,
     hooks_failed: usize,
     refused: heapless::Deque<Refused, MAX_REFUSED>,
+    /// The data directory's record of the highest release served per name (`serve` only).
+    history: Option<History>,
     started: Instant,
 }
 
@@ -299,6 +302,7 @@ impl Agent {
             hooks: Vec::with_capacity(MAX_HOOKS),
             hooks_failed: 0,
             refused: heapless::Deque::new(),
+            history: None,
             started: Instant::now(),
         })
     }
@@ -465,6 +469,7 @@ impl Agent {
     /// were added. Called at start and then now and then, it lets an operator drop in a manifest.
     pub fn rescan(&mut self, dir: &Path, trust: &[PublicKey]) -> io::Result<usize> {
         let mut added = 0;
+        self.history.get_or_insert_with(|| History::load(dir));
         for (manifest, data) in manifests_in(dir)? {
             if self.releases.iter().any(|r| r.store.path() == data) {
                 continue;
@@ -498,9 +503,20 @@ impl Agent {
             log::warn!("skipping {}: the same release as {}", manifest.display(), r.store.path().display());
             return false;
         }
+        let (name, release) = (&m.manifest.name, m.manifest.release);
+        if let Some(highest) = self.history.as_ref().and_then(|h| h.highest(name)).filter(|&h| h > release) {
+            log::warn!(
+                "refusing {}: release {release} of {name} is older than release {highest} already served here (no rollback)",
+                manifest.display()
+            );
+            return false;
+        }
         match self.add_release(&m, data) {
             Ok(_) => {
-                log::info!("serving {} #{} from {}", m.manifest.name, m.manifest.release, data.display());
+                log::info!("serving {name} #{release} from {}", data.display());
+                if let Some(Err(e)) = self.history.as_mut().map(|h| h.record(name, release)) {
+                    log::warn!("cannot record {name} #{release} in {}: {e}", History::FILE);
+                }
                 true
             }
             Err(e @ AgentError::TooManyReleases(_)) => {

@@ -2,6 +2,7 @@
 pub mod agent;
 pub mod bitfield;
 pub mod discovery;
+pub mod history;
 pub mod manifest;
 pub mod session;
 pub mod status;

@@ -450,3 +450,50 @@ fn rescan_picks_up_a_new_manifest() {
     assert_eq!(hook_runs(&log), [format!("2|tag|{}", out.display())]);
     assert!(!data.join("other.img.part").exists() && !data.join("copy.part").exists());
 }
+
+#[test]
+fn serve_refuses_to_roll_back_to_an_older_release() {
+    let tmp = TempDir::new("rollback");
+    let dir = tmp.path();
+    let secret = dir.join("operator.key");
+    let current = make_release(dir, "fw.img", 300_000, 0x156);
+    let newest = current.data_dir.join("fw.img");
+    run_ok(dir, &["publish", newest.to_str().unwrap(), "--secret", secret.to_str().unwrap(), "--release", "7"]);
+    // An older release of the same name, validly signed by the same operator, on another seed.
+    let old_dir = tmp.sub("old");
+    fs::create_dir_all(&old_dir).unwrap();
+    fs::write(old_dir.join("fw.img"), random_bytes(250_000, 0x157)).unwrap();
+    let old_file = old_dir.join("fw.img");
+    run_ok(dir, &["publish", old_file.to_str().unwrap(), "--secret", secret.to_str().unwrap(), "--release", "5"]);
+
+    let device = tmp.sub("device");
+    fs::create_dir_all(&device).unwrap();
+    fs::copy(&newest, device.join("fw.img")).unwrap();
+    fs::copy(current.data_dir.join("fw.img.flotilla"), device.join("fw.img.flotilla")).unwrap();
+    let mut procs = Procs::default();
+    let (old_seed, dev) = (free_addr(156), free_addr(157));
+    let serve = |procs: &mut Procs, name: &str, data: &Path, listen: &str, extra: &[&str]| {
+        let mut args = vec!["serve", "--data", data.to_str().unwrap(), "--listen", listen, "--no-discovery"];
+        args.extend(["--trust", &current.key]);
+        args.extend(extra);
+        procs.spawn(dir, name, &args)
+    };
+    let first = serve(&mut procs, "device1", &device, &dev, &[]);
+    procs.wait_for_log(first, "serving fw.img #7");
+    procs.0[first].1.kill().unwrap();
+    let _ = procs.0[first].1.wait();
+
+    // The attack: the newer file gone, the older manifest in its place, a peer offering it.
+    fs::remove_file(device.join("fw.img")).unwrap();
+    fs::copy(old_dir.join("fw.img.flotilla"), device.join("fw.img.flotilla")).unwrap();
+    let s = serve(&mut procs, "old-seed", &old_dir, &old_seed, &[]);
+    procs.wait_for_log(s, "serving fw.img #5");
+    let second = serve(&mut procs, "device2", &device, &dev, &["--peer", &old_seed, "--rescan", "1"]);
+    procs.wait_for_log(second, "release 5 of fw.img is older than release 7 already served here");
+    std::thread::sleep(Duration::from_millis(2500));
+    assert!(procs.running(second), "serve exited:\n{}", procs.stderr(second));
+    assert!(!device.join("fw.img").exists(), "the older release was fetched");
+    assert!(!device.join("fw.img.part").exists(), "a fetch of the older release began");
+    let log = procs.stderr(second);
+    assert_eq!(log.matches("older than release 7").count(), 1, "refusal logged once, not every rescan:\n{log}");
+}
