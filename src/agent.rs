@@ -78,6 +78,8 @@ pub struct AgentConfig {
     pub max_upload_rate: u64,
     /// Download cap per release in bytes per second, 0 for none.
     pub max_download_rate: u64,
+    /// With a fleet secret, only peers proving they hold it get anything (see [`crate::auth`]).
+    pub fleet_key: Option<crate::auth::FleetKey>,
     /// Longest a verified chunk waits before it is made durable and announced.
     pub commit_interval: Duration,
     /// The LAN discovery multicast group, or `None` to find peers only through `peers` and
@@ -101,6 +103,7 @@ impl Default for AgentConfig {
             upload_slots: 2,
             max_upload_rate: 0,
             max_download_rate: 0,
+            fleet_key: None,
             commit_interval: Duration::from_millis(100),
             discovery: Some(discovery::DEFAULT_GROUP),
             max_releases: 16,
@@ -435,6 +438,7 @@ impl Agent {
             upload_slots: self.config.upload_slots,
             max_upload_rate: self.config.max_upload_rate,
             max_download_rate: self.config.max_download_rate,
+            fleet_key: self.config.fleet_key,
             listen_port: self.local_addr().map_or(0, |a| a.port()),
             node: self.node,
             ..SwarmConfig::default()
@@ -513,10 +517,11 @@ impl Agent {
         }
         match self.add_release(&m, data) {
             Ok(_) => {
-                log::info!("serving {name} #{release} from {}", data.display());
+                // Durable before it is said: a kill right after the log line must not lose it.
                 if let Some(Err(e)) = self.history.as_mut().map(|h| h.record(name, release)) {
                     log::warn!("cannot record {name} #{release} in {}: {e}", History::FILE);
                 }
+                log::info!("serving {name} #{release} from {}", data.display());
                 true
             }
             Err(e @ AgentError::TooManyReleases(_)) => {

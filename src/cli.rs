@@ -325,6 +325,19 @@ impl NetOptions {
             "upload-slots" => c.upload_slots = p.value()?.parse::<usize>()?.max(1),
             "max-upload-rate" => c.max_upload_rate = parse_rate(&p.value()?.string()?)?,
             "max-download-rate" => c.max_download_rate = parse_rate(&p.value()?.string()?)?,
+            "fleet-secret" => {
+                let path = PathBuf::from(p.value()?);
+                let secret = std::fs::read(&path).map_err(|e| usage(format!("cannot read {}: {e}", path.display())))?;
+                if secret.len() < flotilla::auth::MIN_SECRET_LEN {
+                    return Err(usage(format!(
+                        "{} holds {} bytes; a fleet secret needs at least {} (e.g. head -c 32 /dev/urandom)",
+                        path.display(),
+                        secret.len(),
+                        flotilla::auth::MIN_SECRET_LEN
+                    )));
+                }
+                c.fleet_key = Some(flotilla::auth::fleet_key(&secret));
+            }
             "status" => c.status = Some(PathBuf::from(p.value()?)),
             "on-complete" => {
                 let cmd = p.value()?.string()?;
@@ -351,6 +364,8 @@ const NET_OPTIONS_HELP: &str = "
   --upload-slots N          peers uploaded to at once (default 2)
   --max-upload-rate RATE    bytes per second per release, suffixes K and M allowed (default: none)
   --max-download-rate RATE  the same for downloads, counted in whole chunks requested
+  --fleet-secret FILE       only exchange with peers holding the same secret (>= 16 bytes;
+                            they prove it in the handshake, nothing is served before)
   --status PATH             answer `flotilla status PATH` on a Unix socket at PATH (a socket
                             left there by an agent that is gone is replaced, any other file is not)
   --on-complete CMD         the install hook: when a release completes and is verified in this run,

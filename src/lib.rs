@@ -1,5 +1,6 @@
 //! Flotilla: peer-to-peer distribution of operator-signed releases to fleets of small devices.
 pub mod agent;
+pub mod auth;
 pub mod bitfield;
 pub mod discovery;
 pub mod history;

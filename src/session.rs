@@ -44,6 +44,8 @@ pub enum Control {
     KeepAlive,
     /// Our other peers' addresses.
     Peers,
+    /// Our proof of the fleet secret.
+    Auth,
 }
 
 /// Why a connection is closed; offences count against the peer's address.
@@ -112,6 +114,11 @@ pub struct Session {
     pub(crate) remote: Option<std::net::SocketAddr>,
     /// The peer's random node number from its Hello.
     pub(crate) node: u64,
+    /// Our nonce for this connection, and the peer's from its Hello (fleet authentication).
+    pub(crate) nonce: [u8; crate::auth::NONCE_LEN],
+    pub(crate) peer_nonce: [u8; crate::auth::NONCE_LEN],
+    /// The peer's Hello has arrived; with a fleet secret, `active` waits for its `Auth` too.
+    pub(crate) hello_seen: bool,
     /// When to next tell this peer about our other peers.
     pub(crate) pex_at: Instant,
     pub(crate) bits: Bitfield,
@@ -153,6 +160,9 @@ impl Session {
             listen_addr: if outbound { remote } else { None },
             remote,
             node: 0,
+            nonce: [0; crate::auth::NONCE_LEN],
+            peer_nonce: [0; crate::auth::NONCE_LEN],
+            hello_seen: false,
             pex_at: now,
             bits: Bitfield::new(chunks),
             got_bitfield: false,

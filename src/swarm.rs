@@ -45,6 +45,8 @@ pub struct SwarmConfig {
     pub spread: bool,
     /// Our random node number, announced in Hello.
     pub node: u64,
+    /// With a fleet secret, peers must prove they hold it before anything is exchanged.
+    pub fleet_key: Option<crate::auth::FleetKey>,
 }
 
 impl Default for SwarmConfig {
@@ -65,6 +67,7 @@ impl Default for SwarmConfig {
             listen_port: 0,
             spread: true,
             node: 0,
+            fleet_key: None,
         }
     }
 }
@@ -362,10 +365,17 @@ impl Swarm {
     /// waits for the peer's. Returns false if the slot is out of range or taken.
     pub fn add_peer(&mut self, id: PeerId, outbound: bool, remote: Option<std::net::SocketAddr>, now: Instant) -> bool {
         let chunks = self.chunk_count();
+        if !matches!(self.peers.get(id), Some(None)) {
+            return false;
+        }
+        let mut nonce = [0u8; crate::auth::NONCE_LEN];
+        nonce[..8].copy_from_slice(&self.next_random().to_le_bytes());
+        nonce[8..].copy_from_slice(&self.next_random().to_le_bytes());
         let Some(slot @ None) = self.peers.get_mut(id) else {
             return false;
         };
         let mut s = Session::new(chunks, outbound, remote, now);
+        s.nonce = nonce;
         if outbound {
             s.push_control(Control::Hello);
         }
@@ -426,6 +436,10 @@ impl Swarm {
             Message::Block { chunk, offset, data } => self.on_block(id, chunk, offset, data.0, now),
             Message::KeepAlive => Ok(Received::Nothing),
             Message::Peers(Bytes(b)) => self.on_peers(b),
+            Message::Auth(_) if self.config.fleet_key.is_none() => {
+                Err(CloseReason::Protocol("the peer requires a fleet secret (--fleet-secret)"))
+            }
+            Message::Auth(_) => Err(CloseReason::Protocol("fleet proof after the handshake")),
         }
     }
 
@@ -435,7 +449,10 @@ impl Swarm {
     }
 
     fn on_hello(&mut self, id: PeerId, msg: &Message, now: Instant) -> Result<(), CloseReason> {
-        let Message::Hello { version, swarm, listen_port, node } = *msg else {
+        if self.session_mut(id).hello_seen {
+            return self.on_auth(id, msg, now);
+        }
+        let Message::Hello { version, swarm, listen_port, node, nonce } = *msg else {
             return match *msg {
                 Message::Refuse(r) => Err(CloseReason::Refused(r)),
                 _ => Err(CloseReason::Protocol("message before hello")),
@@ -454,24 +471,63 @@ impl Swarm {
             return Err(CloseReason::Duplicate);
         }
         let s = self.session_mut(id);
-        s.active = true;
+        s.hello_seen = true;
         s.node = node;
+        s.peer_nonce = nonce;
         if !s.outbound && listen_port != 0 {
             s.listen_addr = s.remote.map(|r| std::net::SocketAddr::new(r.ip(), listen_port));
         }
+        if !s.outbound {
+            s.push_control(Control::Hello);
+        }
+        if self.config.fleet_key.is_some() {
+            self.session_mut(id).push_control(Control::Auth);
+            return Ok(());
+        }
+        self.activate(id, now);
+        Ok(())
+    }
+
+    /// With a fleet secret: the peer's proof must be the next message, and must check.
+    fn on_auth(&mut self, id: PeerId, msg: &Message, now: Instant) -> Result<(), CloseReason> {
+        let Message::Auth(theirs) = *msg else {
+            return Err(CloseReason::Protocol("message before the fleet proof"));
+        };
+        let Some(expected) = self.proof(id, false) else {
+            return Err(CloseReason::Protocol("unexpected fleet proof"));
+        };
+        if !crate::auth::proofs_equal(&theirs, &expected) {
+            return Err(CloseReason::Protocol("wrong fleet proof"));
+        }
+        self.activate(id, now);
+        Ok(())
+    }
+
+    /// The fleet proof on connection `id`: ours if `mine`, else the one the peer must send.
+    fn proof(&self, id: PeerId, mine: bool) -> Option<[u8; 32]> {
+        use crate::auth::{Role, Transcript};
+        let key = self.config.fleet_key.as_ref()?;
+        let s = self.session(id)?;
+        let (us, them) = ((self.config.node, &s.nonce), (s.node, &s.peer_nonce));
+        let ((dialler_node, dialler_nonce), (acceptor_node, acceptor_nonce)) =
+            if s.outbound { (us, them) } else { (them, us) };
+        let t = Transcript { swarm: &self.id, dialler_node, acceptor_node, dialler_nonce, acceptor_nonce };
+        let role = if s.outbound == mine { Role::Dialler } else { Role::Acceptor };
+        Some(crate::auth::proof(key, role, &t))
+    }
+
+    /// The handshake is complete: the session joins the swarm.
+    fn activate(&mut self, id: PeerId, now: Instant) {
+        let s = self.session_mut(id);
+        s.active = true;
         s.pex_at = now;
         s.progress_at = now;
+        s.push_control(Control::Bitfield);
         for (p, other) in self.peers.iter_mut().enumerate() {
             if let Some(o) = other.as_mut().filter(|o| o.active && p != id) {
                 o.pex_at = o.pex_at.min(now + PEX_SOON);
             }
         }
-        let s = self.session_mut(id);
-        if !s.outbound {
-            s.push_control(Control::Hello);
-        }
-        s.push_control(Control::Bitfield);
-        Ok(())
     }
 
     /// Settles two connections to one agent: both ends keep the one dialled by the lower node
@@ -833,7 +889,7 @@ impl Swarm {
                 let len = self.build_peer_list(id);
                 return Some(Transmit::Message(Message::Peers(Bytes(&self.pex_buf[..len]))));
             }
-            return Some(Transmit::Message(self.control_message(c)));
+            return Some(Transmit::Message(self.control_message(id, c)));
         }
         if s.resend_bitfield && s.active {
             s.resend_bitfield = false;
@@ -879,15 +935,18 @@ impl Swarm {
         }
     }
 
-    fn control_message(&self, c: Control) -> Message<'_> {
+    fn control_message(&self, id: PeerId, c: Control) -> Message<'_> {
+        let nonce = self.session(id).map_or([0; crate::auth::NONCE_LEN], |s| s.nonce);
         match c {
             Control::Hello => Message::Hello {
                 version: VERSION,
                 swarm: self.id,
                 listen_port: self.config.listen_port,
                 node: self.config.node,
+                nonce,
             },
             Control::Peers => Message::KeepAlive, // built in poll_transmit, which has &mut self
+            Control::Auth => Message::Auth(self.proof(id, true).unwrap_or_default()),
             Control::Bitfield => Message::Bitfield(Bytes(self.advertised())),
             Control::Have(c) => Message::Have(c),
             Control::Request(c) => Message::Request(c),

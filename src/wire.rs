@@ -64,6 +64,8 @@ pub enum Message<'a> {
         /// A random number the sender picked at start: tells a connection to ourselves, and two
         /// connections to one agent, apart.
         node: u64,
+        /// Fresh random bytes for this connection, covered by the fleet proof (`Auth`).
+        nonce: [u8; crate::auth::NONCE_LEN],
     },
     /// The handshake is refused; the connection closes after it.
     Refuse(RefuseReason),
@@ -92,6 +94,9 @@ pub enum Message<'a> {
     /// Other peers of this swarm the sender is connected to: [`PEER_ENTRY`]-byte entries (IPv6
     /// or IPv4-mapped address, then port big-endian), at most [`MAX_PEX_PEERS`].
     Peers(Bytes<'a>),
+    /// Proof of the fleet secret (see [`crate::auth`]); with a fleet secret, the only message
+    /// allowed between the Hellos and the Bitfield.
+    Auth([u8; 32]),
 }
 
 /// Bytes of one address in [`Message::Peers`].
@@ -237,7 +242,14 @@ mod tests {
     #[test]
     fn every_message_roundtrips() {
         let data = [7u8; BLOCK_SIZE as usize];
-        roundtrip(Message::Hello { version: VERSION, swarm: [9; 32], listen_port: 7070, node: u64::MAX });
+        roundtrip(Message::Hello {
+            version: VERSION,
+            swarm: [9; 32],
+            listen_port: 7070,
+            node: u64::MAX,
+            nonce: [3; 16],
+        });
+        roundtrip(Message::Auth([0xa5; 32]));
         roundtrip(Message::Peers(Bytes(&[1; 36])));
         roundtrip(Message::Refuse(RefuseReason::UnknownSwarm));
         roundtrip(Message::Bitfield(Bytes(&[0xff, 0x80])));

@@ -601,7 +601,8 @@ fn lie(mut stream: TcpStream, rel: &Release) -> Result<LiarReport, String> {
     let spare = bits.len() * 8 - m.chunk_count() as usize;
     *bits.last_mut().unwrap() = 0xff << spare;
     let io = |e: std::io::Error| format!("write to fetcher: {e}");
-    send(&mut stream, &Message::Hello { version: VERSION, swarm, listen_port: 0, node: 0x11a2 }).map_err(io)?;
+    send(&mut stream, &Message::Hello { version: VERSION, swarm, listen_port: 0, node: 0x11a2, nonce: [7; 16] })
+        .map_err(io)?;
     send(&mut stream, &Message::Bitfield(Bytes(&bits))).map_err(io)?;
 
     let chunk = read_until(&mut stream, &mut buf, |msg| match *msg {
@@ -901,4 +902,59 @@ fn agents_find_each_other_on_the_lan_and_ignore_junk_datagrams() {
     assert!(procs.running(s), "the seed died:\n{}", procs.stderr(s));
     let seed_log = procs.stderr(s);
     assert!(seed_log.contains("ignored a malformed announcement"), "junk was not seen and ignored:\n{seed_log}");
+}
+
+/// With a fleet secret, a fetch holding it completes and one without it gets nothing.
+#[test]
+fn fleet_secret_admits_members_only() {
+    let tmp = TempDir::new("fleet");
+    let dir = tmp.path();
+    let rel = make_release(dir, 2 * MIB as usize, "64K", 0x81);
+    let secret = dir.join("fleet.secret");
+    fs::write(&secret, random_bytes(32, 0x82)).unwrap();
+    let wrong = dir.join("wrong.secret");
+    fs::write(&wrong, random_bytes(32, 0x85)).unwrap(); // (seeds differ after `| 1`)
+    let short = dir.join("short.secret");
+    fs::write(&short, b"too short").unwrap();
+    let mut procs = Procs::default();
+    let seed = free_addr(81).to_string();
+    let data = rel.data_dir.to_str().unwrap();
+    let s = procs.spawn(
+        dir,
+        "seed",
+        &["serve", "--data", data, "--listen", &seed, "--no-discovery", "--fleet-secret", secret.to_str().unwrap()],
+    );
+    wait_for_log(&mut procs, s, "listening on");
+    let fetch = |procs: &mut Procs, name: &str, x: u8, extra: &[&str]| {
+        let out = tmp.sub(name).join("fw.img");
+        let listen = free_addr(x).to_string();
+        let mut args = vec!["fetch", rel.manifest_arg(), "--trust", &rel.key, "--out", out.to_str().unwrap()];
+        args.extend(["--listen", &listen, "--peer", &seed, "--no-discovery"]);
+        args.extend(extra);
+        (procs.spawn(dir, name, &args), out)
+    };
+    let (outsider, out_outsider) = fetch(&mut procs, "outsider", 82, &[]);
+    let (stranger, out_stranger) = fetch(&mut procs, "stranger", 83, &["--fleet-secret", wrong.to_str().unwrap()]);
+    let (member, out_member) = fetch(&mut procs, "member", 84, &["--fleet-secret", secret.to_str().unwrap()]);
+    let status = procs.wait(member);
+    assert!(status.success(), "member failed ({status}):\n{}", procs.stderr(member));
+    assert_release(dir, &out_member, &rel);
+    // The others have had as long as the member needed, and more: still nothing.
+    std::thread::sleep(Duration::from_secs(2));
+    for (i, out) in [(outsider, &out_outsider), (stranger, &out_stranger)] {
+        assert!(procs.running(i), "{}", procs.stderr(i));
+        assert!(!out.exists(), "an outsider got the file");
+        assert_eq!(state_chunks(out, &rel).unwrap_or(0), 0, "an outsider got chunks");
+    }
+    for i in [outsider, stranger] {
+        let log = procs.stderr(i);
+        assert!(log.contains("fleet"), "the refusal is explained:\n{log}");
+    }
+
+    let refused = run(
+        dir,
+        &["fetch", rel.manifest_arg(), "--trust", &rel.key, "--out", "x", "--fleet-secret", short.to_str().unwrap()],
+    );
+    assert_eq!(refused.code, 2, "{}", refused.stderr);
+    assert!(refused.stderr.contains("at least 16"), "{}", refused.stderr);
 }

@@ -418,7 +418,7 @@ fn poked() -> (Swarm, Instant) {
 }
 
 fn hello(swarm: SwarmId) -> Message<'static> {
-    Message::Hello { version: VERSION, swarm, listen_port: 0, node: 99 }
+    Message::Hello { version: VERSION, swarm, listen_port: 0, node: 99, nonce: [0; 16] }
 }
 
 #[test]
@@ -430,7 +430,7 @@ fn protocol_violations_close_the_connection() {
     assert!(matches!(s.handle_message(0, &hello([1; 32]), now), Err(CloseReason::Protocol(_))));
 
     let (mut s, now) = poked();
-    let v2 = Message::Hello { version: VERSION + 1, swarm: SWARM, listen_port: 0, node: 99 };
+    let v2 = Message::Hello { version: VERSION + 1, swarm: SWARM, listen_port: 0, node: 99, nonce: [0; 16] };
     assert!(matches!(s.handle_message(0, &v2, now), Err(CloseReason::Protocol(_))));
 
     let (mut s, now) = poked();
@@ -521,7 +521,7 @@ fn peer_exchange_meshes_a_swarm_started_from_the_seed_alone() {
 #[test]
 fn a_connection_to_ourselves_is_closed() {
     let (mut s, now) = poked();
-    let me = Message::Hello { version: VERSION, swarm: SWARM, listen_port: 0, node: 0 };
+    let me = Message::Hello { version: VERSION, swarm: SWARM, listen_port: 0, node: 0, nonce: [0; 16] };
     assert_eq!(s.handle_message(0, &me, now), Err(CloseReason::SelfConnection));
 }
 
@@ -539,4 +539,86 @@ fn download_rate_limit_holds_within_ten_percent() {
     // The bucket starts full with one chunk, which arrives at once.
     let ideal = (sim.original.len() - 64 * 1024) as f64 / rate as f64;
     assert!((took - ideal).abs() / ideal < 0.10, "took {took:.2} s at a cap that allows {ideal:.2} s");
+}
+
+fn fleet(key: &[u8]) -> SwarmConfig {
+    SwarmConfig { fleet_key: Some(flotilla::auth::fleet_key(key)), ..SwarmConfig::default() }
+}
+
+#[test]
+fn fleet_members_exchange_and_outsiders_get_nothing() {
+    let mut sim = Sim::new(1 << 20, 64 * 1024);
+    let seed = sim.add_node(true, 10 * MB, Behaviour::Honest, fleet(b"the fleet's shared secret"));
+    let member = sim.add_node(false, 10 * MB, Behaviour::Honest, fleet(b"the fleet's shared secret"));
+    let outsider = sim.add_node(false, 10 * MB, Behaviour::Honest, SwarmConfig::default());
+    let stranger = sim.add_node(false, 10 * MB, Behaviour::Honest, fleet(b"another fleet's secret!!"));
+    sim.connect(member, seed);
+    sim.connect(outsider, seed);
+    sim.connect(stranger, seed);
+    sim.run(Duration::from_secs(30));
+    assert!(sim.nodes[member].swarm.is_complete() && sim.nodes[member].data == sim.original);
+    for (link, who) in [(1, "no secret"), (2, "another secret")] {
+        assert!(
+            matches!(sim.links[link].closed, Some((_, CloseReason::Protocol(_)))),
+            "{who}: {:?}",
+            sim.links[link].closed
+        );
+    }
+    for n in [outsider, stranger] {
+        assert_eq!(sim.nodes[n].swarm.stats.downloaded, 0, "an outsider got data");
+        assert_eq!(sim.nodes[n].swarm.session(if n == outsider { 1 } else { 2 }).map(|s| s.bits().count()), None);
+    }
+}
+
+/// Runs the handshake between `dialler` (slot 0) and `acceptor` (slot `slot`) by hand, and
+/// returns every frame the dialler sent, for replaying.
+fn handshake(dialler: &mut Swarm, acceptor: &mut Swarm, slot: usize, now: Instant) -> Vec<Vec<u8>> {
+    let mut sent = Vec::new();
+    for _ in 0..4 {
+        while let Some(t) = dialler.poll_transmit(0, now, false) {
+            let Transmit::Message(m) = t else { continue };
+            let mut buf = vec![0u8; MAX_FRAME];
+            let n = wire::encode_frame(&m, &mut buf).unwrap();
+            buf.truncate(n);
+            let (payload, _) = wire::parse_frame(&buf).unwrap().unwrap();
+            let _ = acceptor.handle_message(slot, &wire::decode_message(payload).unwrap(), now);
+            sent.push(buf);
+        }
+        while let Some(Transmit::Message(m)) = acceptor.poll_transmit(slot, now, false) {
+            let _ = dialler.handle_message(0, &m, now);
+        }
+    }
+    sent
+}
+
+#[test]
+fn a_replayed_fleet_handshake_is_refused() {
+    let original = data(256 * 1024, 5);
+    let m = manifest_for(&original, 64 * 1024);
+    let key = b"the fleet's shared secret";
+    let seeded = |node: u64, full: bool| {
+        let have = if full { Bitfield::full(4) } else { Bitfield::new(4) };
+        Swarm::new(&m, SWARM, &have, SwarmConfig { node, ..fleet(key) }, node)
+    };
+    let (mut a, mut b) = (seeded(1, true), seeded(2, false));
+    let now = Instant::now();
+    a.add_peer(0, false, None, now);
+    b.add_peer(0, true, None, now);
+    let recorded = handshake(&mut b, &mut a, 0, now);
+    assert!(a.session(0).unwrap().is_active(), "the genuine handshake completes");
+    assert!(recorded.len() >= 2, "Hello and Auth were recorded");
+
+    // The genuine connection ends; an eavesdropper replays the dialler's Hello and proof.
+    a.remove_peer(0, now);
+    a.add_peer(1, false, None, now);
+    let mut outcome = Ok(flotilla::swarm::Received::Nothing);
+    for frame in &recorded {
+        let (payload, _) = wire::parse_frame(frame).unwrap().unwrap();
+        outcome = a.handle_message(1, &wire::decode_message(payload).unwrap(), now);
+        if outcome.is_err() {
+            break;
+        }
+    }
+    assert_eq!(outcome, Err(CloseReason::Protocol("wrong fleet proof")), "a fresh nonce makes the old proof wrong");
+    assert!(!a.session(1).is_some_and(|s| s.is_active()), "the replay was let in");
 }
