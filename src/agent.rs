@@ -655,12 +655,27 @@ impl Agent {
                 log::debug!("refused {addr}: banned");
                 continue;
             }
-            let Some(slot) = self.free_slot() else {
+            let Some(slot) = self.free_slot().or_else(|| self.evict_oldest_pending(now)) else {
                 log::debug!("refused {addr}: all {} connection slots taken", self.conns.len());
                 continue;
             };
             self.open_slot(slot, stream, addr, None, now);
         }
+    }
+
+    /// With every slot taken, frees the one held longest by an inbound connection that has not
+    /// said which swarm it wants. An honest peer sends its Hello at once, so under a flood of
+    /// idle or trickling connections (slowloris) it still gets in, and the flood only evicts
+    /// itself; established peers are never evicted.
+    fn evict_oldest_pending(&mut self, now: Instant) -> Option<usize> {
+        let (slot, _) = self
+            .conns
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| c.as_ref().filter(|c| c.release.is_none()).map(|c| (i, c.opened_at)))
+            .min_by_key(|&(_, t)| t)?;
+        self.close(slot, Err("evicted: every slot taken and it had not said hello".into()), now);
+        Some(slot)
     }
 
     /// Samples each release's byte counters (about once a second) for the status report's rates.

@@ -1,0 +1,176 @@
+//! Floods and slow clients against a real `serve`: thousands of connections opened and held,
+//! slowloris clients trickling a byte a second, and half-open handshakes. The agent's memory
+//! and descriptors must stay bounded, an honest fetch must complete meanwhile, and a connection
+//! that never says hello must be closed.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_flotilla");
+/// The agent's RSS cap in this test (glibc build, 32 slots): flat whatever is thrown at it.
+const RSS_CAP_KIB: u64 = 4096;
+
+struct Kill(Vec<Child>, PathBuf);
+impl Drop for Kill {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.1);
+    }
+}
+
+fn run_ok(args: &[&str]) -> String {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn proc_kib(pid: u32, key: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let line = status.lines().find(|l| l.starts_with(key)).unwrap_or("");
+    line.split_whitespace().nth(1).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+fn fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+}
+
+fn raise_fd_limit() {
+    // SAFETY: getrlimit/setrlimit on our own process with a valid struct.
+    unsafe {
+        let mut l = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut l);
+        l.rlim_cur = l.rlim_max.min(8192);
+        libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+    }
+}
+
+fn write_release(dir: &Path) -> (String, PathBuf, Vec<u8>) {
+    let data_dir = dir.join("seed");
+    std::fs::create_dir_all(&data_dir).unwrap();
+    let mut x: u64 = 0x9e37_79b9;
+    let bytes: Vec<u8> = (0..6 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(data_dir.join("fw.img"), &bytes).unwrap();
+    let secret = dir.join("k");
+    let key = run_ok(&["keygen", "--secret", secret.to_str().unwrap()]).trim().to_owned();
+    let file = data_dir.join("fw.img");
+    run_ok(&["publish", file.to_str().unwrap(), "--secret", secret.to_str().unwrap(), "--chunk-size", "64K"]);
+    (key, data_dir, bytes)
+}
+
+#[test]
+fn floods_and_slowloris_leave_memory_and_descriptors_bounded_and_honest_fetches_complete() {
+    raise_fd_limit();
+    let dir = std::env::temp_dir().join(format!("flotilla-flood-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (key, data_dir, bytes) = write_release(&dir);
+    let mut guard = Kill(Vec::new(), dir.clone());
+    let seed: SocketAddr = TcpListener::bind("127.0.0.180:0").unwrap().local_addr().unwrap();
+    let seed_s = seed.to_string();
+    let child = Command::new(BIN)
+        .args(["serve", "--data", data_dir.to_str().unwrap(), "--listen", &seed_s, "--no-discovery"])
+        .args(["--trust", &key, "--max-upload-rate", "2M"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    guard.0.push(child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(seed).is_err() {
+        assert!(Instant::now() < deadline, "the seed never listened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // 2,000 connections opened at once and held, from several source addresses.
+    let mut flood = Vec::new();
+    for i in 0..2000u32 {
+        if let Ok(s) = TcpStream::connect(seed) {
+            flood.push(s);
+        }
+        if i % 500 == 0 {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    // Slowloris: fifty clients that trickle a frame header a byte a second, forever.
+    let stop = Arc::new(AtomicBool::new(false));
+    let trickle = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut slow: Vec<TcpStream> = (0..50).filter_map(|_| TcpStream::connect(seed).ok()).collect();
+            let header = [200u8, 0, 0, 0, 1, 2, 3, 4];
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                slow.retain_mut(|s| s.write_all(&header[i % 8..i % 8 + 1]).is_ok());
+                i += 1;
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        })
+    };
+
+    // Meanwhile an honest fetch completes.
+    let out = dir.join("out.img");
+    let manifest = data_dir.join("fw.img.flotilla");
+    let fetch_addr = TcpListener::bind("127.0.0.181:0").unwrap().local_addr().unwrap().to_string();
+    let started = Instant::now();
+    let mut fetch = Command::new(BIN)
+        .args(["fetch", manifest.to_str().unwrap(), "--trust", &key, "--out", out.to_str().unwrap()])
+        .args(["--listen", &fetch_addr, "--peer", &seed_s, "--no-discovery"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (mut peak_fds, mut peak_rss) = (0, 0);
+    let status = loop {
+        peak_fds = peak_fds.max(fds(pid));
+        peak_rss = peak_rss.max(proc_kib(pid, "VmHWM:"));
+        if let Some(s) = fetch.try_wait().unwrap() {
+            break s;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "the honest fetch did not complete under the flood");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    let _ = fetch.stderr.take().unwrap().read_to_string(&mut err);
+    assert!(status.success(), "fetch failed under the flood ({status}):\n{err}");
+    assert_eq!(std::fs::read(&out).unwrap(), bytes);
+    stop.store(true, Ordering::Relaxed);
+    let _ = trickle.join();
+    drop(flood);
+
+    // A half-open handshake: connected, never a complete Hello. It must be closed for us.
+    let mut idle = TcpStream::connect(seed).unwrap();
+    idle.write_all(&[1, 0]).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let t = Instant::now();
+    let mut buf = [0u8; 64];
+    let closed = matches!(idle.read(&mut buf), Ok(0) | Err(_)) && t.elapsed() < Duration::from_secs(14);
+    assert!(closed, "a half-open handshake was left open for {:?}", t.elapsed());
+    peak_fds = peak_fds.max(fds(pid));
+    peak_rss = peak_rss.max(proc_kib(pid, "VmHWM:"));
+    eprintln!(
+        "flood: 2000 held + 50 slowloris; honest fetch of 6 MiB in {:.1} s; seed peak RSS {peak_rss} KiB \
+         (cap {RSS_CAP_KIB}), peak fds {peak_fds}; half-open closed after {:.1} s",
+        started.elapsed().as_secs_f64(),
+        t.elapsed().as_secs_f64()
+    );
+    assert!(peak_fds <= 32 + 16, "descriptors grew with the flood: {peak_fds}");
+    assert!(peak_rss <= RSS_CAP_KIB, "RSS {peak_rss} KiB over the cap {RSS_CAP_KIB} KiB");
+}
