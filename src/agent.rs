@@ -58,6 +58,10 @@ const MAX_BANS: usize = 64;
 const UNSENT_MARK: usize = 64 * 1024;
 /// How often a dial that cannot go now (banned, already connected, no free slot) is looked at.
 const REDIAL_CHECK: Duration = Duration::from_secs(2);
+/// Verified chunks allowed to wait for a commit before one is forced (see `Agent::commit`).
+const MAX_UNCOMMITTED: u32 = 8;
+/// How long a release whose storage failed is left alone (with `pause_on_disk_error`).
+const DISK_RETRY: Duration = Duration::from_secs(30);
 /// Addresses kept per release to dial (from `--peer` and peer exchange).
 const MAX_DIALS: usize = 64;
 /// Inbound connections must say which swarm they want within this.
@@ -80,6 +84,8 @@ pub struct AgentConfig {
     pub max_download_rate: u64,
     /// With a fleet secret, only peers proving they hold it get anything (see [`crate::auth`]).
     pub fleet_key: Option<crate::auth::FleetKey>,
+    /// On a storage failure, set the release aside for a while instead of stopping the agent.
+    pub pause_on_disk_error: bool,
     /// Longest a verified chunk waits before it is made durable and announced.
     pub commit_interval: Duration,
     /// The LAN discovery multicast group, or `None` to find peers only through `peers` and
@@ -104,6 +110,7 @@ impl Default for AgentConfig {
             max_upload_rate: 0,
             max_download_rate: 0,
             fleet_key: None,
+            pause_on_disk_error: false,
             commit_interval: Duration::from_millis(100),
             discovery: Some(discovery::DEFAULT_GROUP),
             max_releases: 16,
@@ -167,6 +174,8 @@ pub struct Release {
     rates: Rates,
     /// Set when the release completes in this run, until its install hook is started.
     hook_due: bool,
+    /// After a storage failure (when the agent does not stop for it): left alone until then.
+    paused_until: Option<Instant>,
 }
 
 impl Release {
@@ -274,7 +283,7 @@ pub struct Agent {
     node: u64,
     scratch: Vec<u32>,
     /// A storage failure seen while handling a frame; the loop stops with it.
-    fatal: Option<StoreError>,
+    fatal: Option<(usize, StoreError)>,
     status: Option<StatusSocket>,
     hooks: Vec<Hook>,
     hooks_failed: usize,
@@ -462,6 +471,7 @@ impl Agent {
             size: m.manifest.file_size,
             rates: Rates::default(),
             hook_due: false,
+            paused_until: None,
         });
         Ok(self.releases.len() - 1)
     }
@@ -564,8 +574,8 @@ impl Agent {
                 }
             }
             self.turn(now)?;
-            if let Some(e) = self.fatal.take() {
-                return Err(AgentError::Store(e));
+            if let Some((r, e)) = self.fatal.take() {
+                self.disk_error(r, e, now)?;
             }
         }
     }
@@ -810,7 +820,7 @@ impl Agent {
 
     fn dial(&mut self, now: Instant) {
         for r in 0..self.releases.len() {
-            if self.releases[r].store.is_complete() {
+            if self.releases[r].store.is_complete() || self.releases[r].paused_until.is_some_and(|t| now < t) {
                 continue;
             }
             for d in 0..self.releases[r].dials.len() {
@@ -890,7 +900,7 @@ impl Agent {
             let r = match *release {
                 Some(r) => r,
                 None => {
-                    let r = route_hello(releases, &msg).map_err(|refusal| {
+                    let r = route_hello(releases, &msg, now).map_err(|refusal| {
                         refuse(stream, refusal);
                         Err(format!("refused: {refusal:?}"))
                     })?;
@@ -899,7 +909,14 @@ impl Agent {
                     r
                 }
             };
-            deliver(&mut releases[r], slot, &msg, now, fatal)?;
+            deliver(&mut releases[r], slot, &msg, now).map_err(|e| match e {
+                Deliver::Peer(why) => why,
+                Deliver::Disk(e) => {
+                    let msg = e.to_string();
+                    *fatal = Some((r, e));
+                    Err(msg)
+                }
+            })?;
             pos += used;
         }
         rbuf.copy_within(pos..*rlen, 0);
@@ -1004,17 +1021,26 @@ impl Agent {
     /// Makes verified chunks durable (at most every `commit_interval`, or at once for the last)
     /// and announces them.
     fn commit(&mut self, now: Instant) -> Result<(), AgentError> {
-        for r in &mut self.releases {
-            if !r.store.has_pending() {
+        for i in 0..self.releases.len() {
+            let r = &mut self.releases[i];
+            if !r.store.has_pending() || r.paused_until.is_some_and(|t| now < t) {
                 continue;
             }
-            let all_verified = r.swarm.all_verified();
-            if now < r.last_commit + self.config.commit_interval && !all_verified {
+            // A kill loses what is verified and not yet durable: bound it in chunks as well as
+            // in time, so a fast link does not pile up a large batch.
+            let due = now >= r.last_commit + self.config.commit_interval
+                || r.store.pending_count() >= MAX_UNCOMMITTED
+                || r.swarm.all_verified();
+            if !due {
                 continue;
             }
             r.last_commit = now;
             self.scratch.clear();
-            r.store.commit(&mut self.scratch)?;
+            if let Err(e) = r.store.commit(&mut self.scratch) {
+                self.disk_error(i, e, now)?;
+                continue;
+            }
+            let r = &mut self.releases[i];
             for &c in &self.scratch {
                 r.swarm.chunk_committed(c);
             }
@@ -1022,6 +1048,25 @@ impl Agent {
                 r.completed_at = Some(now);
                 r.hook_due = !self.config.on_complete.is_empty();
                 log::info!("{}: complete and verified at {}", r.name, r.store.path().display());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Stops the agent for a storage failure, or (with `pause_on_disk_error`, as `serve` runs) sets
+/// that release aside for a while and keeps serving the others: a full disk for one release
+/// must not take down a device's daemon, nor make its supervisor restart it in a loop.
+impl Agent {
+    fn disk_error(&mut self, r: usize, e: StoreError, now: Instant) -> Result<(), AgentError> {
+        if !self.config.pause_on_disk_error {
+            return Err(AgentError::Store(e));
+        }
+        log::error!("{}: {e}; pausing it for {} s", self.releases[r].name, DISK_RETRY.as_secs());
+        self.releases[r].paused_until = Some(now + DISK_RETRY);
+        for slot in 0..self.conns.len() {
+            if self.conns[slot].as_ref().is_some_and(|c| c.release == Some(r)) {
+                self.close(slot, Err("its release is paused".into()), now);
             }
         }
         Ok(())
@@ -1038,22 +1083,18 @@ fn add_dial(r: &mut Release, addr: SocketAddr, me: Option<SocketAddr>, now: Inst
 }
 
 /// Hands one decoded message to the swarm and writes what it accepts.
-fn deliver(
-    r: &mut Release,
-    slot: PeerId,
-    msg: &Message,
-    now: Instant,
-    fatal: &mut Option<StoreError>,
-) -> Result<(), Result<CloseReason, String>> {
-    let received = r.swarm.handle_message(slot, msg, now).map_err(Ok)?;
+/// Why delivering a message ended the connection: the peer, or our own disk.
+enum Deliver {
+    Peer(Result<CloseReason, String>),
+    Disk(StoreError),
+}
+
+fn deliver(r: &mut Release, slot: PeerId, msg: &Message, now: Instant) -> Result<(), Deliver> {
+    let received = r.swarm.handle_message(slot, msg, now).map_err(|why| Deliver::Peer(Ok(why)))?;
     let Received::Write { offset, verdict } = received else { return Ok(()) };
     let Message::Block { data, .. } = msg else { return Ok(()) };
-    if let Err(e) = r.store.write_at(offset, data.0) {
-        // Losing the disk is not the peer's fault: stop, with nothing marked present that is not.
-        let msg = e.to_string();
-        *fatal = Some(e);
-        return Err(Err(msg));
-    }
+    // Losing the disk is not the peer's fault; nothing is marked present that is not written.
+    r.store.write_at(offset, data.0).map_err(Deliver::Disk)?;
     match verdict {
         Some(Verdict::Good(c)) => r.store.mark_verified(c),
         Some(Verdict::Bad(c)) => log::warn!("{}: chunk {c} failed verification; fetching it elsewhere", r.name),
@@ -1063,12 +1104,14 @@ fn deliver(
 }
 
 /// Picks the release an inbound Hello asks for.
-fn route_hello(releases: &[Release], msg: &Message) -> Result<usize, RefuseReason> {
+fn route_hello(releases: &[Release], msg: &Message, now: Instant) -> Result<usize, RefuseReason> {
     let Message::Hello { version, swarm, .. } = *msg else { return Err(RefuseReason::UnknownSwarm) };
     if version != wire::VERSION {
         return Err(RefuseReason::UnsupportedVersion);
     }
-    releases.iter().position(|r| *r.swarm.id() == swarm).ok_or(RefuseReason::UnknownSwarm)
+    // A release set aside after a storage failure takes no new peers until it is retried.
+    let open = |r: &Release| *r.swarm.id() == swarm && !r.paused_until.is_some_and(|t| now < t);
+    releases.iter().position(open).ok_or(RefuseReason::UnknownSwarm)
 }
 
 /// Sends a refusal as a courtesy before closing; a full socket buffer simply drops it.

@@ -421,6 +421,8 @@ fn serve(mut p: lexopt::Parser) -> Result<(), Failure> {
         }
     }
     let dir = required(dir, "--data DIR")?;
+    // A daemon sets a release with a full or failing disk aside and keeps serving the others.
+    net.config.pause_on_disk_error = true;
     let mut agent = Agent::new(net.config)?;
     agent.rescan(&dir, &net.trust).map_err(|e| usage(format!("cannot read {}: {e}", dir.display())))?;
     if agent.releases().is_empty() {

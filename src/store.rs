@@ -296,6 +296,12 @@ impl Store {
     }
 
     /// True if `commit` has work to do: verified chunks not yet durable, or a finish to retry.
+    /// Verified chunks not yet durable.
+    pub fn pending_count(&self) -> u32 {
+        self.pending.count()
+    }
+
+    /// True if there are verified chunks not yet committed (or a finish to retry).
     pub fn has_pending(&self) -> bool {
         self.pending.count() > 0 || (self.have.is_full() && !self.complete)
     }
