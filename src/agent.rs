@@ -1110,7 +1110,7 @@ fn route_hello(releases: &[Release], msg: &Message, now: Instant) -> Result<usiz
         return Err(RefuseReason::UnsupportedVersion);
     }
     // A release set aside after a storage failure takes no new peers until it is retried.
-    let open = |r: &Release| *r.swarm.id() == swarm && !r.paused_until.is_some_and(|t| now < t);
+    let open = |r: &Release| *r.swarm.id() == swarm && r.paused_until.is_none_or(|t| now >= t);
     releases.iter().position(open).ok_or(RefuseReason::UnknownSwarm)
 }
 
