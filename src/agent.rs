@@ -47,6 +47,9 @@ const MAX_REFUSED: usize = 64;
 const MAX_DATAGRAMS_PER_TURN: usize = 64;
 /// Receive buffer: one whole frame, so any legal frame fits and nothing larger is ever needed.
 const RECV_BUF: usize = MAX_FRAME;
+/// Bytes read from one connection per wakeup, so that a peer that floods us with valid small
+/// messages cannot keep the loop from its other connections and timers.
+const READ_BUDGET: usize = 4 * RECV_BUF;
 /// Send buffer: one whole frame plus room for the small messages queued beside it.
 const SEND_BUF: usize = MAX_FRAME + 1024;
 /// How long an address that misbehaved is refused and not dialled.
@@ -291,13 +294,16 @@ pub struct Agent {
     /// The data directory's record of the highest release served per name (`serve` only).
     history: Option<History>,
     started: Instant,
+    /// Slots that used up their read budget with bytes possibly left: read again next turn.
+    unread: Vec<usize>,
 }
 
 impl Agent {
     /// A new agent with no release and no socket yet.
     pub fn new(config: AgentConfig) -> Result<Agent, AgentError> {
         let poll = Poll::new().map_err(AgentError::Poll)?;
-        let conns = (0..config.max_peers).map(|_| None).collect();
+        let conns: Vec<Option<Conn>> = (0..config.max_peers).map(|_| None).collect();
+        let conns_len = conns.len();
         Ok(Agent {
             poll,
             listener: None,
@@ -316,6 +322,7 @@ impl Agent {
             refused: heapless::Deque::new(),
             history: None,
             started: Instant::now(),
+            unread: Vec::with_capacity(conns_len),
         })
     }
 
@@ -559,12 +566,17 @@ impl Agent {
             let timeout = self.next_wakeup(now).map(|t| t.saturating_duration_since(now));
             // Wake at least once a second so `done` and redials are looked at.
             let timeout = timeout.unwrap_or(Duration::from_secs(1)).min(Duration::from_secs(1));
+            // Connections with bytes left unread must not wait for an edge that may not come.
+            let timeout = if self.unread.is_empty() { timeout } else { Duration::ZERO };
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() != io::ErrorKind::Interrupted {
                     return Err(AgentError::Poll(e));
                 }
             }
             let now = Instant::now();
+            for slot in std::mem::take(&mut self.unread) {
+                self.on_ready(slot, now);
+            }
             for ev in events.iter() {
                 match ev.token() {
                     LISTENER => self.accept(now),
@@ -875,7 +887,14 @@ impl Agent {
 
     /// Reads until the socket would block, handling each whole frame.
     fn receive(&mut self, slot: usize, now: Instant) -> Result<(), Result<CloseReason, String>> {
+        let mut budget = READ_BUDGET;
         loop {
+            if budget == 0 {
+                if !self.unread.contains(&slot) {
+                    self.unread.push(slot);
+                }
+                return Ok(());
+            }
             let conn = self.conns[slot].as_mut().ok_or(Err(String::new()))?;
             let n = match conn.stream.read(&mut conn.rbuf[conn.rlen..]) {
                 Ok(0) => return Err(Err("connection closed by peer".into())),
@@ -885,6 +904,7 @@ impl Agent {
                 Err(e) => return Err(Err(e.to_string())),
             };
             conn.rlen += n;
+            budget = budget.saturating_sub(n);
             self.handle_frames(slot, now)?;
         }
     }
@@ -1014,6 +1034,11 @@ impl Agent {
             if let Some(d) = conn.dial {
                 let dial = &mut self.releases[r].dials[d];
                 dial.slot = None;
+                // A peer that stalled or went silent is not worth an instant redial.
+                if matches!(why, Ok(CloseReason::Stalled | CloseReason::Idle)) {
+                    dial.next_try = now + dial.backoff;
+                    dial.backoff = (dial.backoff * 2).min(Duration::from_secs(30));
+                }
             }
         }
     }

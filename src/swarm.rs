@@ -459,7 +459,8 @@ impl Swarm {
             };
         };
         if version != VERSION {
-            return Err(CloseReason::Protocol("unsupported version"));
+            // Another release of Flotilla, not an attacker: a fleet mid-upgrade must not ban.
+            return Err(CloseReason::Refused(crate::wire::RefuseReason::UnsupportedVersion));
         }
         if swarm != self.id {
             return Err(CloseReason::Protocol("hello for another swarm"));

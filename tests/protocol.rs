@@ -431,7 +431,10 @@ fn protocol_violations_close_the_connection() {
 
     let (mut s, now) = poked();
     let v2 = Message::Hello { version: VERSION + 1, swarm: SWARM, listen_port: 0, node: 99, nonce: [0; 16] };
-    assert!(matches!(s.handle_message(0, &v2, now), Err(CloseReason::Protocol(_))));
+    // Another version is another release of Flotilla, refused without counting as an offence.
+    let refused = s.handle_message(0, &v2, now);
+    assert_eq!(refused, Err(CloseReason::Refused(flotilla::wire::RefuseReason::UnsupportedVersion)));
+    assert!(!refused.unwrap_err().is_offence());
 
     let (mut s, now) = poked();
     s.handle_message(0, &hello(SWARM), now).unwrap();
