@@ -11,6 +11,8 @@
 #   --seed-rate RATE the seed's upload (default: --rate)
 #   --chunk-size SZ  manifest chunk size (default 256K)      --runs R    swarm runs (default 1)
 #   --baseline       also measure client-server: nginx in the seed's namespace, N curls at once
+#   --churn          kill every third peer (30%) and restart the seed once, 40% of T_min into a run;
+#                    the survivors must still complete with correct copies
 #   --seed-only      peers get only the seed's address (for discovery / peer exchange); default
 #                    is a full mesh: each peer dials the seed and every lower-numbered peer
 #   --bin PATH       agent binary (default: the repo's target/release/flotilla, built if missing)
@@ -22,7 +24,7 @@ START_DIR=$PWD # --bin is relative to where we were started; everything else to 
 cd "$(dirname "$0")/.."
 
 PREFIX=fltb # namespaces are ${PREFIX}<pid>-<host>, temp dirs ${TMPDIR:-/tmp}/${PREFIX}<pid>.*
-N=16 SIZE_MIB=32 RATE=20mbit SEED_RATE='' CHUNK=256K RUNS=1 BASELINE=0 SEED_ONLY=0
+N=16 SIZE_MIB=32 RATE=20mbit SEED_RATE='' CHUNK=256K RUNS=1 BASELINE=0 SEED_ONLY=0 CHURN=0
 BIN=target/release/flotilla SUBNET=10.77.0 TIMEOUT='' PORT=7070 HTTP_PORT=8080
 PIDS=() NSS=() TMP='' POLICY_RC='' BR=${PREFIX}$$-br
 
@@ -201,7 +203,7 @@ run_baseline() {
 # One swarm run: fresh seed and peers, released together; completion = the moment FILE appears
 # (the agent renames FILE.part to FILE only when whole and verified).
 run_swarm() {
-    local r=$1 d=$TMP/run$1 i j seed t0 now left peers=() pids=() done_t=() ok rss
+    local r=$1 d=$TMP/run$1 i j seed t0 now left peers=() pids=() done_t=() ok rss churn_at=0 killed=0
     mkdir -p "$d"; arm "$d"
     ip netns exec "$(ns_of 0)" "$AGENT" serve --data "$TMP/seed" --listen "$(addr_of 0):$PORT" \
         --trust "$PK" ${TESTBED_AGENT_ARGS:-} 7>&- 8>&- >"$d/seed.log" 2>&1 &
@@ -217,11 +219,24 @@ run_swarm() {
         pids[i]=${PIDS[-1]}
     done
     release "$d" "$N"; t0=$T0 left=$N
+    [ "$CHURN" = 1 ] && churn_at=$((${t0/./} + $(calc "$TMIN * 400000" 0)))
     # Poll every 10 ms with builtins only (times in integer microseconds), so the testbed itself
     # takes next to no CPU from the agents it measures.
     local deadline=$((${t0/./} + TIMEOUT * 1000000))
     while ((left > 0 && ${EPOCHREALTIME/./} < deadline)); do
         now=$EPOCHREALTIME
+        if ((churn_at > 0 && ${now/./} >= churn_at)); then # churn: a third of the peers die, the seed restarts
+            churn_at=0
+            for ((i = 3; i <= N; i += 3)); do
+                [ -n "${done_t[i]:-}" ] && continue
+                kill -KILL "${pids[i]}" 2>/dev/null; done_t[i]=killed; left=$((left - 1)); killed=$((killed + 1))
+            done
+            kill -KILL "$seed" 2>/dev/null; wait "$seed" 2>/dev/null || true
+            ip netns exec "$(ns_of 0)" "$AGENT" serve --data "$TMP/seed" --listen "$(addr_of 0):$PORT" \
+                --trust "$PK" ${TESTBED_AGENT_ARGS:-} 7>&- 8>&- >>"$d/seed.log" 2>&1 &
+            seed=$!; PIDS+=("$seed")
+            echo "churn at $(calc "$now - $t0") s: killed $killed peers, restarted the seed"
+        fi
         for ((i = 1; i <= N; i++)); do
             [ -z "${done_t[i]:-}" ] || continue
             if [ -e "$d/p$i/fw.img" ]; then done_t[i]=$(calc "$now - $t0"); left=$((left - 1))
@@ -235,17 +250,18 @@ run_swarm() {
         ok=no rss=$(rss_kib "${pids[i]}")
         [[ "${done_t[i]:-}" =~ ^[0-9] ]] && cmp -s "$TMP/www/fw.img" "$d/p$i/fw.img" && ok=yes
         if [ "$ok" = yes ]; then good=$((good + 1)); all=$(max2 "${done_t[i]}" "$all")
+        elif [ "${done_t[i]:-}" = killed ]; then ok=churned
         else tail -n 3 "$d/p$i.log" | sed "s/^/  p$i: /" >&2; fi
         max_rss=$((rss > max_rss ? rss : max_rss))
         printf '%-6s %-12s %10s %10s  %s\n' "p$i" "$(addr_of "$i")" "${done_t[i]:-timeout}" "$rss" "$ok"
     done
     printf '%-6s %-12s %10s %10s\n' seed "$(addr_of 0)" - "$(rss_kib "$seed")"
     stop_pids "$seed" "${pids[@]}"
-    GOOD=$((GOOD + good))
-    [ "$good" = "$N" ] || { FAILED=1; all=NA; }
+    GOOD=$((GOOD + good)) EXPECT=$((EXPECT + N - killed))
+    [ "$good" = "$((N - killed))" ] || { FAILED=1; all=NA; }
     ALL_DONE+=("$all") MAX_RSS=$((max_rss > MAX_RSS ? max_rss : MAX_RSS))
     local ratio=NA; [ "$all" = NA ] || ratio=$(calc "$all / $TMIN")
-    echo "all done: $all s   ratio to T_min: $ratio   copies ok: $good/$N"
+    echo "all done: $all s   ratio to T_min: $ratio   copies ok: $good/$((N - killed))$([ "$killed" = 0 ] || echo " ($killed killed by churn)")"
 }
 
 main() {
@@ -257,7 +273,7 @@ main() {
             --n) N=$2; shift ;; --size) SIZE_MIB=$2; shift ;; --rate) RATE=$2; shift ;;
             --seed-rate) SEED_RATE=$2; shift ;; --chunk-size) CHUNK=$2; shift ;; --runs) RUNS=$2; shift ;;
             --bin) BIN=$2 && [[ "$2" = /* ]] || BIN=$START_DIR/$2; shift ;; --subnet) SUBNET=$2; shift ;; --timeout) TIMEOUT=$2; shift ;;
-            --baseline) BASELINE=1 ;; --seed-only) SEED_ONLY=1 ;;
+            --baseline) BASELINE=1 ;; --seed-only) SEED_ONLY=1 ;; --churn) CHURN=1 ;;
             --cleanup-stale) [ "$(id -u)" = 0 ] || die "run as root" 2; cleanup_stale; exit 0 ;;
             -h | --help) usage ;; *) echo "testbed: unknown option $1" >&2; usage ;;
         esac
@@ -304,7 +320,7 @@ main() {
         echo "baseline measured: $BASE_T s (aggregate goodput $(calc "$N * $F * 8 / $BASE_T / 1e6" 2) Mbit/s)"
     fi
     local mode=mesh; [ "$SEED_ONLY" = 1 ] && mode="seed-only"
-    GOOD=0 FAILED=0 ALL_DONE=() MAX_RSS=0
+    GOOD=0 EXPECT=0 FAILED=0 ALL_DONE=() MAX_RSS=0
     local r; for ((r = 1; r <= RUNS; r++)); do run_swarm "$r"; done
     local all=NA ratio=NA ratio_g=NA speedup=NA
     if [ "$FAILED" = 0 ]; then
@@ -318,7 +334,7 @@ main() {
         "client-server $CS s computed, $BASE_T s measured (--baseline); speed-up $speedup"
     echo "RESULT n=$N size_mib=$SIZE_MIB rate=$RATE chunk=$CHUNK mode=$mode runs=$RUNS all_done=$all tmin=$TMIN" \
         "ratio=$ratio tmin_goodput=$TMIN_G ratio_goodput=$ratio_g client_server=$CS baseline=$BASE_T" \
-        "speedup=$speedup max_rss_kib=$MAX_RSS copies_ok=$GOOD/$((N * RUNS))"
+        "speedup=$speedup max_rss_kib=$MAX_RSS copies_ok=$GOOD/$EXPECT"
     [ "$FAILED" = 0 ] || die "some copies missing or wrong"
 }
 
