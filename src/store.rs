@@ -411,8 +411,10 @@ impl Store {
     }
 }
 
-/// Decodes a state file, naming the first reason it is unusable.
-fn parse_state(bytes: &[u8], swarm_id: &SwarmId, count: u32) -> Result<Bitfield, &'static str> {
+/// Decodes a state file, naming the first reason it is unusable. Public only for the fuzz
+/// target (`fuzz/fuzz_targets/state.rs`); `Store::open` is the way in.
+#[doc(hidden)]
+pub fn parse_state(bytes: &[u8], swarm_id: &SwarmId, count: u32) -> Result<Bitfield, &'static str> {
     if bytes.len() != STATE_HEADER + Bitfield::byte_len(count) + 4 {
         return Err("wrong length");
     }

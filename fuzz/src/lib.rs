@@ -1,0 +1,289 @@
+//! The checks behind each fuzz target, one public function per target.
+//!
+//! They live in a library rather than in the `fuzz_targets/` files so that
+//! `tests/regressions.rs` can replay every saved input (seeds and past crashes) through exactly
+//! the code the fuzzer ran, with plain `cargo test` on a stable toolchain. Each function takes
+//! arbitrary bytes, feeds them to one decoder of the agent, and asserts what must hold of
+//! whatever the decoder accepts: lengths within their caps, fields in range, and a round trip
+//! through the matching encoder. A panic anywhere, in the agent or in an assertion here, is a
+//! crash for libFuzzer.
+//!
+//! The state-file reader (`store::parse_state`) has no target: it is private and only reachable
+//! through `Store::open` on a path. See docs/RELIABILITY.md.
+
+use std::sync::OnceLock;
+
+use flotilla::discovery::{self, Announcement, MAX_DATAGRAM, MAX_IDS};
+use flotilla::manifest::{
+    self, PublicKey, SignedManifest, MAX_CHUNKS, MAX_CHUNK_SIZE, MAX_MANIFEST_BYTES, MIN_CHUNK_SIZE,
+};
+use flotilla::wire::{self, Message, WireError, HEADER_LEN, MAX_FRAME, MAX_PAYLOAD, MAX_PEX_PEERS, PEER_ENTRY};
+use sha2::{Digest, Sha256};
+
+/// First bytes of a manifest file (`manifest.rs`, "File format").
+pub const MANIFEST_MAGIC: &[u8; 8] = b"FLOTMAN1";
+/// Magic and body length precede a manifest body.
+pub const MANIFEST_HEADER: usize = 12;
+/// Bytes of the ed25519 signature that ends a manifest file.
+pub const SIGNATURE_LEN: usize = 64;
+/// Bytes of an announcement before its swarm ids (`discovery.rs`, "Datagram").
+const ANNOUNCE_HEADER: usize = 21;
+
+/// Target `frame`: a receive buffer as a peer could fill it.
+///
+/// The buffer is walked frame by frame as the agent's receive loop does, and every payload a
+/// frame yields goes through [`message`]'s checks. Random mutations almost never carry a matching
+/// crc32, so the same bytes are walked a second time with the crc of each frame of legal length
+/// filled in: that second walk must accept every such frame, and reaches the message decoder
+/// through `parse_frame` on nearly every input.
+pub fn frame(data: &[u8]) {
+    walk_frames(data);
+    let mut sealed = data.to_vec();
+    let mut end = 0;
+    while let Some(len) = declared_len(&sealed[end..]) {
+        let total = HEADER_LEN + len;
+        if len > MAX_PAYLOAD || sealed.len() - end < total {
+            break;
+        }
+        wire::seal_frame(&mut sealed[end..end + total]);
+        end += total;
+    }
+    assert_eq!(walk_frames(&sealed), end, "a frame of legal length with a correct crc was not accepted");
+}
+
+/// Target `message`: a frame payload, decoded directly; also read as a `Peers` entry list.
+pub fn message(data: &[u8]) {
+    if let Ok(msg) = wire::decode_message(data) {
+        check_message(&msg, data);
+    }
+    check_peers(data);
+}
+
+/// Target `manifest`: a manifest file as it could arrive from anyone.
+pub fn manifest(data: &[u8]) {
+    match SignedManifest::decode(data) {
+        Ok(signed) => check_manifest(&signed, data),
+        Err(e) => {
+            assert!(e.is_bad_input(), "decoding bytes reported an I/O error: {e}");
+            assert!(!e.to_string().is_empty());
+        }
+    }
+}
+
+/// Target `manifest_resigned`: a manifest *body*, wrapped in a header and signed with a fixed key.
+///
+/// A mutation of a signed manifest never carries a valid signature, so through [`manifest`] the
+/// fuzzer cannot reach the field checks that run after verification. Here the input is the
+/// postcard body; its last 32 bytes (where the `signer` field of a well-formed body lies) are
+/// overwritten with the fixed key's public key, and the result is sealed and signed, so every
+/// body that parses is verified and then checked field by field.
+pub fn manifest_resigned(body: &[u8]) {
+    if body.len() < 32 || MANIFEST_HEADER + body.len() + SIGNATURE_LEN > MAX_MANIFEST_BYTES {
+        return;
+    }
+    manifest(&resign(body));
+}
+
+/// Wraps `body` as a manifest file signed by the fixed fuzzing key (see [`manifest_resigned`]).
+pub fn resign(body: &[u8]) -> Vec<u8> {
+    let key = fuzz_key();
+    let mut file = Vec::with_capacity(MANIFEST_HEADER + body.len() + SIGNATURE_LEN);
+    file.extend_from_slice(MANIFEST_MAGIC);
+    file.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    file.extend_from_slice(body);
+    let n = file.len();
+    file[n - 32..].copy_from_slice(&key.pk[..]);
+    let signature = key.sk.sign(&file, None);
+    file.extend_from_slice(&signature[..]);
+    file
+}
+
+/// Target `announcement`: one multicast datagram.
+pub fn announcement(data: &[u8]) {
+    let Some(a) = Announcement::decode(data) else {
+        return;
+    };
+    assert!(data.len() <= MAX_DATAGRAM, "accepted a {}-byte datagram", data.len());
+    assert_eq!((&data[..8], data[8]), (&b"FLOTANN1"[..], 1), "accepted a bad magic or version");
+    let count = usize::from(data[20]);
+    assert!(count <= MAX_IDS && data.len() == ANNOUNCE_HEADER + 32 * count, "count {count} vs length {}", data.len());
+    assert_ne!(a.listen_port, 0, "accepted listen port 0");
+    assert_eq!(a.listen_port, u16::from_be_bytes([data[10], data[11]]));
+    assert_eq!(a.node.to_be_bytes(), data[12..20]);
+    assert_eq!(a.query, data[9] & 1 != 0);
+    let ids: Vec<[u8; 32]> = data[ANNOUNCE_HEADER..].chunks_exact(32).map(|c| c.try_into().unwrap()).collect();
+    for id in &ids {
+        assert!(a.names(id), "an id in the datagram is not named");
+    }
+    // An id that differs from every listed one in its first byte is not named.
+    let mut other = [0u8; 32];
+    other[0] = (0..=255u8).find(|b| ids.iter().all(|id| id[0] != *b)).unwrap();
+    assert!(!a.names(&other), "an id not in the datagram is named");
+    // Re-encoding gives the datagram back, except flag bits this version does not know.
+    let mut out = [0u8; MAX_DATAGRAM];
+    let n = discovery::encode(a.query, a.listen_port, a.node, ids.iter(), &mut out);
+    let mut expected = data.to_vec();
+    expected[9] &= 1;
+    assert_eq!(&out[..n], &expected[..], "re-encoding differs");
+    assert_eq!(Announcement::decode(&out[..n]), Some(a), "re-encoding decodes differently");
+}
+
+/// Walks whole frames at the start of `buf` as a receive loop does; returns the bytes they took.
+fn walk_frames(mut buf: &[u8]) -> usize {
+    let mut consumed = 0;
+    loop {
+        match wire::parse_frame(buf) {
+            Ok(Some((payload, used))) => {
+                assert!(used <= MAX_FRAME, "a {used}-byte frame exceeds MAX_FRAME");
+                assert!(used <= buf.len(), "frame of {used} bytes claimed from {} bytes", buf.len());
+                assert_eq!(used, HEADER_LEN + payload.len());
+                assert_eq!(declared_len(buf), Some(payload.len()));
+                assert_eq!(payload, &buf[HEADER_LEN..used]);
+                // A frame is only handed out whole: one byte short is "need more".
+                assert_eq!(wire::parse_frame(&buf[..used - 1]), Ok(None), "a strict prefix is not 'need more'");
+                if let Ok(msg) = wire::decode_message(payload) {
+                    check_message(&msg, payload);
+                }
+                buf = &buf[used..];
+                consumed += used;
+            }
+            Ok(None) => {
+                if let Some(len) = declared_len(buf) {
+                    assert!(len <= MAX_PAYLOAD, "waits for more bytes of an oversize frame ({len})");
+                    assert!(buf.len() < HEADER_LEN + len, "a whole frame is reported incomplete");
+                }
+                return consumed;
+            }
+            Err(WireError::Oversize(n)) => {
+                assert!(n as usize > MAX_PAYLOAD && declared_len(buf) == Some(n as usize), "Oversize({n}) wrongly");
+                return consumed;
+            }
+            Err(WireError::BadCrc) => {
+                let len = declared_len(buf).expect("BadCrc without a header");
+                assert!(len <= MAX_PAYLOAD && buf.len() >= HEADER_LEN + len, "BadCrc before the frame is whole");
+                let crc = u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]);
+                assert_ne!(crc32fast::hash(&buf[HEADER_LEN..HEADER_LEN + len]), crc, "BadCrc on a matching crc");
+                return consumed;
+            }
+            Err(e) => panic!("parse_frame returned {e:?}"),
+        }
+    }
+}
+
+/// The payload length a frame header at the start of `buf` announces, if the header is whole.
+fn declared_len(buf: &[u8]) -> Option<usize> {
+    let len = buf.get(..4)?;
+    (buf.len() >= HEADER_LEN).then(|| u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize)
+}
+
+/// What must hold of a message decoded from `payload`.
+fn check_message(msg: &Message, payload: &[u8]) {
+    let mut frame = [0u8; MAX_FRAME];
+    let n = match wire::encode_frame(msg, &mut frame) {
+        Ok(n) => n,
+        // Only a payload over the cap (possible in the `message` target) may not fit a frame.
+        Err(WireError::BufferTooSmall) if payload.len() > MAX_PAYLOAD => return,
+        Err(e) => panic!("a {}-byte payload decoded to {msg:?} but does not re-encode: {e}", payload.len()),
+    };
+    let encoded = &frame[HEADER_LEN..n];
+    // The encoder writes minimal varints and the decoder accepts longer ones, so the re-encoding
+    // is never longer than the payload, and equally long only if it is the same bytes.
+    assert!(
+        encoded.len() < payload.len() || encoded == payload,
+        "re-encoding of {msg:?} is not canonical: {payload:02x?} -> {encoded:02x?}"
+    );
+    let (again, used) = match wire::parse_frame(&frame[..n]) {
+        Ok(Some(found)) => found,
+        other => panic!("our own frame for {msg:?} does not parse: {other:?}"),
+    };
+    assert_eq!(used, n);
+    assert_eq!(wire::decode_message(again).as_ref(), Ok(msg), "re-encoding decodes differently");
+    match *msg {
+        Message::Block { chunk, offset, data } => check_block_header(chunk, offset, data.0, &frame[..n]),
+        Message::Peers(bytes) => check_peers(bytes.0),
+        _ => {}
+    }
+}
+
+/// The hand-written block header (`begin_block`) must build the same frame as postcard.
+fn check_block_header(chunk: u32, offset: u32, data: &[u8], encoded: &[u8]) {
+    let mut frame = [0u8; MAX_FRAME];
+    let start = match wire::begin_block(chunk, offset, data.len() as u32, &mut frame) {
+        Ok(start) => start,
+        Err(e) => panic!("begin_block refuses a block that encode_frame accepts ({} bytes): {e}", data.len()),
+    };
+    let end = start + data.len();
+    frame[start..end].copy_from_slice(data);
+    wire::seal_frame(&mut frame[..end]);
+    assert_eq!(&frame[..end], encoded, "begin_block differs from encode_frame");
+}
+
+/// `decode_peers` accepts exactly whole entries up to the cap, and each re-encodes as it came.
+fn check_peers(bytes: &[u8]) {
+    let Some(peers) = wire::decode_peers(bytes) else {
+        assert!(
+            !bytes.len().is_multiple_of(PEER_ENTRY) || bytes.len() / PEER_ENTRY > MAX_PEX_PEERS,
+            "refused good entries"
+        );
+        return;
+    };
+    let mut out = Vec::with_capacity(bytes.len());
+    for addr in peers {
+        let mut entry = [0u8; PEER_ENTRY];
+        wire::encode_peer(addr, &mut entry);
+        out.extend_from_slice(&entry);
+    }
+    assert!(out.len() / PEER_ENTRY <= MAX_PEX_PEERS);
+    assert_eq!(out, bytes, "peer entries do not re-encode to themselves");
+}
+
+/// What must hold of a manifest that decoded and verified.
+fn check_manifest(signed: &SignedManifest, data: &[u8]) {
+    assert!(data.len() <= MAX_MANIFEST_BYTES);
+    assert_eq!(signed.bytes, data, "bytes are not the input");
+    assert_eq!(signed.swarm_id, <[u8; 32]>::from(Sha256::digest(data)), "swarm id is not SHA-256 of the file");
+    let again = SignedManifest::decode(&signed.bytes).expect("re-decoding the accepted bytes fails");
+    assert_eq!((&again.manifest, again.swarm_id), (&signed.manifest, signed.swarm_id));
+    let m = &signed.manifest;
+    assert!(manifest::valid_name(&m.name), "accepted name {:?}", m.name);
+    assert!(m.chunk_size.is_power_of_two() && (MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&m.chunk_size));
+    assert!(m.file_size >= 1);
+    let count = m.chunk_count();
+    assert!((1..=MAX_CHUNKS).contains(&count), "{count} chunks");
+    assert_eq!(u64::from(count), m.file_size.div_ceil(u64::from(m.chunk_size)));
+    let last = count - 1;
+    assert!((1..=m.chunk_size).contains(&m.chunk_len(last)));
+    assert_eq!(m.chunk_offset(last) + u64::from(m.chunk_len(last)), m.file_size);
+    assert_eq!(m.chunk_len(count), 0);
+    signed.check_trust(&[PublicKey(m.signer)]).expect("its own signer is not trusted");
+}
+
+/// The fixed key `manifest_resigned` signs with; the seed is arbitrary but never all zero.
+fn fuzz_key() -> &'static ed25519_compact::KeyPair {
+    static KEY: OnceLock<ed25519_compact::KeyPair> = OnceLock::new();
+    KEY.get_or_init(|| ed25519_compact::KeyPair::from_seed(ed25519_compact::Seed::new([0x5a; 32])))
+}
+
+/// `store::parse_state` on a state file: the chunk count and swarm id it must match come from
+/// the input's first bytes (count capped at `MAX_CHUNKS`), and the crc32 is filled in half the
+/// time so the checks behind it are reached. An accepted file yields exactly `count` bits that
+/// re-encode to the same bitfield bytes.
+pub fn state(data: &[u8]) {
+    if data.len() < 4 + 32 {
+        return;
+    }
+    let count = u32::from_le_bytes([data[0], data[1], data[2], data[3]]) % (flotilla::manifest::MAX_CHUNKS + 1);
+    let mut id = [0u8; 32];
+    id.copy_from_slice(&data[4..36]);
+    let mut file = data[36..].to_vec();
+    if file.len() >= 4 && data[0] & 1 == 1 {
+        let n = file.len() - 4;
+        let crc = crc32fast::hash(&file[..n]).to_le_bytes();
+        file[n..].copy_from_slice(&crc);
+    }
+    if let Ok(bits) = flotilla::store::parse_state(&file, &id, count) {
+        assert_eq!(bits.len(), count);
+        let body = &file[..file.len() - 4];
+        assert_eq!(bits.as_bytes(), &body[body.len() - bits.as_bytes().len()..]);
+    }
+}
