@@ -18,7 +18,6 @@ use crate::manifest::{Hash, Manifest, SwarmId};
 use crate::session::{CloseReason, Control, Outstanding, Session, Timeouts, MAX_REQUESTS};
 use crate::wire::{self, Bytes, Message, BLOCK_SIZE, MAX_PEX_PEERS, PEER_ENTRY, VERSION};
 use sha2::{Digest, Sha256};
-use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 /// A connection slot number, chosen by the caller (the agent uses its connection slot index).
@@ -244,7 +243,7 @@ pub struct Swarm {
     in_flight: Vec<u8>,
     peers: Vec<Option<Session>>,
     /// Peers with requests for us, in service order; the first `upload_slots` are served.
-    upload_queue: VecDeque<PeerId>,
+    upload_queue: Vec<PeerId>,
     config: SwarmConfig,
     upload_bucket: TokenBucket,
     download_bucket: TokenBucket,
@@ -287,7 +286,7 @@ impl Swarm {
             availability: vec![0; n],
             in_flight: vec![0; n],
             peers: (0..config.max_peers).map(|_| None).collect(),
-            upload_queue: VecDeque::with_capacity(config.max_peers),
+            upload_queue: Vec::with_capacity(config.max_peers),
             upload_bucket: TokenBucket::new(config.max_upload_rate),
             // A request asks for a whole chunk at once, so the bucket must hold one.
             download_bucket: TokenBucket::with_burst(config.max_download_rate, manifest.chunk_size as u64),
@@ -638,7 +637,7 @@ impl Swarm {
             return Err(CloseReason::Protocol("too many requests"));
         }
         if !self.upload_queue.contains(&id) {
-            self.upload_queue.push_back(id);
+            self.upload_queue.push(id);
         }
         self.offer(id);
         Ok(Received::Nothing)
@@ -999,12 +998,11 @@ impl Swarm {
             (head.map_or(u16::MAX, |c| self.availability[c as usize]), i)
         });
         if let Some(i) = rarest.filter(|&i| i != first_waiting) {
-            if let Some(p) = self.upload_queue.remove(i) {
-                self.upload_queue.insert(first_waiting, p);
-            }
+            let p = self.upload_queue.remove(i);
+            self.upload_queue.insert(first_waiting, p);
         }
         if !self.session_mut(id).serving.is_empty() {
-            self.upload_queue.push_back(id);
+            self.upload_queue.push(id);
         }
     }
 
