@@ -20,7 +20,14 @@ for target in frame message manifest manifest_resigned announcement state; do
         state) max_len=20000 ;;
     esac
     echo "== fuzz: $target for ${secs}s"
-    mkdir -p "corpus/$target"
-    cargo +nightly fuzz run --fuzz-dir . "$target" "corpus/$target" "seeds/$target" -- \
-        -max_total_time="$secs" -max_len="$max_len" -timeout=10 -print_final_stats=1
+    mkdir -p "corpus/$target" logs
+    # libFuzzer's progress goes to a log; the summary (or, on a crash, the tail) is printed.
+    if ! cargo +nightly fuzz run --fuzz-dir . "$target" "corpus/$target" "seeds/$target" -- \
+        -max_total_time="$secs" -max_len="$max_len" -timeout=10 -print_final_stats=1 >"logs/ci-$target.log" 2>&1; then
+        tail -n 40 "logs/ci-$target.log"
+        echo "fuzz: $target FAILED (input in fuzz/artifacts/$target/)"
+        exit 1
+    fi
+    grep -E "^Done|stat::number_of_executed_units|stat::average_exec_per_sec" "logs/ci-$target.log" | sed 's/^/   /'
 done
+echo "fuzz: all targets ran without a crash"

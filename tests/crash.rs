@@ -9,183 +9,27 @@
 //!
 //! Addresses: 127.0.0.200-202 (kill loop), 205-206 (disk full), 210-211 (read-only). Every agent
 //! runs with `--no-discovery`. The disk tests mount tmpfs file systems, so they need root; they
-//! fail (never skip) when `mount` does not work. Helpers are copied from tests/e2e.rs so the two
-//! files can change independently.
+//! fail (never skip) when `mount` does not work. Shared helpers are in tests/common/mod.rs.
 
-use flotilla::manifest::SignedManifest;
 use std::ffi::CString;
 use std::fs;
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// How long any one thing may take before the test gives up.
-const PATIENCE: Duration = Duration::from_secs(60);
+mod common;
+use common::*;
+
 const MIB: u64 = 1024 * 1024;
 
 // ---------------------------------------------------------------------------------------------
-// Helpers (after tests/e2e.rs)
+// Helpers of this file (the shared ones are in tests/common/mod.rs)
 // ---------------------------------------------------------------------------------------------
-
-/// A fresh directory for one test; removed at the end unless the test failed (kept to debug).
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(test: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("flotilla-crash-{test}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-
-    /// A subdirectory, created.
-    fn sub(&self, name: &str) -> PathBuf {
-        let d = self.0.join(name);
-        fs::create_dir_all(&d).unwrap();
-        d
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
-fn ip(x: u8) -> Ipv4Addr {
-    Ipv4Addr::new(127, 0, 0, x)
-}
-
-/// A free port on 127.0.0.x: bound by the OS, then released for the agent to take.
-fn free_addr(x: u8) -> SocketAddr {
-    TcpListener::bind((ip(x), 0)).unwrap().local_addr().unwrap()
-}
-
-/// One child process with its output captured in files (read at any time, no pipe to drain).
-struct Proc {
-    name: String,
-    child: Child,
-    stderr: PathBuf,
-}
-
-/// Every child process of a test; dropping it kills and reaps them all.
-#[derive(Default)]
-struct Procs(Vec<Proc>);
-
-impl Procs {
-    /// Starts `flotilla ARGS`, its stdout and stderr going to `dir/NAME.out` and `dir/NAME.err`.
-    fn spawn(&mut self, dir: &Path, name: &str, args: &[&str]) -> usize {
-        let stdout = dir.join(format!("{name}.out"));
-        let stderr = dir.join(format!("{name}.err"));
-        let child = Command::new(env!("CARGO_BIN_EXE_flotilla"))
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(fs::File::create(&stdout).unwrap())
-            .stderr(fs::File::create(&stderr).unwrap())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start flotilla for {name}: {e}"));
-        self.0.push(Proc { name: name.to_owned(), child, stderr });
-        self.0.len() - 1
-    }
-
-    /// Waits for process `i` to exit, failing the test after `PATIENCE`.
-    fn wait(&mut self, i: usize) -> ExitStatus {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Some(status) = self.0[i].child.try_wait().unwrap() {
-                return status;
-            }
-            let name = &self.0[i].name;
-            assert!(Instant::now() < deadline, "{name} did not exit within {PATIENCE:?}:\n{}", self.stderr(i));
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    /// The exit status of process `i` if it has exited.
-    fn exited(&mut self, i: usize) -> Option<ExitStatus> {
-        self.0[i].child.try_wait().unwrap()
-    }
-
-    fn running(&mut self, i: usize) -> bool {
-        self.exited(i).is_none()
-    }
-
-    /// SIGKILL (what `Child::kill` sends on Unix), then reap.
-    fn kill(&mut self, i: usize) {
-        let c = &mut self.0[i].child;
-        let _ = c.kill();
-        let _ = c.wait();
-    }
-
-    fn stderr(&self, i: usize) -> String {
-        fs::read_to_string(&self.0[i].stderr).unwrap_or_default()
-    }
-}
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for p in &mut self.0 {
-            let _ = p.child.kill();
-            let _ = p.child.wait();
-        }
-    }
-}
-
-/// Runs a command that must succeed and returns its stdout.
-fn run_ok(dir: &Path, args: &[&str]) -> String {
-    static RUNS: AtomicUsize = AtomicUsize::new(0);
-    let name = format!("cmd{}", RUNS.fetch_add(1, Ordering::Relaxed));
-    let mut procs = Procs::default();
-    let i = procs.spawn(dir, &name, args);
-    let status = procs.wait(i);
-    assert!(status.success(), "flotilla {args:?} failed ({status}):\n{}", procs.stderr(i));
-    fs::read_to_string(dir.join(format!("{name}.out"))).unwrap()
-}
-
-/// Polls `cond` every 10 ms until it holds, failing the test with `what` after `PATIENCE`.
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + PATIENCE;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out after {PATIENCE:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// Waits until process `i` logs a line containing `needle` on stderr; fails early if it exits.
-fn wait_for_log(procs: &mut Procs, i: usize, needle: &str) {
-    wait_until(&format!("{:?} in the log of {}", needle, procs.0[i].name), || {
-        if procs.stderr(i).contains(needle) {
-            return true;
-        }
-        assert!(procs.running(i), "{} exited early:\n{}", procs.0[i].name, procs.stderr(i));
-        false
-    });
-}
-
-/// Deterministic pseudo-random bytes (xorshift64), so a failure can be replayed.
-fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
 
 /// A deterministic PRNG (xorshift64) for the kill schedule.
 struct Rng(u64);
@@ -206,22 +50,8 @@ impl Rng {
     }
 }
 
-/// A published release: the file in a seed's data directory, its manifest beside it.
-struct Release {
-    /// The operator's public key, 64 hex.
-    key: String,
-    /// The seed's `--data` directory, holding `fw.img` and `fw.img.flotilla`.
-    data_dir: PathBuf,
-    manifest: PathBuf,
-    bytes: Vec<u8>,
-    signed: SignedManifest,
-}
-
+/// What the kill loop needs of the release, beyond the shared helpers.
 impl Release {
-    fn manifest_arg(&self) -> &str {
-        self.manifest.to_str().unwrap()
-    }
-
     fn count(&self) -> u32 {
         self.signed.manifest.chunk_count()
     }
@@ -243,34 +73,6 @@ impl Release {
     }
 }
 
-/// `keygen`, then `publish` a random file of `size` bytes with `chunk_size` into `dir/seed/`.
-fn make_release(dir: &Path, size: usize, chunk_size: &str, seed: u64) -> Release {
-    let secret = dir.join("operator.key");
-    let key = run_ok(dir, &["keygen", "--secret", secret.to_str().unwrap()]).trim().to_owned();
-    assert_eq!(key.len(), 64, "keygen prints the public key as 64 hex: {key:?}");
-    let data_dir = dir.join("seed");
-    fs::create_dir_all(&data_dir).unwrap();
-    let file = data_dir.join("fw.img");
-    let bytes = random_bytes(size, seed);
-    fs::write(&file, &bytes).unwrap();
-    run_ok(dir, &["publish", file.to_str().unwrap(), "--secret", secret.to_str().unwrap(), "--chunk-size", chunk_size]);
-    let manifest = data_dir.join("fw.img.flotilla");
-    let signed = SignedManifest::read_file(&manifest).unwrap();
-    assert_eq!(signed.manifest.file_size, size as u64);
-    Release { key, data_dir, manifest, bytes, signed }
-}
-
-/// Starts `serve` for the release on `addr` and waits until it listens.
-fn start_seed(procs: &mut Procs, dir: &Path, rel: &Release, addr: SocketAddr, rate: &str) -> usize {
-    let addr = addr.to_string();
-    let data = rel.data_dir.to_str().unwrap();
-    let args =
-        ["serve", "--data", data, "--listen", &addr, "--trust", &rel.key, "--max-upload-rate", rate, "--no-discovery"];
-    let i = procs.spawn(dir, "seed", &args);
-    wait_for_log(procs, i, "listening on");
-    i
-}
-
 /// `fetch` arguments for `out`, listening on `listen` and fetching from `peer`.
 fn fetch_args(rel: &Release, out: &Path, listen: SocketAddr, peer: SocketAddr) -> Vec<String> {
     let out = out.to_str().unwrap();
@@ -285,13 +87,8 @@ fn as_strs(args: &[String]) -> Vec<&str> {
     args.iter().map(String::as_str).collect()
 }
 
-/// `FILE` with a suffix appended to its name: the side files `fetch` keeps beside its output.
-fn side(path: &Path, suffix: &str) -> PathBuf {
-    let mut s = path.as_os_str().to_owned();
-    s.push(suffix);
-    PathBuf::from(s)
-}
-
+// Kept here: this reader returns the bitfield and checks it against the disk; e2e.rs and
+// liars.rs only count chunks.
 /// The chunks `FILE.state` marks present, or `None` if there is no state file. A state file
 /// that is present but not valid fails the test: it is replaced by rename, so even a SIGKILL
 /// mid-write must leave the old one whole. The format (docs/PROTOCOL.md): b"FLOTST01" ‖ swarm
@@ -351,14 +148,10 @@ fn check_disk(out: &Path, rel: &Release, when: &str) -> Vec<bool> {
 }
 
 /// Asserts that `out` holds exactly the release, that `verify` agrees, and that no side file
-/// is left behind.
+/// is left behind (the shared check, plus `.state.tmp`, which only the kill loop can leave).
 fn assert_release(dir: &Path, out: &Path, rel: &Release) {
-    let got = fs::read(out).unwrap_or_else(|e| panic!("cannot read {}: {e}", out.display()));
-    assert!(got == rel.bytes, "{} differs from the published file", out.display());
-    run_ok(dir, &["verify", rel.manifest_arg(), out.to_str().unwrap(), "--trust", &rel.key]);
-    for suffix in [".part", ".state", ".state.tmp"] {
-        assert!(!side(out, suffix).exists(), "{}{suffix} left behind", out.display());
-    }
+    common::assert_release(dir, out, rel);
+    assert!(!side(out, ".state.tmp").exists(), "{}.state.tmp left behind", out.display());
 }
 
 /// The "X MiB received" figure of fetch's completion line, in bytes.
@@ -608,7 +401,7 @@ fn poll_until(procs: &mut Procs, i: usize, nap: Duration, mut until: impl FnMut(
         if until() {
             return None;
         }
-        if let Some(st) = procs.exited(i) {
+        if let Some(st) = procs.try_wait(i) {
             return Some(st);
         }
         assert!(Instant::now() < deadline, "a run neither reached its kill point nor exited:\n{}", procs.stderr(i));
@@ -705,7 +498,7 @@ fn kill_loop_never_corrupts_and_refetches_little() {
     let mut procs = Procs::default();
     let seed = free_addr(200);
     // 8 MiB/s: the 24 MiB release takes about 3 s of transfer, cut into many short runs.
-    start_seed(&mut procs, dir, &rel, seed, "8M");
+    start_seed(&mut procs, dir, &rel, seed, "8M", &["--no-discovery"]);
     let proxy = Proxy::start(201, seed);
     let out_dir = tmp.sub("fetcher");
     let out = out_dir.join("fw.img");
@@ -946,7 +739,7 @@ fn disk_full_is_a_clear_error_and_resumes_after_space_is_freed() {
     let mut procs = Procs::default();
     let seed = free_addr(205);
     // Rate-limited so that the agent commits several batches before the disk fills.
-    start_seed(&mut procs, dir, &rel, seed, "8M");
+    start_seed(&mut procs, dir, &rel, seed, "8M", &["--no-discovery"]);
     let out = small.join("fw.img");
     let args = fetch_args(&rel, &out, free_addr(206), seed);
     let args = as_strs(&args);
@@ -996,7 +789,7 @@ fn read_only_directory_is_a_clear_error() {
     let mount = Mount::tmpfs(&ro, "size=64m");
     let mut procs = Procs::default();
     let seed = free_addr(210);
-    start_seed(&mut procs, dir, &rel, seed, "4M");
+    start_seed(&mut procs, dir, &rel, seed, "4M", &["--no-discovery"]);
     let out = ro.join("fw.img");
     let args = fetch_args(&rel, &out, free_addr(211), seed);
     let args = as_strs(&args);

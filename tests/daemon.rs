@@ -8,112 +8,22 @@
 //! with a generous deadline rather than slept for.
 
 use std::fs;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-/// How long any one thing may take before the test gives up.
-const PATIENCE: Duration = Duration::from_secs(60);
+mod common;
+use common::*;
+
 const MIB: usize = 1024 * 1024;
 
-/// A fresh directory for one test; removed at the end unless the test failed.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(test: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("flotilla-daemon-{test}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-
-    fn sub(&self, name: &str) -> PathBuf {
-        let d = self.0.join(name);
-        fs::create_dir_all(&d).unwrap();
-        d
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
-/// A free port on 127.0.0.x: bound by the OS, then released for the agent to take.
+// Kept here: the daemon tests pass addresses as strings.
 fn free_addr(x: u8) -> String {
-    let addr: SocketAddr = TcpListener::bind((Ipv4Addr::new(127, 0, 0, x), 0)).unwrap().local_addr().unwrap();
-    addr.to_string()
+    common::free_addr(x).to_string()
 }
 
-/// Every child of a test, run in the test's directory with stdout and stderr in files there;
-/// dropping the guard kills and reaps them all.
-#[derive(Default)]
-struct Procs(Vec<(String, Child, PathBuf)>);
-
-impl Procs {
-    fn spawn(&mut self, dir: &Path, name: &str, args: &[&str]) -> usize {
-        let stderr = dir.join(format!("{name}.err"));
-        let child = Command::new(env!("CARGO_BIN_EXE_flotilla"))
-            .args(args)
-            .current_dir(dir)
-            .stdin(Stdio::null())
-            .stdout(fs::File::create(dir.join(format!("{name}.out"))).unwrap())
-            .stderr(fs::File::create(&stderr).unwrap())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start flotilla for {name}: {e}"));
-        self.0.push((name.to_owned(), child, stderr));
-        self.0.len() - 1
-    }
-
-    fn stderr(&self, i: usize) -> String {
-        fs::read_to_string(&self.0[i].2).unwrap_or_default()
-    }
-
-    fn running(&mut self, i: usize) -> bool {
-        self.0[i].1.try_wait().unwrap().is_none()
-    }
-
-    fn wait(&mut self, i: usize) -> ExitStatus {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Some(status) = self.0[i].1.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "{} did not exit:\n{}", self.0[i].0, self.stderr(i));
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Waits until process `i` logs a line containing `needle`; fails at once if it exits.
-    fn wait_for_log(&mut self, i: usize, needle: &str) {
-        wait_until(&format!("{needle:?} in the log of {}", self.0[i].0), || {
-            if self.stderr(i).contains(needle) {
-                return true;
-            }
-            assert!(self.running(i), "{} exited early:\n{}", self.0[i].0, self.stderr(i));
-            false
-        });
-    }
-}
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for (_, child, _) in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
+// Kept here: run by `Command::output` in `dir`, leaving no output files there, unlike common::run.
 /// Runs a command to its end: (exit code, stdout, stderr).
 fn run(dir: &Path, args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_flotilla")).args(args).current_dir(dir).output().unwrap();
@@ -121,34 +31,14 @@ fn run(dir: &Path, args: &[&str]) -> (i32, String, String) {
     (out.status.code().unwrap_or(-1), text(out.stdout), text(out.stderr))
 }
 
+// Kept here: on top of the local `run`.
 fn run_ok(dir: &Path, args: &[&str]) -> String {
     let (code, stdout, stderr) = run(dir, args);
     assert_eq!(code, 0, "flotilla {args:?} failed:\n{stderr}");
     stdout
 }
 
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + PATIENCE;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out after {PATIENCE:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Deterministic pseudo-random bytes (xorshift64).
-fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
+// Kept here: a release named by the test, one key for several releases, no signed manifest.
 /// A published release in `dir/seed/`: the file `NAME` and its manifest `NAME.flotilla`.
 struct Release {
     key: String,
@@ -180,6 +70,7 @@ fn public_key(dir: &Path, manifest: &Path) -> String {
     line["signer:".len()..].trim().to_owned()
 }
 
+// Kept here: takes the local `Release` and a string address.
 /// `serve` of the seed's directory on `addr` with its upload capped at `rate`.
 fn start_seed(procs: &mut Procs, dir: &Path, rel: &Release, addr: &str, rate: &str, extra: &[&str]) -> usize {
     let data = rel.data_dir.to_str().unwrap();
@@ -242,7 +133,7 @@ fn status_while_a_fetch_runs() {
     let tmp = TempDir::new("status");
     let dir = tmp.path();
     let rel = make_release(dir, "fw.img", 6 * MIB + 4321, 0x150);
-    let mut procs = Procs::default();
+    let mut procs = Procs::in_dir();
     let (s, f) = (free_addr(150), free_addr(151));
     let seed_sock = dir.join("seed.sock");
     let seed = start_seed(&mut procs, dir, &rel, &s, "1M", &["--status", seed_sock.to_str().unwrap()]);
@@ -309,7 +200,7 @@ fn status_socket_edges() {
     let file = dir.join("precious.txt");
     fs::write(&file, "keep me").unwrap();
     let serve = |path: &Path| {
-        let mut procs = Procs::default();
+        let mut procs = Procs::in_dir();
         let args = ["serve", "--data", data, "--no-listen", "--no-discovery", "--status", path.to_str().unwrap()];
         let i = procs.spawn(dir, "serve", &args);
         (procs, i)
@@ -358,7 +249,7 @@ fn on_complete_hook_gets_the_path_once() {
     let rel = make_release(dir, "fw.img", 2 * MIB + 99, 0x152);
     let log = dir.join("hook.log");
     let hook = format!("/bin/sh {} tag", hook_script(dir, &log).display());
-    let mut procs = Procs::default();
+    let mut procs = Procs::in_dir();
     let (s, f) = (free_addr(152), free_addr(153));
     start_seed(&mut procs, dir, &rel, &s, "4M", &["--on-complete", &hook]);
 
@@ -408,7 +299,7 @@ fn rescan_picks_up_a_new_manifest() {
     let other = make_release(dir, "other.img", 70_000, 0x155);
     let log = dir.join("hook.log");
     let hook = format!("/bin/sh {} tag", hook_script(dir, &log).display());
-    let mut procs = Procs::default();
+    let mut procs = Procs::in_dir();
     let (s, b) = (free_addr(154), free_addr(155));
     start_seed(&mut procs, dir, &rel, &s, "8M", &[]);
 
@@ -470,7 +361,7 @@ fn serve_refuses_to_roll_back_to_an_older_release() {
     fs::create_dir_all(&device).unwrap();
     fs::copy(&newest, device.join("fw.img")).unwrap();
     fs::copy(current.data_dir.join("fw.img.flotilla"), device.join("fw.img.flotilla")).unwrap();
-    let mut procs = Procs::default();
+    let mut procs = Procs::in_dir();
     let (old_seed, dev) = (free_addr(156), free_addr(157));
     let serve = |procs: &mut Procs, name: &str, data: &Path, listen: &str, extra: &[&str]| {
         let mut args = vec!["serve", "--data", data.to_str().unwrap(), "--listen", listen, "--no-discovery"];
@@ -480,8 +371,8 @@ fn serve_refuses_to_roll_back_to_an_older_release() {
     };
     let first = serve(&mut procs, "device1", &device, &dev, &[]);
     procs.wait_for_log(first, "serving fw.img #7");
-    procs.0[first].1.kill().unwrap();
-    let _ = procs.0[first].1.wait();
+    procs.list[first].child.kill().unwrap();
+    let _ = procs.list[first].child.wait();
 
     // The attack: the newer file gone, the older manifest in its place, a peer offering it.
     fs::remove_file(device.join("fw.img")).unwrap();

@@ -7,264 +7,25 @@
 //! panics included. Nothing waits a fixed time and then asserts: conditions are polled with a
 //! generous deadline, so a slow machine makes a test slower, not flaky.
 
-use flotilla::manifest::SignedManifest;
 use flotilla::wire::{self, Bytes, Message, BLOCK_SIZE, MAX_FRAME, VERSION};
 use std::fs;
 use std::io::{ErrorKind, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-/// How long any one thing may take before the test gives up (a 2-core machine running every
-/// test at once is slow; a hang is what this catches).
-const PATIENCE: Duration = Duration::from_secs(60);
+mod common;
+use common::*;
+
 const MIB: u64 = 1024 * 1024;
 
 // ---------------------------------------------------------------------------------------------
-// Shared helpers
+// Helpers of this file (the shared ones are in tests/common/mod.rs)
 // ---------------------------------------------------------------------------------------------
 
-/// A fresh directory for one test; removed at the end unless the test failed (kept to debug).
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(test: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("flotilla-e2e-{test}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-
-    /// A subdirectory, created.
-    fn sub(&self, name: &str) -> PathBuf {
-        let d = self.0.join(name);
-        fs::create_dir_all(&d).unwrap();
-        d
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
-fn ip(x: u8) -> Ipv4Addr {
-    Ipv4Addr::new(127, 0, 0, x)
-}
-
-/// A free port on 127.0.0.x: bound by the OS, then released for the agent to take.
-fn free_addr(x: u8) -> SocketAddr {
-    TcpListener::bind((ip(x), 0)).unwrap().local_addr().unwrap()
-}
-
-/// One child process with its output captured in files (read at any time, no pipe to drain).
-struct Proc {
-    name: String,
-    child: Child,
-    stdout: PathBuf,
-    stderr: PathBuf,
-}
-
-/// Every child process of a test; dropping it kills and reaps them all.
-#[derive(Default)]
-struct Procs(Vec<Proc>);
-
-impl Procs {
-    /// Starts `flotilla ARGS`, its stdout and stderr going to `dir/NAME.out` and `dir/NAME.err`.
-    fn spawn(&mut self, dir: &Path, name: &str, args: &[&str]) -> usize {
-        let stdout = dir.join(format!("{name}.out"));
-        let stderr = dir.join(format!("{name}.err"));
-        let child = Command::new(env!("CARGO_BIN_EXE_flotilla"))
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(fs::File::create(&stdout).unwrap())
-            .stderr(fs::File::create(&stderr).unwrap())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start flotilla for {name}: {e}"));
-        self.0.push(Proc { name: name.to_owned(), child, stdout, stderr });
-        self.0.len() - 1
-    }
-
-    /// Waits for process `i` to exit, failing the test after `PATIENCE`.
-    fn wait(&mut self, i: usize) -> ExitStatus {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Some(status) = self.0[i].child.try_wait().unwrap() {
-                return status;
-            }
-            let name = &self.0[i].name;
-            assert!(Instant::now() < deadline, "{name} did not exit within {PATIENCE:?}:\n{}", self.stderr(i));
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// True while process `i` has not exited.
-    fn running(&mut self, i: usize) -> bool {
-        self.0[i].child.try_wait().unwrap().is_none()
-    }
-
-    /// SIGKILL (what `Child::kill` sends on Unix), then reap.
-    fn kill(&mut self, i: usize) {
-        let c = &mut self.0[i].child;
-        let _ = c.kill();
-        let _ = c.wait();
-    }
-
-    fn stdout(&self, i: usize) -> String {
-        fs::read_to_string(&self.0[i].stdout).unwrap_or_default()
-    }
-
-    fn stderr(&self, i: usize) -> String {
-        fs::read_to_string(&self.0[i].stderr).unwrap_or_default()
-    }
-}
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for p in &mut self.0 {
-            let _ = p.child.kill();
-            let _ = p.child.wait();
-        }
-    }
-}
-
-/// What a short command did.
-struct Outcome {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs a command that should finish by itself (keygen, publish, verify, a refused fetch...).
-fn run(dir: &Path, args: &[&str]) -> Outcome {
-    static RUNS: AtomicUsize = AtomicUsize::new(0);
-    let name = format!("run{}", RUNS.fetch_add(1, Ordering::Relaxed));
-    let mut procs = Procs::default();
-    let i = procs.spawn(dir, &name, args);
-    let status = procs.wait(i);
-    let code = status.code().unwrap_or_else(|| panic!("flotilla {args:?} died by a signal: {status}"));
-    Outcome { code, stdout: procs.stdout(i), stderr: procs.stderr(i) }
-}
-
-/// Runs a command that must succeed and returns its stdout.
-fn run_ok(dir: &Path, args: &[&str]) -> String {
-    let o = run(dir, args);
-    assert_eq!(o.code, 0, "flotilla {args:?} failed:\n{}", o.stderr);
-    o.stdout
-}
-
-/// Polls `cond` every 20 ms until it holds, failing the test with `what` after `PATIENCE`.
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + PATIENCE;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out after {PATIENCE:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn wait_for_file(path: &Path) {
-    wait_until(&format!("{} to appear", path.display()), || path.exists());
-}
-
-/// Waits until process `i` logs a line containing `needle` on stderr; fails early if it exits.
-fn wait_for_log(procs: &mut Procs, i: usize, needle: &str) {
-    wait_until(&format!("{:?} in the log of {}", needle, procs.0[i].name), || {
-        if procs.stderr(i).contains(needle) {
-            return true;
-        }
-        assert!(procs.running(i), "{} exited early:\n{}", procs.0[i].name, procs.stderr(i));
-        false
-    });
-}
-
-/// Deterministic pseudo-random bytes (xorshift64), so a failure can be replayed.
-fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
-/// A published release: the file in a seed's data directory, its manifest beside it.
-struct Release {
-    /// The operator's public key, 64 hex.
-    key: String,
-    /// The seed's `--data` directory, holding `fw.img` and `fw.img.flotilla`.
-    data_dir: PathBuf,
-    manifest: PathBuf,
-    bytes: Vec<u8>,
-    signed: SignedManifest,
-}
-
-impl Release {
-    fn manifest_arg(&self) -> &str {
-        self.manifest.to_str().unwrap()
-    }
-}
-
-/// `keygen`, then `publish` a random file of `size` bytes with `chunk_size` into `dir/seed/`.
-fn make_release(dir: &Path, size: usize, chunk_size: &str, seed: u64) -> Release {
-    let secret = dir.join("operator.key");
-    let key = run_ok(dir, &["keygen", "--secret", secret.to_str().unwrap()]).trim().to_owned();
-    assert_eq!(key.len(), 64, "keygen prints the public key as 64 hex: {key:?}");
-    let data_dir = dir.join("seed");
-    fs::create_dir_all(&data_dir).unwrap();
-    let file = data_dir.join("fw.img");
-    let bytes = random_bytes(size, seed);
-    fs::write(&file, &bytes).unwrap();
-    let printed = run_ok(
-        dir,
-        &["publish", file.to_str().unwrap(), "--secret", secret.to_str().unwrap(), "--chunk-size", chunk_size],
-    );
-    let manifest = data_dir.join("fw.img.flotilla");
-    let signed = SignedManifest::read_file(&manifest).unwrap();
-    assert_eq!(printed.trim(), flotilla::manifest::to_hex(&signed.swarm_id), "publish prints the swarm id");
-    assert_eq!(signed.manifest.file_size, size as u64);
-    Release { key, data_dir, manifest, bytes, signed }
-}
-
-/// Starts `serve` for the release on `addr` and waits until it listens.
-fn start_seed(procs: &mut Procs, dir: &Path, rel: &Release, addr: SocketAddr, rate: &str) -> usize {
-    let addr = addr.to_string();
-    let args = [
-        "serve",
-        "--data",
-        rel.data_dir.to_str().unwrap(),
-        "--listen",
-        &addr,
-        "--trust",
-        &rel.key,
-        "--max-upload-rate",
-        rate,
-    ];
-    let i = procs.spawn(dir, "seed", &args);
-    wait_for_log(procs, i, "listening on");
-    i
-}
-
-/// `FILE` with a suffix appended to its name: the side files `fetch` keeps beside its output.
-fn side(path: &Path, suffix: &str) -> PathBuf {
-    let mut s = path.as_os_str().to_owned();
-    s.push(suffix);
-    PathBuf::from(s)
-}
-
+// Kept here: this reader asserts the state file is whole; liars.rs and crash.rs read it otherwise.
 /// Chunks marked present in `FILE.state`, or `None` if there is none yet. The format
 /// (docs/PROTOCOL.md): b"FLOTST01" ‖ swarm id (32) ‖ chunk count u32 LE ‖ bitfield ‖ crc32 LE.
 /// The file is replaced by rename, so a read never sees half of one.
@@ -279,15 +40,6 @@ fn state_chunks(out: &Path, rel: &Release) -> Option<u32> {
     assert_eq!(body[8..40], rel.signed.swarm_id);
     assert_eq!(body[40..44], count.to_le_bytes());
     Some(body[44..].iter().map(|b| b.count_ones()).sum())
-}
-
-/// Asserts that `out` holds exactly the release and that `verify` agrees.
-fn assert_release(dir: &Path, out: &Path, rel: &Release) {
-    let got = fs::read(out).unwrap_or_else(|e| panic!("cannot read {}: {e}", out.display()));
-    assert!(got == rel.bytes, "{} differs from the published file", out.display());
-    run_ok(dir, &["verify", rel.manifest_arg(), out.to_str().unwrap(), "--trust", &rel.key]);
-    assert!(!side(out, ".part").exists(), "{}.part left behind", out.display());
-    assert!(!side(out, ".state").exists(), "{}.state left behind", out.display());
 }
 
 /// The "X MiB received" figure of fetch's completion line.
@@ -311,7 +63,7 @@ fn chain_and_multi_source() {
     let mut procs = Procs::default();
     let (s, b, c, d) = (free_addr(11), free_addr(12), free_addr(13), free_addr(14));
     // 4 MiB/s shared by B and D: B needs seconds, long enough for C to feed on B's partial copy.
-    start_seed(&mut procs, dir, &rel, s, "4M");
+    start_seed(&mut procs, dir, &rel, s, "4M", &[]);
 
     let fetch = |procs: &mut Procs, name: &str, listen: SocketAddr, peers: &[SocketAddr], seed_for: &str| {
         let out = tmp.sub(name).join("fw.img");
@@ -366,7 +118,7 @@ fn resume_after_sigkill() {
     let rel = make_release(dir, 16 * MIB as usize - 777, "64K", 0x22);
     let mut procs = Procs::default();
     let s = free_addr(21);
-    start_seed(&mut procs, dir, &rel, s, "2M");
+    start_seed(&mut procs, dir, &rel, s, "2M", &[]);
 
     let out = tmp.sub("fetcher").join("fw.img");
     let (listen, peer) = (free_addr(22).to_string(), s.to_string());
@@ -654,7 +406,7 @@ fn liar_peer_is_dropped_and_fetch_completes() {
     // for a while after the liar has been dropped; that is what makes the redial check mean
     // something.
     let s = free_addr(41);
-    start_seed(&mut procs, dir, &rel, s, "1M");
+    start_seed(&mut procs, dir, &rel, s, "1M", &[]);
 
     let liar = TcpListener::bind((ip(42), 0)).unwrap();
     let liar_addr = liar.local_addr().unwrap();
@@ -765,7 +517,7 @@ fn serve_fetches_a_release_whose_file_is_missing() {
     let rel = make_release(dir, 3 * MIB as usize + 99, "64K", 0x51);
     let mut procs = Procs::default();
     let (s, relay, last) = (free_addr(51), free_addr(52), free_addr(53));
-    let seed = start_seed(&mut procs, dir, &rel, s, "0");
+    let seed = start_seed(&mut procs, dir, &rel, s, "0", &[]);
 
     let relay_dir = tmp.sub("relay");
     fs::create_dir_all(&relay_dir).unwrap();
@@ -810,7 +562,7 @@ fn fetchers_given_only_the_seed_mesh_through_peer_exchange() {
     let mut procs = Procs::default();
     let seed = free_addr(61);
     // Slow enough that the fetchers are still fetching when they learn of each other.
-    start_seed(&mut procs, dir, &rel, seed, "2M");
+    start_seed(&mut procs, dir, &rel, seed, "2M", &[]);
     let seed_s = seed.to_string();
     let mut fetchers = Vec::new();
     for i in 0..5u8 {

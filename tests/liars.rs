@@ -14,20 +14,19 @@
 //! A long version of (f), ignored by default, measures when the stall rule drops the mute peer. Nothing waits a fixed time and then
 //! asserts, except the redial window, which is a lower bound on the fetch's own backoff.
 
-use flotilla::manifest::SignedManifest;
 use flotilla::wire::{self, Bytes, Message, BLOCK_SIZE, MAX_FRAME, VERSION};
 use std::fs;
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// How long any one thing may take before the test gives up.
-const PATIENCE: Duration = Duration::from_secs(60);
+mod common;
+use common::*;
+
 const MIB: usize = 1024 * 1024;
 /// The release: 80 chunks of 64 KiB (4 requests in flight per peer), about 5 s at `RATE`.
 const RELEASE_SIZE: usize = 5 * MIB - 3_333;
@@ -49,154 +48,11 @@ const MUTE_LIMIT: Duration = Duration::from_secs(120);
 const LIAR_NODE: u64 = 0x11a2_5eed_0bad_f00d;
 
 // ---------------------------------------------------------------------------------------------
-// Helpers (from tests/e2e.rs)
+// Helpers of this file (the shared ones are in tests/common/mod.rs)
 // ---------------------------------------------------------------------------------------------
 
-/// A fresh directory for one test; removed at the end unless the test failed (kept to debug).
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(test: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("flotilla-liars-{test}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-
-    fn sub(&self, name: &str) -> PathBuf {
-        let d = self.0.join(name);
-        fs::create_dir_all(&d).unwrap();
-        d
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
-fn ip(x: u8) -> Ipv4Addr {
-    Ipv4Addr::new(127, 0, 0, x)
-}
-
-/// A free port on 127.0.0.x: bound by the OS, then released for the agent to take.
-fn free_addr(x: u8) -> SocketAddr {
-    TcpListener::bind((ip(x), 0)).unwrap().local_addr().unwrap()
-}
-
-struct Proc {
-    name: String,
-    child: Child,
-    stderr: PathBuf,
-}
-
-/// Every child process of a scope; dropping it kills and reaps them all.
-#[derive(Default)]
-struct Procs(Vec<Proc>);
-
-impl Procs {
-    fn spawn(&mut self, dir: &Path, name: &str, args: &[&str]) -> usize {
-        let stdout = dir.join(format!("{name}.out"));
-        let stderr = dir.join(format!("{name}.err"));
-        let child = Command::new(env!("CARGO_BIN_EXE_flotilla"))
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(fs::File::create(&stdout).unwrap())
-            .stderr(fs::File::create(&stderr).unwrap())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start flotilla for {name}: {e}"));
-        self.0.push(Proc { name: name.to_owned(), child, stderr });
-        self.0.len() - 1
-    }
-
-    fn wait(&mut self, i: usize) -> ExitStatus {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Some(status) = self.0[i].child.try_wait().unwrap() {
-                return status;
-            }
-            let name = &self.0[i].name;
-            assert!(Instant::now() < deadline, "{name} did not exit within {PATIENCE:?}:\n{}", self.stderr(i));
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn try_wait(&mut self, i: usize) -> Option<ExitStatus> {
-        self.0[i].child.try_wait().unwrap()
-    }
-
-    fn running(&mut self, i: usize) -> bool {
-        self.try_wait(i).is_none()
-    }
-
-    fn stderr(&self, i: usize) -> String {
-        fs::read_to_string(&self.0[i].stderr).unwrap_or_default()
-    }
-}
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for p in &mut self.0 {
-            let _ = p.child.kill();
-            let _ = p.child.wait();
-        }
-    }
-}
-
-/// Runs a command that must succeed and returns its stdout.
-fn run_ok(dir: &Path, args: &[&str]) -> String {
-    static RUNS: AtomicUsize = AtomicUsize::new(0);
-    let name = format!("run{}", RUNS.fetch_add(1, Ordering::Relaxed));
-    let mut procs = Procs::default();
-    let i = procs.spawn(dir, &name, args);
-    let status = procs.wait(i);
-    assert!(status.success(), "flotilla {args:?} failed:\n{}", procs.stderr(i));
-    fs::read_to_string(dir.join(format!("{name}.out"))).unwrap()
-}
-
-fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + PATIENCE;
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out after {PATIENCE:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Deterministic pseudo-random bytes (xorshift64), so a failure can be replayed.
-fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
-/// A published release: the file in a seed's data directory, its manifest beside it.
-struct Release {
-    key: String,
-    data_dir: PathBuf,
-    manifest: PathBuf,
-    bytes: Vec<u8>,
-    signed: SignedManifest,
-}
-
+/// What the fake peers need of the release, beyond the shared helpers.
 impl Release {
-    fn manifest_arg(&self) -> &str {
-        self.manifest.to_str().unwrap()
-    }
-
     fn chunks(&self) -> u32 {
         self.signed.manifest.chunk_count()
     }
@@ -209,28 +65,7 @@ impl Release {
     }
 }
 
-fn make_release(dir: &Path, size: usize, chunk_size: &str, seed: u64) -> Release {
-    let secret = dir.join("operator.key");
-    let key = run_ok(dir, &["keygen", "--secret", secret.to_str().unwrap()]).trim().to_owned();
-    assert_eq!(key.len(), 64, "keygen prints the public key as 64 hex: {key:?}");
-    let data_dir = dir.join("seed");
-    fs::create_dir_all(&data_dir).unwrap();
-    let file = data_dir.join("fw.img");
-    let bytes = random_bytes(size, seed);
-    fs::write(&file, &bytes).unwrap();
-    run_ok(dir, &["publish", file.to_str().unwrap(), "--secret", secret.to_str().unwrap(), "--chunk-size", chunk_size]);
-    let manifest = data_dir.join("fw.img.flotilla");
-    let signed = SignedManifest::read_file(&manifest).unwrap();
-    assert_eq!(signed.manifest.file_size, size as u64);
-    Release { key, data_dir, manifest, bytes, signed }
-}
-
-fn side(path: &Path, suffix: &str) -> PathBuf {
-    let mut s = path.as_os_str().to_owned();
-    s.push(suffix);
-    PathBuf::from(s)
-}
-
+// Kept here: this reader is lenient (None for a torn or foreign file) where e2e.rs asserts.
 /// Chunks marked durable in `FILE.state` (docs/PROTOCOL.md §12), if it is there and reads right.
 fn state_chunks(out: &Path) -> Option<u32> {
     let bytes = fs::read(side(out, ".state")).ok()?;
