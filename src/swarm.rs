@@ -253,6 +253,8 @@ pub struct Swarm {
     discovered: heapless::Deque<std::net::SocketAddr, DISCOVERED_CAPACITY>,
     /// Where the peer list of the last `Peers` message is built.
     pex_buf: [u8; MAX_PEX_PEERS * PEER_ENTRY],
+    /// Bytes of `pex_buf` in use.
+    pex_len: usize,
     rng: u64,
     /// Useful bytes received, bytes sent, bytes received and thrown away.
     pub stats: Stats,
@@ -293,6 +295,7 @@ impl Swarm {
             spread: (have.is_full() && config.spread).then(|| Spread::new(n as u32)),
             discovered: heapless::Deque::new(),
             pex_buf: [0; MAX_PEX_PEERS * PEER_ENTRY],
+            pex_len: 0,
             config,
             rng: seed | 1,
             stats: Stats::default(),
@@ -886,8 +889,8 @@ impl Swarm {
         if let Some(c) = s.control.pop_front() {
             s.last_send = now;
             if c == Control::Peers {
-                let len = self.build_peer_list(id);
-                return Some(Transmit::Message(Message::Peers(Bytes(&self.pex_buf[..len]))));
+                // Built as it leaves, so the list is current even after waiting in the queue.
+                self.pex_len = self.build_peer_list(id);
             }
             return Some(Transmit::Message(self.control_message(id, c)));
         }
@@ -945,7 +948,7 @@ impl Swarm {
                 node: self.config.node,
                 nonce,
             },
-            Control::Peers => Message::KeepAlive, // built in poll_transmit, which has &mut self
+            Control::Peers => Message::Peers(Bytes(&self.pex_buf[..self.pex_len])),
             Control::Auth => Message::Auth(self.proof(id, true).unwrap_or_default()),
             Control::Bitfield => Message::Bitfield(Bytes(self.advertised())),
             Control::Have(c) => Message::Have(c),
