@@ -2,6 +2,8 @@
 //! process (one thread each, one event loop each) under a counting global allocator, and the
 //! allocations made while the middle half of the file moves are counted against its blocks.
 
+mod common;
+
 use flotilla::agent::{Agent, AgentConfig};
 use flotilla::manifest::{SecretKey, SignedManifest};
 use flotilla::wire::BLOCK_SIZE;
@@ -37,15 +39,7 @@ fn no_heap_allocation_per_block_in_steady_state() {
     let seed_dir = dir.join("seed");
     std::fs::create_dir_all(&seed_dir).unwrap();
     let file = seed_dir.join("fw.img");
-    let mut x: u64 = 0x2545_F491;
-    let data: Vec<u8> = (0..32 << 20)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let data = common::random_bytes(32 << 20, 0x2545_F491);
     std::fs::write(&file, &data).unwrap();
     let key = SecretKey::generate().unwrap();
     let m = SignedManifest::publish(&file, "fw.img", 1, 256 * 1024, &key).unwrap();

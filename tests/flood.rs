@@ -3,6 +3,8 @@
 //! and descriptors must stay bounded, an honest fetch must complete meanwhile, and a connection
 //! that never says hello must be closed.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -55,15 +57,7 @@ fn raise_fd_limit() {
 fn write_release(dir: &Path) -> (String, PathBuf, Vec<u8>) {
     let data_dir = dir.join("seed");
     std::fs::create_dir_all(&data_dir).unwrap();
-    let mut x: u64 = 0x9e37_79b9;
-    let bytes: Vec<u8> = (0..6 << 20)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let bytes = common::random_bytes(6 << 20, 0x9e37_79b9);
     std::fs::write(data_dir.join("fw.img"), &bytes).unwrap();
     let secret = dir.join("k");
     let key = run_ok(&["keygen", "--secret", secret.to_str().unwrap()]).trim().to_owned();
