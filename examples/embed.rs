@@ -2,7 +2,7 @@
 //! `cargo run --release --example embed -- fw.img.flotilla PUBKEY /tmp/fw.img 127.0.0.1:7070`
 
 use flotilla::agent::{Agent, AgentConfig};
-use flotilla::manifest::{PublicKey, SignedManifest};
+use flotilla::core::manifest::{PublicKey, SignedManifest};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();

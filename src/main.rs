@@ -2,7 +2,6 @@
 //! Exit codes: 0 success, 1 runtime failure, 2 bad usage or input.
 
 mod cli;
-mod demo;
 
 fn main() {
     let code = match cli::run(std::env::args_os().skip(1).collect()) {

@@ -5,8 +5,8 @@
 mod common;
 
 use flotilla::agent::{Agent, AgentConfig};
-use flotilla::manifest::{SecretKey, SignedManifest};
-use flotilla::wire::BLOCK_SIZE;
+use flotilla::core::manifest::{SecretKey, SignedManifest};
+use flotilla::core::wire::BLOCK_SIZE;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;

@@ -7,7 +7,7 @@
 //! panics included. Nothing waits a fixed time and then asserts: conditions are polled with a
 //! generous deadline, so a slow machine makes a test slower, not flaky.
 
-use flotilla::wire::{self, Bytes, Message, BLOCK_SIZE, MAX_FRAME, VERSION};
+use flotilla::core::wire::{self, Bytes, Message, BLOCK_SIZE, MAX_FRAME, VERSION};
 use std::fs;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};

@@ -2,7 +2,7 @@
 //!
 //! One `flotilla serve` seeds a release at a capped rate (so a fetch takes a few seconds); for
 //! each scenario a fresh `flotilla fetch --peer LIAR --peer SEED` runs while an in-test fake
-//! peer, speaking the protocol through `flotilla::wire`, lies to it. Every scenario checks that
+//! peer, speaking the protocol through `flotilla::core::wire`, lies to it. Every scenario checks that
 //! the fetch completes with the right bytes, that the fetcher itself closed the liar's
 //! connection (the fake's read sees EOF or a reset while the fetch still runs), and, where the
 //! lie is an offence, that the liar is not dialled again (connections counted on the fake's
@@ -14,7 +14,7 @@
 //! A long version of (f), ignored by default, measures when the stall rule drops the mute peer. Nothing waits a fixed time and then
 //! asserts, except the redial window, which is a lower bound on the fetch's own backoff.
 
-use flotilla::wire::{self, Bytes, Message, BLOCK_SIZE, MAX_FRAME, VERSION};
+use flotilla::core::wire::{self, Bytes, Message, BLOCK_SIZE, MAX_FRAME, VERSION};
 use std::fs;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -2,11 +2,11 @@
 //! fake clock, as in quinn-proto's `Pair`. Every frame goes through the real wire encoding.
 //! Runs are deterministic: the same seeds give the same timeline, byte for byte.
 
-use flotilla::bitfield::Bitfield;
-use flotilla::manifest::{Manifest, SwarmId};
-use flotilla::session::CloseReason;
-use flotilla::swarm::{PeerId, Received, Swarm, SwarmConfig, Transmit, Verdict};
-use flotilla::wire::{self, Bytes, Message, MAX_FRAME, VERSION};
+use flotilla::core::bitfield::Bitfield;
+use flotilla::core::manifest::{Manifest, SwarmId};
+use flotilla::core::session::CloseReason;
+use flotilla::core::swarm::{PeerId, Received, Swarm, SwarmConfig, Transmit, Verdict};
+use flotilla::core::wire::{self, Bytes, Message, MAX_FRAME, VERSION};
 use sha2::{Digest, Sha256};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -433,7 +433,7 @@ fn protocol_violations_close_the_connection() {
     let v2 = Message::Hello { version: VERSION + 1, swarm: SWARM, listen_port: 0, node: 99, nonce: [0; 16] };
     // Another version is another release of Flotilla, refused without counting as an offence.
     let refused = s.handle_message(0, &v2, now);
-    assert_eq!(refused, Err(CloseReason::Refused(flotilla::wire::RefuseReason::UnsupportedVersion)));
+    assert_eq!(refused, Err(CloseReason::Refused(flotilla::core::wire::RefuseReason::UnsupportedVersion)));
     assert!(!refused.unwrap_err().is_offence());
 
     let (mut s, now) = poked();
@@ -545,7 +545,7 @@ fn download_rate_limit_holds_within_ten_percent() {
 }
 
 fn fleet(key: &[u8]) -> SwarmConfig {
-    SwarmConfig { fleet_key: Some(flotilla::auth::fleet_key(key)), ..SwarmConfig::default() }
+    SwarmConfig { fleet_key: Some(flotilla::core::auth::fleet_key(key)), ..SwarmConfig::default() }
 }
 
 #[test]
@@ -614,7 +614,7 @@ fn a_replayed_fleet_handshake_is_refused() {
     // The genuine connection ends; an eavesdropper replays the dialler's Hello and proof.
     a.remove_peer(0, now);
     a.add_peer(1, false, None, now);
-    let mut outcome = Ok(flotilla::swarm::Received::Nothing);
+    let mut outcome = Ok(flotilla::core::swarm::Received::Nothing);
     for frame in &recorded {
         let (payload, _) = wire::parse_frame(frame).unwrap().unwrap();
         outcome = a.handle_message(1, &wire::decode_message(payload).unwrap(), now);

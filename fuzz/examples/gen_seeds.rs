@@ -7,9 +7,9 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use flotilla::discovery;
-use flotilla::manifest::{SecretKey, SignedManifest, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
-use flotilla::wire::{self, Bytes, Message, RefuseReason, BLOCK_SIZE, HEADER_LEN, MAX_FRAME, PEER_ENTRY, VERSION};
+use flotilla::core::discovery;
+use flotilla::core::manifest::{SecretKey, SignedManifest, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
+use flotilla::core::wire::{self, Bytes, Message, RefuseReason, BLOCK_SIZE, HEADER_LEN, MAX_FRAME, PEER_ENTRY, VERSION};
 use flotilla_fuzz::{MANIFEST_HEADER, SIGNATURE_LEN};
 
 fn main() {

@@ -13,11 +13,11 @@
 
 use std::sync::OnceLock;
 
-use flotilla::discovery::{self, Announcement, MAX_DATAGRAM, MAX_IDS};
-use flotilla::manifest::{
+use flotilla::core::discovery::{self, Announcement, MAX_DATAGRAM, MAX_IDS};
+use flotilla::core::manifest::{
     self, PublicKey, SignedManifest, MAX_CHUNKS, MAX_CHUNK_SIZE, MAX_MANIFEST_BYTES, MIN_CHUNK_SIZE,
 };
-use flotilla::wire::{self, Message, WireError, HEADER_LEN, MAX_FRAME, MAX_PAYLOAD, MAX_PEX_PEERS, PEER_ENTRY};
+use flotilla::core::wire::{self, Message, WireError, HEADER_LEN, MAX_FRAME, MAX_PAYLOAD, MAX_PEX_PEERS, PEER_ENTRY};
 use sha2::{Digest, Sha256};
 
 /// First bytes of a manifest file (`manifest.rs`, "File format").
@@ -272,7 +272,7 @@ pub fn state(data: &[u8]) {
     if data.len() < 4 + 32 {
         return;
     }
-    let count = u32::from_le_bytes([data[0], data[1], data[2], data[3]]) % (flotilla::manifest::MAX_CHUNKS + 1);
+    let count = u32::from_le_bytes([data[0], data[1], data[2], data[3]]) % (flotilla::core::manifest::MAX_CHUNKS + 1);
     let mut id = [0u8; 32];
     id.copy_from_slice(&data[4..36]);
     let mut file = data[36..].to_vec();
@@ -281,7 +281,7 @@ pub fn state(data: &[u8]) {
         let crc = crc32fast::hash(&file[..n]).to_le_bytes();
         file[n..].copy_from_slice(&crc);
     }
-    if let Ok(bits) = flotilla::store::parse_state(&file, &id, count) {
+    if let Ok(bits) = flotilla::store::file::parse_state(&file, &id, count) {
         assert_eq!(bits.len(), count);
         let body = &file[..file.len() - 4];
         assert_eq!(bits.as_bytes(), &body[body.len() - bits.as_bytes().len()..]);

@@ -7,9 +7,9 @@
 use std::fs;
 use std::path::Path;
 
-use flotilla::discovery::Announcement;
-use flotilla::manifest::SignedManifest;
-use flotilla::wire;
+use flotilla::core::discovery::Announcement;
+use flotilla::core::manifest::SignedManifest;
+use flotilla::core::wire;
 
 type Check = fn(&[u8]);
 

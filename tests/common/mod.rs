@@ -7,7 +7,7 @@
 // helpers, so the rest would warn as dead code in that crate.
 #![allow(dead_code)]
 
-use flotilla::manifest::SignedManifest;
+use flotilla::core::manifest::SignedManifest;
 use std::fs;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -253,7 +253,7 @@ pub fn make_release(dir: &Path, size: usize, chunk_size: &str, seed: u64) -> Rel
     );
     let manifest = data_dir.join("fw.img.flotilla");
     let signed = SignedManifest::read_file(&manifest).unwrap();
-    assert_eq!(printed.trim(), flotilla::manifest::to_hex(&signed.swarm_id), "publish prints the swarm id");
+    assert_eq!(printed.trim(), flotilla::core::manifest::to_hex(&signed.swarm_id), "publish prints the swarm id");
     assert_eq!(signed.manifest.file_size, size as u64);
     Release { key, data_dir, manifest, bytes, signed }
 }

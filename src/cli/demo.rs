@@ -2,9 +2,9 @@
 //! share a generated release; every copy is verified and the all-done time is printed beside
 //! the time one server alone would need at the same upload rate.
 
-use crate::cli::{runtime, usage, Failure};
-use flotilla::manifest::{self, SecretKey, SignedManifest};
-use flotilla::status::fixed;
+use super::{runtime, usage, Failure};
+use flotilla::agent::status::fixed;
+use flotilla::core::manifest::{self, SecretKey, SignedManifest};
 use lexopt::prelude::*;
 use std::io::Write;
 use std::net::SocketAddr;

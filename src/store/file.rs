@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 use log::{debug, warn};
 use sha2::{Digest, Sha256};
 
-use crate::bitfield::Bitfield;
-use crate::manifest::{Hash, SignedManifest, SwarmId};
+use crate::core::bitfield::Bitfield;
+use crate::core::manifest::{Hash, SignedManifest, SwarmId};
 
 /// First bytes of a state file; the digit is the format version.
 const STATE_MAGIC: &[u8; 8] = b"FLOTST01";
@@ -451,7 +451,7 @@ fn remove_if_present(path: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest::Manifest;
+    use crate::core::manifest::Manifest;
 
     const CHUNK: u32 = 16 * 1024;
 

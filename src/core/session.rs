@@ -5,8 +5,8 @@
 //! chunks or share upload slots (that is the swarm's job, which sees all sessions at once), and
 //! it never touches a socket. Every queue has a fixed capacity: a peer cannot make it grow.
 
-use crate::bitfield::Bitfield;
-use crate::wire::RefuseReason;
+use crate::core::bitfield::Bitfield;
+use crate::core::wire::RefuseReason;
 use heapless::Deque;
 use sha2::Sha256;
 use std::time::Instant;
@@ -115,8 +115,8 @@ pub struct Session {
     /// The peer's random node number from its Hello.
     pub(crate) node: u64,
     /// Our nonce for this connection, and the peer's from its Hello (fleet authentication).
-    pub(crate) nonce: [u8; crate::auth::NONCE_LEN],
-    pub(crate) peer_nonce: [u8; crate::auth::NONCE_LEN],
+    pub(crate) nonce: [u8; crate::core::auth::NONCE_LEN],
+    pub(crate) peer_nonce: [u8; crate::core::auth::NONCE_LEN],
     /// The peer's Hello has arrived; with a fleet secret, `active` waits for its `Auth` too.
     pub(crate) hello_seen: bool,
     /// When to next tell this peer about our other peers.
@@ -160,8 +160,8 @@ impl Session {
             listen_addr: if outbound { remote } else { None },
             remote,
             node: 0,
-            nonce: [0; crate::auth::NONCE_LEN],
-            peer_nonce: [0; crate::auth::NONCE_LEN],
+            nonce: [0; crate::core::auth::NONCE_LEN],
+            peer_nonce: [0; crate::core::auth::NONCE_LEN],
             hello_seen: false,
             pex_at: now,
             bits: Bitfield::new(chunks),

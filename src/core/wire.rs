@@ -65,7 +65,7 @@ pub enum Message<'a> {
         /// connections to one agent, apart.
         node: u64,
         /// Fresh random bytes for this connection, covered by the fleet proof (`Auth`).
-        nonce: [u8; crate::auth::NONCE_LEN],
+        nonce: [u8; crate::core::auth::NONCE_LEN],
     },
     /// The handshake is refused; the connection closes after it.
     Refuse(RefuseReason),
@@ -94,7 +94,7 @@ pub enum Message<'a> {
     /// Other peers of this swarm the sender is connected to: [`PEER_ENTRY`]-byte entries (IPv6
     /// or IPv4-mapped address, then port big-endian), at most [`MAX_PEX_PEERS`].
     Peers(Bytes<'a>),
-    /// Proof of the fleet secret (see [`crate::auth`]); with a fleet secret, the only message
+    /// Proof of the fleet secret (see [`crate::core::auth`]); with a fleet secret, the only message
     /// allowed between the Hellos and the Bitfield.
     Auth([u8; 32]),
 }

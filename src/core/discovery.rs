@@ -12,7 +12,7 @@
 //! (≤ 16) ‖ count × 32-byte swarm ids. Flag bit 0, "query": the sender is fetching and asks listeners to
 //! announce now rather than at their next interval (each answers at most once a second).
 
-use crate::manifest::SwarmId;
+use crate::core::manifest::SwarmId;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 

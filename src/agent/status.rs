@@ -6,7 +6,7 @@
 //! cumulative byte counters taken about once a second (the agent's loop wakes at least that
 //! often), so a rate is an average over the last few seconds, not a lifetime figure.
 
-use crate::manifest::{to_hex, SwarmId};
+use crate::core::manifest::{to_hex, SwarmId};
 use std::fmt::Write;
 use std::time::{Duration, Instant};
 

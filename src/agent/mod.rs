@@ -15,15 +15,16 @@
 //!
 //! Everything here is plumbing; every protocol decision is the swarm's.
 
-use crate::discovery::{self, Announcement};
-use crate::history::History;
-use crate::manifest::{ManifestError, PublicKey, SignedManifest};
-use crate::session::CloseReason;
-use crate::status::{self, Rates, ReleaseStatus, Snapshot};
-use crate::store::{Store, StoreError};
-use crate::swarm::{PeerId, Received, Swarm, SwarmConfig, Transmit, Verdict};
-use crate::sys;
-use crate::wire::{self, Message, RefuseReason, MAX_FRAME};
+use crate::core::discovery::{self, Announcement};
+use crate::core::manifest::{ManifestError, PublicKey, SignedManifest};
+use crate::core::session::CloseReason;
+use crate::core::swarm::{PeerId, Received, Swarm, SwarmConfig, Transmit, Verdict};
+use crate::store::file::{Store, StoreError};
+use crate::store::history::History;
+use status::{Rates, ReleaseStatus, Snapshot};
+pub mod status;
+mod sys;
+use crate::core::wire::{self, Message, RefuseReason, MAX_FRAME};
 use mio::net::{TcpListener, TcpStream, UnixListener};
 use mio::{Events, Interest, Poll, Token};
 use std::io::{self, Read, Write};
@@ -85,8 +86,8 @@ pub struct AgentConfig {
     pub max_upload_rate: u64,
     /// Download cap per release in bytes per second, 0 for none.
     pub max_download_rate: u64,
-    /// With a fleet secret, only peers proving they hold it get anything (see [`crate::auth`]).
-    pub fleet_key: Option<crate::auth::FleetKey>,
+    /// With a fleet secret, only peers proving they hold it get anything (see [`crate::core::auth`]).
+    pub fleet_key: Option<crate::core::auth::FleetKey>,
     /// On a storage failure, set the release aside for a while instead of stopping the agent.
     pub pause_on_disk_error: bool,
     /// Longest a verified chunk waits before it is made durable and announced.

@@ -13,10 +13,10 @@
 //! bytes; duplicates of in-flight chunks only once nothing else is left (endgame); uploads limited
 //! to a number of slots that rotate after each chunk, served block by block.
 
-use crate::bitfield::Bitfield;
-use crate::manifest::{Hash, Manifest, SwarmId};
-use crate::session::{CloseReason, Control, Outstanding, Session, Timeouts, MAX_REQUESTS};
-use crate::wire::{self, Bytes, Message, BLOCK_SIZE, MAX_PEX_PEERS, PEER_ENTRY, VERSION};
+use crate::core::bitfield::Bitfield;
+use crate::core::manifest::{Hash, Manifest, SwarmId};
+use crate::core::session::{CloseReason, Control, Outstanding, Session, Timeouts, MAX_REQUESTS};
+use crate::core::wire::{self, Bytes, Message, BLOCK_SIZE, MAX_PEX_PEERS, PEER_ENTRY, VERSION};
 use sha2::{Digest, Sha256};
 use std::time::{Duration, Instant};
 
@@ -45,7 +45,7 @@ pub struct SwarmConfig {
     /// Our random node number, announced in Hello.
     pub node: u64,
     /// With a fleet secret, peers must prove they hold it before anything is exchanged.
-    pub fleet_key: Option<crate::auth::FleetKey>,
+    pub fleet_key: Option<crate::core::auth::FleetKey>,
 }
 
 impl Default for SwarmConfig {
@@ -370,7 +370,7 @@ impl Swarm {
         if !matches!(self.peers.get(id), Some(None)) {
             return false;
         }
-        let mut nonce = [0u8; crate::auth::NONCE_LEN];
+        let mut nonce = [0u8; crate::core::auth::NONCE_LEN];
         nonce[..8].copy_from_slice(&self.next_random().to_le_bytes());
         nonce[8..].copy_from_slice(&self.next_random().to_le_bytes());
         let Some(slot @ None) = self.peers.get_mut(id) else {
@@ -462,7 +462,7 @@ impl Swarm {
         };
         if version != VERSION {
             // Another release of Flotilla, not an attacker: a fleet mid-upgrade must not ban.
-            return Err(CloseReason::Refused(crate::wire::RefuseReason::UnsupportedVersion));
+            return Err(CloseReason::Refused(crate::core::wire::RefuseReason::UnsupportedVersion));
         }
         if swarm != self.id {
             return Err(CloseReason::Protocol("hello for another swarm"));
@@ -499,7 +499,7 @@ impl Swarm {
         let Some(expected) = self.proof(id, false) else {
             return Err(CloseReason::Protocol("unexpected fleet proof"));
         };
-        if !crate::auth::proofs_equal(&theirs, &expected) {
+        if !crate::core::auth::proofs_equal(&theirs, &expected) {
             return Err(CloseReason::Protocol("wrong fleet proof"));
         }
         self.activate(id, now);
@@ -508,7 +508,7 @@ impl Swarm {
 
     /// The fleet proof on connection `id`: ours if `mine`, else the one the peer must send.
     fn proof(&self, id: PeerId, mine: bool) -> Option<[u8; 32]> {
-        use crate::auth::{Role, Transcript};
+        use crate::core::auth::{Role, Transcript};
         let key = self.config.fleet_key.as_ref()?;
         let s = self.session(id)?;
         let (us, them) = ((self.config.node, &s.nonce), (s.node, &s.peer_nonce));
@@ -516,7 +516,7 @@ impl Swarm {
             if s.outbound { (us, them) } else { (them, us) };
         let t = Transcript { swarm: &self.id, dialler_node, acceptor_node, dialler_nonce, acceptor_nonce };
         let role = if s.outbound == mine { Role::Dialler } else { Role::Acceptor };
-        Some(crate::auth::proof(key, role, &t))
+        Some(crate::core::auth::proof(key, role, &t))
     }
 
     /// The handshake is complete: the session joins the swarm.
@@ -939,7 +939,7 @@ impl Swarm {
     }
 
     fn control_message(&self, id: PeerId, c: Control) -> Message<'_> {
-        let nonce = self.session(id).map_or([0; crate::auth::NONCE_LEN], |s| s.nonce);
+        let nonce = self.session(id).map_or([0; crate::core::auth::NONCE_LEN], |s| s.nonce);
         match c {
             Control::Hello => Message::Hello {
                 version: VERSION,

@@ -1,10 +1,12 @@
 //! Subcommands of the `flotilla` binary. Each checks its input fully (flags, manifest, trust,
 //! output path) before it binds a socket or creates a file, and reports one line on failure.
 
+mod demo;
+
+use flotilla::agent::status::fixed;
 use flotilla::agent::{Agent, AgentConfig};
-use flotilla::manifest::{self, ManifestError, PublicKey, SecretKey, SignedManifest, DEFAULT_CHUNK_SIZE};
-use flotilla::status::fixed;
-use flotilla::store::StoreError;
+use flotilla::core::manifest::{self, ManifestError, PublicKey, SecretKey, SignedManifest, DEFAULT_CHUNK_SIZE};
+use flotilla::store::file::StoreError;
 use lexopt::prelude::*;
 use std::ffi::OsString;
 use std::io::{IsTerminal, Read, Write};
@@ -104,7 +106,7 @@ pub fn run(args: Vec<OsString>) -> Result<(), Failure> {
         "serve" => serve(p),
         "fetch" => fetch(p),
         "status" => status(p),
-        "demo" => crate::demo::run(p),
+        "demo" => demo::run(p),
         other => Err(usage(format!("unknown command {other:?} (see flotilla --help)"))),
     }
 }
@@ -328,15 +330,15 @@ impl NetOptions {
             "fleet-secret" => {
                 let path = PathBuf::from(p.value()?);
                 let secret = std::fs::read(&path).map_err(|e| usage(format!("cannot read {}: {e}", path.display())))?;
-                if secret.len() < flotilla::auth::MIN_SECRET_LEN {
+                if secret.len() < flotilla::core::auth::MIN_SECRET_LEN {
                     return Err(usage(format!(
                         "{} holds {} bytes; a fleet secret needs at least {} (e.g. head -c 32 /dev/urandom)",
                         path.display(),
                         secret.len(),
-                        flotilla::auth::MIN_SECRET_LEN
+                        flotilla::core::auth::MIN_SECRET_LEN
                     )));
                 }
-                c.fleet_key = Some(flotilla::auth::fleet_key(&secret));
+                c.fleet_key = Some(flotilla::core::auth::fleet_key(&secret));
             }
             "status" => c.status = Some(PathBuf::from(p.value()?)),
             "on-complete" => {

@@ -1,0 +1,9 @@
+//! Where a release's bytes are kept.
+//!
+//! [`file::FileStore`] keeps them on disk (crash-only: `FILE.part`, `FILE.state`, `FILE`);
+//! the in-memory store keeps them in RAM for simulation. Both implement the core's
+//! [`Storage`](crate::core::release::Storage) interface. Manifest and key files and the
+//! no-rollback history live here too: every file the agent reads or writes has its owner in
+//! this folder.
+pub mod file;
+pub mod history;
