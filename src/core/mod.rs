@@ -9,6 +9,8 @@ pub mod auth;
 pub mod bitfield;
 pub mod discovery;
 pub mod manifest;
+pub mod rate;
+pub mod rng;
 pub mod session;
 pub mod swarm;
 pub mod wire;

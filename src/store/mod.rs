@@ -7,3 +7,4 @@
 //! this folder.
 pub mod file;
 pub mod history;
+pub mod manifest_file;

@@ -15,6 +15,7 @@
 
 use crate::core::bitfield::Bitfield;
 use crate::core::manifest::{Hash, Manifest, SwarmId};
+use crate::core::rate::TokenBucket;
 use crate::core::session::{CloseReason, Control, Outstanding, Session, Timeouts, MAX_REQUESTS};
 use crate::core::wire::{self, Bytes, Message, BLOCK_SIZE, MAX_PEX_PEERS, PEER_ENTRY, VERSION};
 use sha2::{Digest, Sha256};
@@ -124,75 +125,6 @@ pub enum Transmit<'a> {
         /// Where they are in the release file.
         file_offset: u64,
     },
-}
-
-/// Upload rate limiter: a token bucket refilled from the time passed in.
-#[derive(Clone, Copy, Debug)]
-pub struct TokenBucket {
-    rate: u64,
-    burst: u64,
-    tokens: u64,
-    last: Option<Instant>,
-}
-
-impl TokenBucket {
-    /// A bucket allowing `rate` bytes per second (0: unlimited), bursting one block or 50 ms.
-    pub fn new(rate: u64) -> Self {
-        Self::with_burst(rate, (rate / 20).max(BLOCK_SIZE as u64))
-    }
-
-    /// A bucket allowing `rate` bytes per second that holds at most `burst` (at least one take).
-    pub fn with_burst(rate: u64, burst: u64) -> Self {
-        TokenBucket { rate, burst, tokens: burst, last: None }
-    }
-
-    /// True if `n` tokens were not there at the last refill: whoever waits for them needs a timer.
-    pub fn is_short(&self, n: u64) -> bool {
-        self.rate > 0 && self.tokens < n
-    }
-
-    /// Gives back tokens taken for something that did not happen.
-    pub fn refund(&mut self, n: u64) {
-        self.tokens = (self.tokens + n).min(self.burst);
-    }
-
-    fn refill(&mut self, now: Instant) {
-        if self.rate == 0 {
-            return;
-        }
-        let last = *self.last.get_or_insert(now);
-        let dt = now.saturating_duration_since(last);
-        let add = (self.rate as u128 * dt.as_nanos() / 1_000_000_000) as u64;
-        if add > 0 {
-            self.tokens = (self.tokens + add).min(self.burst);
-            // Advance only by the time the added tokens account for, so rounding never leaks.
-            let used = Duration::from_nanos((add as u128 * 1_000_000_000 / self.rate as u128) as u64);
-            self.last = Some(if self.tokens == self.burst { now } else { last + used });
-        }
-    }
-
-    /// Takes `n` tokens if available.
-    pub fn take(&mut self, n: u64, now: Instant) -> bool {
-        if self.rate == 0 {
-            return true;
-        }
-        self.refill(now);
-        if self.tokens < n {
-            return false;
-        }
-        self.tokens -= n;
-        true
-    }
-
-    /// When `n` tokens will be available (now if unlimited).
-    pub fn ready_at(&self, n: u64, now: Instant) -> Instant {
-        if self.rate == 0 || self.tokens >= n {
-            return now;
-        }
-        let need = (n - self.tokens) as u128;
-        let last = self.last.unwrap_or(now);
-        last + Duration::from_nanos((need * 1_000_000_000).div_ceil(self.rate as u128) as u64)
-    }
 }
 
 /// Initial seeding. A seed that advertised everything would let peers pick alike and upload
