@@ -63,7 +63,7 @@ fn no_heap_allocation_per_block_in_steady_state() {
     let (mut start, mut end) = (None, None);
     fetch
         .run_until(|a, _| {
-            let have = a.releases()[0].swarm.have().count();
+            let have = a.releases()[0].release.swarm().have().count();
             if start.is_none() && have >= chunks / 4 {
                 start = Some((have, ALLOCATIONS.load(Ordering::Relaxed)));
             }

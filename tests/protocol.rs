@@ -1,12 +1,18 @@
-//! Protocol tests: several sans-IO swarms wired together through an in-memory network with a
-//! fake clock, as in quinn-proto's `Pair`. Every frame goes through the real wire encoding.
-//! Runs are deterministic: the same seeds give the same timeline, byte for byte.
+//! Protocol tests: several sans-IO releases wired together through an in-memory network with a
+//! fake clock, as in quinn-proto's `Pair`. Each node is the very `Release` type the agent runs,
+//! over an in-memory store, so commits, commit batching and storage failures happen here too.
+//! Every frame goes through the real wire encoding. Runs are deterministic: the same seeds give
+//! the same timeline, byte for byte.
 
 use flotilla::core::bitfield::Bitfield;
-use flotilla::core::manifest::{Manifest, SwarmId};
+use flotilla::core::manifest::{Manifest, SignedManifest, SwarmId};
+use flotilla::core::release::{Event, Release, ReleaseConfig};
+use flotilla::core::rng::Rng;
 use flotilla::core::session::CloseReason;
-use flotilla::core::swarm::{PeerId, Received, Swarm, SwarmConfig, Transmit, Verdict};
+use flotilla::core::storage::StoreError;
+use flotilla::core::swarm::{PeerId, Swarm, SwarmConfig, Transmit};
 use flotilla::core::wire::{self, Bytes, Message, MAX_FRAME, VERSION};
+use flotilla::store::memory::MemStore;
 use sha2::{Digest, Sha256};
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -23,8 +29,9 @@ enum Behaviour {
 }
 
 struct Node {
-    swarm: Swarm,
-    data: Vec<u8>,
+    release: Release<MemStore>,
+    /// Storage failures the release reported (a serving agent would set it aside and retry).
+    failures: Vec<StoreError>,
     /// Upload capacity of the node's link in bytes per second.
     uplink: u64,
     /// When the uplink finishes sending what it has been given.
@@ -78,17 +85,9 @@ struct Sim {
     follow_pex: bool,
 }
 
-/// Fixed data of a given length from a seed (xorshift).
+/// Fixed data of a given length from a seed.
 fn data(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    Rng::new(seed).bytes(len)
 }
 
 fn manifest_for(data: &[u8], chunk_size: u32) -> Manifest {
@@ -126,12 +125,16 @@ impl Sim {
 
     fn add_node(&mut self, complete: bool, uplink: u64, behaviour: Behaviour, config: SwarmConfig) -> usize {
         let n = self.manifest.chunk_count();
-        let have = if complete { Bitfield::full(n) } else { Bitfield::new(n) };
-        let data = if complete { self.original.clone() } else { vec![0; self.original.len()] };
+        let (store, present) = match complete {
+            true => (MemStore::with_data("sim.img", self.original.clone(), true), Bitfield::full(n)),
+            false => (MemStore::new("sim.img", self.original.len() as u64), Bitfield::new(n)),
+        };
         let seed = 1000 + self.nodes.len() as u64;
-        let config = SwarmConfig { max_peers: 600, node: seed, listen_port: 7070, ..config };
-        let swarm = Swarm::new(&self.manifest, SWARM, &have, config, seed);
-        self.nodes.push(Node { swarm, data, uplink, up_free: self.now, behaviour, done_at: None });
+        let swarm = SwarmConfig { max_peers: 600, node: seed, listen_port: 7070, ..config };
+        let config = ReleaseConfig { swarm, ..ReleaseConfig::default() };
+        let signed = SignedManifest { manifest: self.manifest.clone(), bytes: Vec::new(), swarm_id: SWARM };
+        let release = Release::new(&signed, store, &present, config, seed, self.now);
+        self.nodes.push(Node { release, failures: Vec::new(), uplink, up_free: self.now, behaviour, done_at: None });
         self.nodes.len() - 1
     }
 
@@ -139,8 +142,8 @@ impl Sim {
     fn connect(&mut self, a: usize, b: usize) {
         let id = self.links.len();
         self.links.push(Link { ends: [a, b], closed: None });
-        assert!(self.nodes[a].swarm.add_peer(id, true, Some(Self::addr(b)), self.now));
-        assert!(self.nodes[b].swarm.add_peer(id, false, Some(Self::addr(a)), self.now));
+        assert!(self.nodes[a].release.add_peer(id, true, Some(Self::addr(b)), self.now));
+        assert!(self.nodes[b].release.add_peer(id, false, Some(Self::addr(a)), self.now));
     }
 
     /// A node's address: 10.0.0.x, listening on 7070.
@@ -192,25 +195,20 @@ impl Sim {
         let n = &mut self.nodes[node];
         loop {
             let mut buf = vec![0u8; MAX_FRAME];
-            match n.swarm.poll_transmit(link, now, true)? {
-                Transmit::Message(m) => {
-                    let len = wire::encode_frame(&m, &mut buf).unwrap();
-                    buf.truncate(len);
-                    return Some(buf);
+            let len = n.release.poll_transmit(link, now, true, &mut buf)?;
+            buf.truncate(len);
+            let (payload, _) = wire::parse_frame(&buf).unwrap().unwrap();
+            let is_block = matches!(wire::decode_message(payload).unwrap(), Message::Block { .. });
+            match n.behaviour {
+                Behaviour::Mute if is_block => continue,
+                Behaviour::Corrupt if is_block => {
+                    // The block's data ends the frame: flip its last byte and re-seal the crc.
+                    buf[len - 1] ^= 0xff;
+                    wire::seal_frame(&mut buf);
                 }
-                Transmit::Block { .. } if n.behaviour == Behaviour::Mute => continue,
-                Transmit::Block { chunk, offset, len, file_offset } => {
-                    let start = wire::begin_block(chunk, offset, len, &mut buf).unwrap();
-                    let end = start + len as usize;
-                    buf[start..end].copy_from_slice(&n.data[file_offset as usize..file_offset as usize + len as usize]);
-                    if n.behaviour == Behaviour::Corrupt {
-                        buf[start] ^= 0xff;
-                    }
-                    wire::seal_frame(&mut buf[..end]);
-                    buf.truncate(end);
-                    return Some(buf);
-                }
+                _ => {}
             }
+            return Some(buf);
         }
     }
 
@@ -219,58 +217,45 @@ impl Sim {
             return;
         }
         let (payload, _) = wire::parse_frame(&d.frame).unwrap().unwrap();
-        let msg = wire::decode_message(payload).unwrap();
         let now = self.now;
-        let node = &mut self.nodes[d.to];
-        match node.swarm.handle_message(d.conn, &msg, now) {
-            Err(reason) => self.close(d.conn, d.to, reason),
-            Ok(Received::Nothing) => {}
-            Ok(Received::Write { offset, verdict }) => {
-                let Message::Block { data, .. } = msg else { panic!("write without a block") };
-                node.data[offset as usize..offset as usize + data.0.len()].copy_from_slice(data.0);
-                if let Some(Verdict::Good(c)) = verdict {
-                    node.swarm.chunk_committed(c);
-                }
-            }
-        }
+        self.nodes[d.to].release.handle_frame(d.conn, payload, now);
     }
 
     fn close(&mut self, link: usize, by: usize, reason: CloseReason) {
         self.links[link].closed = Some((by, reason));
         let now = self.now;
         for end in self.links[link].ends {
-            self.nodes[end].swarm.remove_peer(link, now);
+            self.nodes[end].release.remove_peer(link, now);
         }
     }
 
     fn timers(&mut self) {
         for node in 0..self.nodes.len() {
-            if self.nodes[node].swarm.poll_timeout(self.now).is_some_and(|t| t <= self.now) {
-                self.nodes[node].swarm.handle_timeout(self.now);
+            let r = &mut self.nodes[node].release;
+            if r.poll_timeout(self.now).is_some_and(|t| t <= self.now) {
+                r.handle_timeout(self.now);
                 // A timer handled must not be due again at once: the event loop would spin.
-                let next = self.nodes[node].swarm.poll_timeout(self.now);
+                let next = r.poll_timeout(self.now);
                 assert!(next.is_none_or(|t| t > self.now), "node {node} asks to be woken again at once");
             }
-            for link in 0..self.links.len() {
-                if self.links[link].closed.is_none() && self.links[link].ends.contains(&node) {
-                    if let Some(reason) = self.nodes[node].swarm.poll_close(link) {
-                        self.close(link, node, reason);
-                    }
+            while let Some(event) = self.nodes[node].release.poll_event(self.now) {
+                match event {
+                    Event::Closed { peer, reason } => self.close(peer, node, reason),
+                    Event::PeerLearnt(addr) => self.follow(node, addr),
+                    Event::Completed => self.nodes[node].done_at = Some(self.now - self.start),
+                    Event::StorageFailed(e) => self.nodes[node].failures.push(e),
                 }
             }
-            while let Some(addr) = self.nodes[node].swarm.poll_discovered() {
-                let to = self.nodes.iter().enumerate().position(|(i, _)| Self::addr(i) == addr);
-                let Some(to) = to.filter(|_| self.follow_pex) else { continue };
-                let linked =
-                    self.links.iter().any(|l| l.closed.is_none() && l.ends.contains(&node) && l.ends.contains(&to));
-                if to != node && !linked {
-                    self.connect(node, to);
-                }
-            }
-            let n = &mut self.nodes[node];
-            if n.done_at.is_none() && n.swarm.is_complete() {
-                n.done_at = Some(self.now - self.start);
-            }
+        }
+    }
+
+    /// Dials an address learnt by peer exchange, if the test follows them.
+    fn follow(&mut self, node: usize, addr: std::net::SocketAddr) {
+        let to = self.nodes.iter().enumerate().position(|(i, _)| Self::addr(i) == addr);
+        let Some(to) = to.filter(|_| self.follow_pex) else { return };
+        let linked = self.links.iter().any(|l| l.closed.is_none() && l.ends.contains(&node) && l.ends.contains(&to));
+        if to != node && !linked {
+            self.connect(node, to);
         }
     }
 
@@ -278,14 +263,14 @@ impl Sim {
     fn run(&mut self, limit: Duration) -> bool {
         loop {
             self.timers();
-            if self.nodes.iter().all(|n| n.swarm.is_complete()) {
+            if self.nodes.iter().all(|n| n.release.is_complete()) {
                 return true;
             }
             self.transmit();
             let mut next = self.queue.peek().map(|d| d.0.at);
             let mut consider = |t: Instant| next = Some(next.map_or(t, |n: Instant| n.min(t)));
             for n in &self.nodes {
-                if let Some(t) = n.swarm.poll_timeout(self.now) {
+                if let Some(t) = n.release.poll_timeout(self.now) {
                     consider(t.max(self.now + Duration::from_micros(1)));
                 }
                 if n.up_free > self.now {
@@ -307,7 +292,7 @@ impl Sim {
     fn assert_copies_correct(&self) {
         for (i, n) in self.nodes.iter().enumerate() {
             if n.behaviour == Behaviour::Honest {
-                assert!(n.data == self.original, "node {i} holds wrong bytes");
+                assert!(n.release.store().data() == self.original, "node {i} holds wrong bytes");
             }
         }
     }
@@ -323,10 +308,10 @@ fn two_peers_transfer_every_byte() {
     sim.connect(leech, seed);
     assert!(sim.run(Duration::from_secs(60)), "transfer did not finish");
     sim.assert_copies_correct();
-    let stats = sim.nodes[leech].swarm.stats;
+    let stats = sim.nodes[leech].release.stats();
     assert_eq!(stats.downloaded, sim.original.len() as u64);
     assert_eq!(stats.wasted, 0);
-    assert_eq!(sim.nodes[seed].swarm.stats.uploaded, sim.original.len() as u64);
+    assert_eq!(sim.nodes[seed].release.stats().uploaded, sim.original.len() as u64);
 }
 
 /// Seed and four peers with equal uplinks: the peers must carry most of the load.
@@ -349,7 +334,7 @@ fn peers_share_the_upload_and_come_near_the_lower_bound() {
     let bound = (f / u).max(4.0 * f / (5.0 * u));
     let all_done = sim.nodes.iter().filter_map(|n| n.done_at).max().unwrap().as_secs_f64();
     assert!(all_done < 1.25 * bound, "swarm took {all_done:.2} s, {:.2}x the bound {bound:.2} s", all_done / bound);
-    let peers_up: u64 = sim.nodes[1..].iter().map(|n| n.swarm.stats.uploaded).sum();
+    let peers_up: u64 = sim.nodes[1..].iter().map(|n| n.release.stats().uploaded).sum();
     assert!(peers_up as f64 > 2.0 * f, "peers carried only {:.1} of the four copies", peers_up as f64 / f);
 }
 
@@ -357,7 +342,7 @@ fn peers_share_the_upload_and_come_near_the_lower_bound() {
 fn runs_are_deterministic() {
     let a = five_node_swarm();
     let b = five_node_swarm();
-    let timeline = |s: &Sim| s.nodes.iter().map(|n| (n.done_at, n.swarm.stats)).collect::<Vec<_>>();
+    let timeline = |s: &Sim| s.nodes.iter().map(|n| (n.done_at, n.release.stats())).collect::<Vec<_>>();
     assert_eq!(timeline(&a), timeline(&b));
 }
 
@@ -371,10 +356,10 @@ fn corrupt_peer_is_banned_and_its_chunks_fetched_elsewhere() {
     sim.connect(leech, liar);
     // Only the leech must finish: the liar is "complete" with bad bytes.
     sim.run(Duration::from_secs(120));
-    assert!(sim.nodes[leech].swarm.is_complete(), "leech did not complete");
-    assert!(sim.nodes[leech].data == sim.original, "leech holds wrong bytes");
+    assert!(sim.nodes[leech].release.is_complete(), "leech did not complete");
+    assert!(sim.nodes[leech].release.store().data() == sim.original, "leech holds wrong bytes");
     assert_eq!(sim.links[1].closed, Some((leech, CloseReason::BadData)), "the liar is dropped for bad data");
-    assert_eq!(sim.nodes[leech].swarm.stats.bad_chunks, 2, "banned on the second bad chunk, not later");
+    assert_eq!(sim.nodes[leech].release.stats().bad_chunks, 2, "banned on the second bad chunk, not later");
 }
 
 #[test]
@@ -387,8 +372,8 @@ fn stalled_requests_are_rerouted_and_the_staller_dropped() {
     sim.connect(leech, mute);
     sim.connect(leech, seed);
     sim.run(Duration::from_secs(300));
-    assert!(sim.nodes[leech].swarm.is_complete(), "leech did not complete");
-    assert!(sim.nodes[leech].data == sim.original);
+    assert!(sim.nodes[leech].release.is_complete(), "leech did not complete");
+    assert!(sim.nodes[leech].release.store().data() == sim.original);
     // The mute peer keeps the connection alive with keepalives, so only the stall rule ends it.
     assert_eq!(sim.links[0].closed, Some((leech, CloseReason::Stalled)));
 }
@@ -485,7 +470,7 @@ fn ratio_to_bound(n: usize, file: usize, chunk: u32, u: u64, spread: bool) -> (f
     let u = u as f64;
     let bound = (f / u).max(n as f64 * f / ((n as f64 + 1.0) * u));
     let all_done = sim.nodes.iter().filter_map(|n| n.done_at).max().unwrap().as_secs_f64();
-    (all_done / bound, sim.nodes[0].swarm.stats.uploaded as f64 / f)
+    (all_done / bound, sim.nodes[0].release.stats().uploaded as f64 / f)
 }
 
 /// The headline case in memory: a seed and 16 peers, 32 MiB in 256 KiB chunks, equal
@@ -517,7 +502,7 @@ fn peer_exchange_meshes_a_swarm_started_from_the_seed_alone() {
     let open = sim.links.iter().filter(|l| l.closed.is_none()).count();
     assert!(open <= 15, "{open} links stay open between 6 nodes");
     for &p in &peers {
-        assert!(sim.nodes[p].swarm.stats.uploaded > 0, "peer {p} never uploaded: it was not meshed");
+        assert!(sim.nodes[p].release.stats().uploaded > 0, "peer {p} never uploaded: it was not meshed");
     }
 }
 
@@ -559,7 +544,7 @@ fn fleet_members_exchange_and_outsiders_get_nothing() {
     sim.connect(outsider, seed);
     sim.connect(stranger, seed);
     sim.run(Duration::from_secs(30));
-    assert!(sim.nodes[member].swarm.is_complete() && sim.nodes[member].data == sim.original);
+    assert!(sim.nodes[member].release.is_complete() && sim.nodes[member].release.store().data() == sim.original);
     for (link, who) in [(1, "no secret"), (2, "another secret")] {
         assert!(
             matches!(sim.links[link].closed, Some((_, CloseReason::Protocol(_)))),
@@ -568,8 +553,11 @@ fn fleet_members_exchange_and_outsiders_get_nothing() {
         );
     }
     for n in [outsider, stranger] {
-        assert_eq!(sim.nodes[n].swarm.stats.downloaded, 0, "an outsider got data");
-        assert_eq!(sim.nodes[n].swarm.session(if n == outsider { 1 } else { 2 }).map(|s| s.bits().count()), None);
+        assert_eq!(sim.nodes[n].release.stats().downloaded, 0, "an outsider got data");
+        assert_eq!(
+            sim.nodes[n].release.swarm().session(if n == outsider { 1 } else { 2 }).map(|s| s.bits().count()),
+            None
+        );
     }
 }
 

@@ -4,12 +4,14 @@
 mod demo;
 
 use flotilla::agent::status::fixed;
-use flotilla::agent::{Agent, AgentConfig};
+use flotilla::agent::{Agent, AgentConfig, Held};
 use flotilla::core::manifest::{self, ManifestError, PublicKey, SecretKey, SignedManifest, DEFAULT_CHUNK_SIZE};
-use flotilla::store::file::StoreError;
+use flotilla::core::storage::Storage;
+use flotilla::core::storage::StoreError;
+use flotilla::store::atomic::{replace_file, with_suffix};
 use lexopt::prelude::*;
 use std::ffi::OsString;
-use std::io::{IsTerminal, Read, Write};
+use std::io::{IsTerminal, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -183,7 +185,7 @@ fn publish(mut p: lexopt::Parser) -> Result<(), Failure> {
     };
     let out = out.unwrap_or_else(|| with_suffix(&file, ".flotilla"));
     let m = SignedManifest::publish(&file, &name, release, chunk_size, &secret)?;
-    write_atomically(&out, &m.bytes).map_err(|e| runtime(format!("cannot write {}: {e}", out.display())))?;
+    replace_file(&out, &m.bytes).map_err(|e| runtime(format!("cannot write {}: {e}", out.display())))?;
     println!("{}", manifest::to_hex(&m.swarm_id));
     Ok(())
 }
@@ -202,22 +204,6 @@ fn parse_size(s: &str) -> Result<u32, Failure> {
     parse_bytes(s)
         .and_then(|n| u32::try_from(n).ok())
         .ok_or_else(|| usage(format!("chunk size {s:?} is not a number of bytes")))
-}
-
-/// `path` with `suffix` appended to its file name ("fw.img" -> "fw.img.flotilla").
-fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
-    let mut s = path.as_os_str().to_owned();
-    s.push(suffix);
-    PathBuf::from(s)
-}
-
-/// Writes a file so that it is either the old or the new one whole, never half of each.
-fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = with_suffix(path, ".tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
 }
 
 const INSPECT_HELP: &str = "\
@@ -547,12 +533,13 @@ impl Progress {
         Progress { total, start: Instant::now(), last_shown: None, last_bytes: 0, rate: 0.0, tty }
     }
 
-    fn show(&mut self, r: &flotilla::agent::Release, now: Instant) {
+    fn show(&mut self, held: &Held, now: Instant) {
+        let r = &held.release;
         let every = if self.tty { Duration::from_millis(250) } else { Duration::from_secs(10) };
-        if r.completed_at.is_some() || self.last_shown.is_some_and(|t| now < t + every) {
+        if held.completed_at.is_some() || self.last_shown.is_some_and(|t| now < t + every) {
             return;
         }
-        let done = r.swarm.have_bytes();
+        let done = r.have_bytes();
         if let Some(t) = self.last_shown {
             let inst = (done.saturating_sub(self.last_bytes)) as f64 / (now - t).as_secs_f64();
             self.rate = if self.rate == 0.0 { inst } else { 0.7 * self.rate + 0.3 * inst };
@@ -563,12 +550,12 @@ impl Progress {
             if self.rate > 0.0 { format!("{}s", fixed((self.total - done) as f64 / self.rate, 0)) } else { "?".into() };
         let line = format!(
             "{}: {}/{} MiB {:>3}%  {} MiB/s  {} peers  ETA {eta}",
-            r.name,
+            r.name(),
             fixed(mib(done), 1),
             fixed(mib(self.total), 1),
             fixed(100.0 * done as f64 / self.total as f64, 0),
             fixed(self.rate / 1048576.0, 1),
-            r.swarm.active_peers()
+            r.swarm().active_peers()
         );
         if self.tty {
             eprint!("\r\x1b[K{line}");
@@ -577,20 +564,21 @@ impl Progress {
         }
     }
 
-    fn finish(&self, r: &flotilla::agent::Release) {
+    fn finish(&self, held: &Held) {
+        let r = &held.release;
         if self.tty {
             eprint!("\r\x1b[K");
         }
         let secs = self.start.elapsed().as_secs_f64();
         log::info!(
             "{}: {} MiB complete at {} ({} s, {} MiB received, {} MiB sent, {} MiB discarded)",
-            r.name,
+            r.name(),
             fixed(mib(self.total), 1),
-            r.store.path().display(),
+            r.store().path().display(),
             fixed(secs, 1),
-            fixed(mib(r.swarm.stats.downloaded), 1),
-            fixed(mib(r.swarm.stats.uploaded), 1),
-            fixed(mib(r.swarm.stats.wasted), 1)
+            fixed(mib(r.stats().downloaded), 1),
+            fixed(mib(r.stats().uploaded), 1),
+            fixed(mib(r.stats().wasted), 1)
         );
     }
 }

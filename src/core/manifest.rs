@@ -77,10 +77,43 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// How the file divides into chunks.
+    pub fn geometry(&self) -> Geometry {
+        Geometry { file_size: self.file_size, chunk_size: self.chunk_size }
+    }
+
     /// Number of chunks in the file.
     pub fn chunk_count(&self) -> u32 {
         // Bounded by MAX_CHUNKS when built or decoded, so this cannot truncate.
         self.chunk_hashes.len() as u32
+    }
+
+    /// Byte offset of `chunk` in the file.
+    pub fn chunk_offset(&self, chunk: u32) -> u64 {
+        self.geometry().chunk_offset(chunk)
+    }
+
+    /// Length of `chunk`: the chunk size, less for the last chunk, 0 past the end.
+    pub fn chunk_len(&self, chunk: u32) -> u32 {
+        self.geometry().chunk_len(chunk)
+    }
+}
+
+/// How a release's file divides into chunks: the one place chunk offsets and lengths are
+/// computed, for the swarm, the release and the stores alike.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Geometry {
+    /// Size of the file in bytes.
+    pub file_size: u64,
+    /// Size of every chunk but the last.
+    pub chunk_size: u32,
+}
+
+impl Geometry {
+    /// Number of chunks.
+    pub fn chunk_count(&self) -> u32 {
+        // Bounded by MAX_CHUNKS for any manifest that decoded, so this cannot truncate.
+        chunk_count(self.file_size, self.chunk_size) as u32
     }
 
     /// Byte offset of `chunk` in the file.
@@ -92,6 +125,13 @@ impl Manifest {
     pub fn chunk_len(&self, chunk: u32) -> u32 {
         let left = self.file_size.saturating_sub(self.chunk_offset(chunk));
         left.min(u64::from(self.chunk_size)) as u32
+    }
+
+    /// Bytes in the chunks set in `chunks`.
+    pub fn bytes_in(&self, chunks: &crate::core::bitfield::Bitfield) -> u64 {
+        let last = self.chunk_count().saturating_sub(1);
+        let short = if chunks.get(last) { self.chunk_size as u64 - self.chunk_len(last) as u64 } else { 0 };
+        chunks.count() as u64 * self.chunk_size as u64 - short
     }
 }
 

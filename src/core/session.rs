@@ -1,5 +1,5 @@
-//! One connection to one peer, seen from the protocol: handshake state, the peer's bitfield,
-//! the requests each side has outstanding, and the clocks that decide timeouts.
+//! One connection to one peer, seen from the protocol: the handshake as a [`Phase`], the
+//! peer's bitfield, the requests each side has outstanding, and the clocks that decide timeouts.
 //!
 //! A `Session` holds state and the rules that concern only this connection; it does not pick
 //! chunks or share upload slots (that is the swarm's job, which sees all sessions at once), and
@@ -24,6 +24,35 @@ const CONTROL_CAPACITY: usize = 64;
 /// one each of Hello, Bitfield, Peers and keepalive, so those are never dropped while a slow
 /// socket holds the queue up.
 const HAVE_LIMIT: usize = CONTROL_CAPACITY - 3 * MAX_REQUESTS - MAX_OFFERED - 4;
+
+/// How long a connection may take from its opening (accept or dial) to a finished handshake.
+/// The one hello timeout: the agent holds connections that have not yet said which swarm they
+/// want to it, and the session holds the rest of the handshake to it.
+pub const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Where a session is in its life. Only `Active` sessions exchange chunks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Waiting for the peer's Hello (ours is queued at once by the dialler, in answer by the
+    /// acceptor).
+    AwaitingHello,
+    /// Hellos exchanged; with a fleet secret, waiting for the peer's proof.
+    Proving,
+    /// Handshake done: bitfields, requests and blocks flow.
+    Active,
+    /// To be closed for this reason; the session takes no more messages.
+    Closing(CloseReason),
+}
+
+/// The one version check and swarm routing of a Hello: why it must be refused, if it must.
+/// Used by the agent to route an inbound connection and by the swarm for a dialled one.
+pub fn hello_refusal(version: u16, known_swarm: bool) -> Option<RefuseReason> {
+    if version != crate::core::wire::VERSION {
+        // Another release of Flotilla, not an attacker: a fleet mid-upgrade must not ban.
+        return Some(RefuseReason::UnsupportedVersion);
+    }
+    (!known_swarm).then_some(RefuseReason::UnknownSwarm)
+}
 
 /// A small message the swarm wants sent; the shell encodes it when the socket has room.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,6 +98,8 @@ pub enum CloseReason {
     Duplicate,
     /// Both sides have everything; there is nothing to exchange.
     BothComplete,
+    /// Our own storage failed while serving this peer; not the peer's fault.
+    LocalStorage,
 }
 
 impl CloseReason {
@@ -90,6 +121,7 @@ impl std::fmt::Display for CloseReason {
             CloseReason::SelfConnection => write!(f, "connected to ourselves"),
             CloseReason::Duplicate => write!(f, "duplicate connection"),
             CloseReason::BothComplete => write!(f, "both sides complete"),
+            CloseReason::LocalStorage => write!(f, "our storage failed"),
         }
     }
 }
@@ -105,7 +137,7 @@ pub(crate) struct Outstanding {
 /// Protocol state of one connection.
 pub struct Session {
     pub(crate) outbound: bool,
-    pub(crate) active: bool,
+    pub(crate) phase: Phase,
     pub(crate) connected_at: Instant,
     /// Where the peer accepts connections: the address we dialled, or its address with the port
     /// from its Hello; `None` if it does not listen or we do not know.
@@ -117,8 +149,6 @@ pub struct Session {
     /// Our nonce for this connection, and the peer's from its Hello (fleet authentication).
     pub(crate) nonce: [u8; crate::core::auth::NONCE_LEN],
     pub(crate) peer_nonce: [u8; crate::core::auth::NONCE_LEN],
-    /// The peer's Hello has arrived; with a fleet secret, `active` waits for its `Auth` too.
-    pub(crate) hello_seen: bool,
     /// When to next tell this peer about our other peers.
     pub(crate) pex_at: Instant,
     pub(crate) bits: Bitfield,
@@ -141,7 +171,6 @@ pub struct Session {
     pub(crate) bad_chunks: u8,
     /// Times this peer left our requests unanswered past the timeout.
     pub(crate) stalls: u8,
-    pub(crate) close: Option<CloseReason>,
     /// Chunks a spreading seed has announced to this peer and it has not yet asked for.
     pub(crate) offered: heapless::Vec<u32, MAX_OFFERED>,
     /// Useful bytes received from this peer.
@@ -155,14 +184,13 @@ impl Session {
     pub(crate) fn new(chunks: u32, outbound: bool, remote: Option<std::net::SocketAddr>, now: Instant) -> Self {
         Session {
             outbound,
-            active: false,
+            phase: Phase::AwaitingHello,
             connected_at: now,
             listen_addr: if outbound { remote } else { None },
             remote,
             node: 0,
             nonce: [0; crate::core::auth::NONCE_LEN],
             peer_nonce: [0; crate::core::auth::NONCE_LEN],
-            hello_seen: false,
             pex_at: now,
             bits: Bitfield::new(chunks),
             got_bitfield: false,
@@ -178,16 +206,33 @@ impl Session {
             progress_at: now,
             bad_chunks: 0,
             stalls: 0,
-            close: None,
             offered: heapless::Vec::new(),
             bytes_down: 0,
             bytes_up: 0,
         }
     }
 
-    /// True once both Hellos have been exchanged.
+    /// True once the handshake is done and until the session is closing.
     pub fn is_active(&self) -> bool {
-        self.active
+        self.phase == Phase::Active
+    }
+
+    /// Where the session is in its life.
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    /// Marks the session to be closed for `reason`, unless it already is (the first reason
+    /// stands).
+    pub(crate) fn close(&mut self, reason: CloseReason) {
+        if !self.is_closing() {
+            self.phase = Phase::Closing(reason);
+        }
+    }
+
+    /// True once the session is to be closed.
+    pub fn is_closing(&self) -> bool {
+        matches!(self.phase, Phase::Closing(_))
     }
 
     /// The chunks the peer says it has.
@@ -206,7 +251,7 @@ impl Session {
             return true;
         }
         if self.control.push_back(c).is_err() {
-            self.close.get_or_insert(CloseReason::Protocol("flooded with requests"));
+            self.close(CloseReason::Protocol("flooded with requests"));
             return false;
         }
         true
@@ -265,11 +310,10 @@ impl Session {
         if self.control.is_empty() {
             at = at.min(self.last_send + t.keepalive);
         }
-        if self.active {
-            at = at.min(self.pex_at);
-        }
-        if !self.active {
-            at = at.min(self.connected_at + t.handshake);
+        match self.phase {
+            Phase::Active => at = at.min(self.pex_at),
+            Phase::AwaitingHello | Phase::Proving => at = at.min(self.connected_at + t.handshake),
+            Phase::Closing(_) => {}
         }
         if self.requested.iter().any(|r| !r.cancelled) {
             at = at.min(self.progress_at + t.request);
@@ -295,7 +339,7 @@ impl Default for Timeouts {
     fn default() -> Self {
         use std::time::Duration;
         Timeouts {
-            handshake: Duration::from_secs(10),
+            handshake: HANDSHAKE_TIMEOUT,
             request: Duration::from_secs(30),
             keepalive: Duration::from_secs(20),
             idle: Duration::from_secs(75),
@@ -347,9 +391,9 @@ mod tests {
             assert!(s.push_control(Control::Reject(i)));
         }
         assert!(s.push_control(Control::KeepAlive));
-        assert!(s.close.is_none(), "an honest peer's worth of messages always fits");
+        assert!(!s.is_closing(), "an honest peer's worth of messages always fits");
         while s.push_control(Control::Reject(0)) {}
-        assert!(matches!(s.close, Some(CloseReason::Protocol(_))), "a flood closes the connection");
+        assert!(matches!(s.phase, Phase::Closing(CloseReason::Protocol(_))), "a flood closes the connection");
     }
 
     #[test]

@@ -3,107 +3,32 @@
 //! A release whose final path is `FILE` lives in `FILE.part` while it is fetched, with the set of
 //! durable chunks in `FILE.state`; `FILE` itself appears only by renaming a whole, verified
 //! `.part`, so a file with the final name is always the release. The agent may die at any
-//! instant, so nothing here relies on a shutdown path: a chunk reaches the state file only after
+//! instant, so nothing here relies on a shutdown path: the release commits a chunk only after
 //! its data is synced, the state file is replaced atomically and carries a crc32, and `open`
-//! re-hashes every chunk the state claims. This module owns those files and their format; it does
-//! not decide what to fetch, check blocks as they arrive, or verify manifests (the swarm and
-//! manifest modules do).
+//! re-hashes every chunk the state claims. This module owns those files and their format; which
+//! chunks are present is the release's fact ([`crate::core::release`]), handed in at each commit.
 
-use std::fmt;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::fs::{File, OpenOptions};
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
-use log::{debug, warn};
+use log::warn;
 use sha2::{Digest, Sha256};
 
 use crate::core::bitfield::Bitfield;
-use crate::core::manifest::{Hash, SignedManifest, SwarmId};
+use crate::core::manifest::{Geometry, Hash, SignedManifest, SwarmId};
+pub use crate::core::storage::{io_err, Difference, Storage, StoreError};
+use crate::store::atomic::{remove_if_present, replace_file_via, sync_dir, with_suffix};
 
 /// First bytes of a state file; the digit is the format version.
 const STATE_MAGIC: &[u8; 8] = b"FLOTST01";
 /// Magic, swarm id and chunk count come before the bitfield.
-const STATE_HEADER: usize = 8 + 32 + 4;
+const STATE_HEADER: usize = STATE_MAGIC.len() + 32 + 4;
+/// Where the chunk count sits in the header.
+const STATE_COUNT_AT: usize = STATE_MAGIC.len() + 32;
 /// Read size when hashing: large enough for few syscalls, small enough for a router's RAM.
 const HASH_BUF: usize = 64 * 1024;
-
-/// What went wrong with the files of a release.
-#[derive(Debug)]
-pub enum StoreError {
-    /// An operation on `path` failed at the OS level.
-    Io {
-        /// What was being done, as a verb ("write", "sync", ...).
-        op: &'static str,
-        /// The file or directory concerned.
-        path: PathBuf,
-        /// The OS error.
-        source: io::Error,
-    },
-    /// The final path already holds something that is not this release; it is left untouched.
-    ExistingFileDiffers {
-        /// The final path.
-        path: PathBuf,
-        /// The first difference found.
-        diff: Difference,
-    },
-    /// A byte range (from a peer or a caller) lies outside the release.
-    OutOfRange {
-        /// First byte of the range.
-        offset: u64,
-        /// Length of the range.
-        len: u64,
-        /// Size of the release.
-        size: u64,
-    },
-}
-
-/// How an existing file differs from the release.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Difference {
-    /// It is a directory or another non-regular file.
-    NotAFile,
-    /// Its size is not the release's.
-    Size(u64),
-    /// This chunk's hash does not match the manifest.
-    Chunk(u32),
-}
-
-impl fmt::Display for StoreError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            StoreError::Io { op, path, source } => {
-                write!(f, "cannot {op} {}: {source}", path.display())
-            }
-            StoreError::ExistingFileDiffers { path, diff } => {
-                write!(f, "{} exists and is not this release (", path.display())?;
-                match diff {
-                    Difference::NotAFile => write!(f, "not a regular file")?,
-                    Difference::Size(n) => write!(f, "size {n} bytes differs")?,
-                    Difference::Chunk(c) => write!(f, "chunk {c} differs")?,
-                }
-                write!(f, "); move it away or choose another --out")
-            }
-            StoreError::OutOfRange { offset, len, size } => {
-                write!(f, "{len} bytes at offset {offset} lie outside the release ({size} bytes)")
-            }
-        }
-    }
-}
-
-impl std::error::Error for StoreError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            StoreError::Io { source, .. } => Some(source),
-            _ => None,
-        }
-    }
-}
-
-/// Wraps an OS error with what was being done to which path, for a message a user can act on.
-fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> StoreError + 'a {
-    move |source| StoreError::Io { op, path: path.to_path_buf(), source }
-}
 
 /// `FILE.part`: where data is written until the release is whole.
 pub fn part_path(path: &Path) -> PathBuf {
@@ -115,42 +40,31 @@ pub fn state_path(path: &Path) -> PathBuf {
     with_suffix(path, ".state")
 }
 
-// Appends rather than `set_extension`, which would turn `fw.img` into `fw.part`.
-fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
-    let mut s = path.as_os_str().to_owned();
-    s.push(suffix);
-    PathBuf::from(s)
-}
-
 /// The on-disk data of one release: a `.part` being filled, or the final file being served.
 #[derive(Debug)]
-pub struct Store {
+pub struct FileStore {
     path: PathBuf,
     part: PathBuf,
     state: PathBuf,
     state_tmp: PathBuf,
     dir: PathBuf,
-    /// `.part` (read-write) until complete, then the final file (read-only).
+    /// `.part` (read-write) until finished, then the final file (read-only).
     file: File,
     swarm_id: SwarmId,
-    file_size: u64,
-    chunk_size: u32,
-    have: Bitfield,
-    pending: Bitfield,
-    complete: bool,
+    geometry: Geometry,
+    finished: bool,
     /// Reused for every state write, so commits do not allocate per call.
     state_buf: Vec<u8>,
 }
 
-impl Store {
-    /// Opens storage for `m` at final path `path`.
+impl FileStore {
+    /// Opens storage for `m` at final path `path`; returns it with the chunks already present.
     ///
     /// An existing `path` is hashed against the manifest: if it is the release the store is
-    /// complete (serving only); otherwise `ExistingFileDiffers`, and the file is not touched.
+    /// finished (serving only); otherwise `ExistingFileDiffers`, and the file is not touched.
     /// Else `path.part` is opened or created and `path.state` is read; every chunk the state
-    /// claims is hashed again and dropped if it no longer matches. A `.part` found whole is
-    /// finished at once.
-    pub fn open(path: &Path, m: &SignedManifest) -> Result<Store, StoreError> {
+    /// claims is hashed again and dropped if it no longer matches.
+    pub fn open(path: &Path, m: &SignedManifest) -> Result<(FileStore, Bitfield), StoreError> {
         match File::open(path) {
             Ok(file) => Self::open_existing(path, file, m),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Self::open_part(path, m),
@@ -158,30 +72,27 @@ impl Store {
         }
     }
 
-    fn new(path: &Path, file: File, m: &SignedManifest) -> Store {
-        let count = m.manifest.chunk_count();
+    fn new(path: &Path, file: File, m: &SignedManifest) -> FileStore {
+        let geometry = m.manifest.geometry();
         let dir = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        Store {
+        FileStore {
             path: path.to_path_buf(),
             part: part_path(path),
             state: state_path(path),
-            state_tmp: with_suffix(path, ".state.tmp"),
+            state_tmp: with_suffix(&state_path(path), ".tmp"),
             dir,
             file,
             swarm_id: m.swarm_id,
-            file_size: m.manifest.file_size,
-            chunk_size: m.manifest.chunk_size,
-            have: Bitfield::new(count),
-            pending: Bitfield::new(count),
-            complete: false,
-            state_buf: Vec::with_capacity(STATE_HEADER + Bitfield::byte_len(count) + 4),
+            geometry,
+            finished: false,
+            state_buf: Vec::with_capacity(STATE_HEADER + Bitfield::byte_len(geometry.chunk_count()) + 4),
         }
     }
 
-    fn open_existing(path: &Path, file: File, m: &SignedManifest) -> Result<Store, StoreError> {
+    fn open_existing(path: &Path, file: File, m: &SignedManifest) -> Result<(FileStore, Bitfield), StoreError> {
         let differs = |diff| StoreError::ExistingFileDiffers { path: path.to_path_buf(), diff };
         let meta = file.metadata().map_err(io_err("inspect", path))?;
         if !meta.is_file() {
@@ -192,19 +103,19 @@ impl Store {
         }
         let mut store = Self::new(path, file, m);
         let mut buf = vec![0; HASH_BUF];
-        for c in 0..store.have.len() {
+        for c in 0..store.geometry.chunk_count() {
             if m.manifest.chunk_hashes.get(c as usize) != Some(&store.hash_with(c, &mut buf)?) {
                 return Err(differs(Difference::Chunk(c)));
             }
-            store.have.set(c);
         }
-        store.complete = true;
+        store.finished = true;
         // A crash between the final rename and the state's removal leaves a stale state behind.
         remove_if_present(&store.state);
-        Ok(store)
+        let present = Bitfield::full(store.geometry.chunk_count());
+        Ok((store, present))
     }
 
-    fn open_part(path: &Path, m: &SignedManifest) -> Result<Store, StoreError> {
+    fn open_part(path: &Path, m: &SignedManifest) -> Result<(FileStore, Bitfield), StoreError> {
         let part = part_path(path);
         let file = OpenOptions::new()
             .read(true)
@@ -217,22 +128,20 @@ impl Store {
         if len != m.manifest.file_size {
             file.set_len(m.manifest.file_size).map_err(io_err("resize", &part))?;
         }
-        let mut store = Self::new(path, file, m);
+        let store = Self::new(path, file, m);
+        let mut present = Bitfield::new(store.geometry.chunk_count());
         if let Some(claimed) = store.load_state() {
-            store.reverify(&claimed, m)?;
+            store.reverify(&claimed, m, &mut present)?;
         }
-        if store.have.is_full() {
-            store.finish()?;
-        }
-        Ok(store)
+        Ok((store, present))
     }
 
     /// Keeps only the claimed chunks whose data in `.part` still hashes right.
-    fn reverify(&mut self, claimed: &Bitfield, m: &SignedManifest) -> Result<(), StoreError> {
+    fn reverify(&self, claimed: &Bitfield, m: &SignedManifest, present: &mut Bitfield) -> Result<(), StoreError> {
         let mut buf = vec![0; HASH_BUF];
         for c in claimed.iter_ones() {
             if m.manifest.chunk_hashes.get(c as usize) == Some(&self.hash_with(c, &mut buf)?) {
-                self.have.set(c);
+                present.set(c);
             } else {
                 warn!("{}: chunk {c} changed on disk; fetching it again", self.part.display());
             }
@@ -242,7 +151,7 @@ impl Store {
 
     /// Reads the state file; anything unusable means "start over", which is always safe.
     fn load_state(&self) -> Option<Bitfield> {
-        let bytes = match fs::read(&self.state) {
+        let bytes = match std::fs::read(&self.state) {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
             Err(e) => {
@@ -250,88 +159,13 @@ impl Store {
                 return None;
             }
         };
-        match parse_state(&bytes, &self.swarm_id, self.have.len()) {
+        match parse_state(&bytes, &self.swarm_id, self.geometry.chunk_count()) {
             Ok(b) => Some(b),
             Err(why) => {
                 warn!("ignoring {}: {why}; starting over", self.state.display());
                 None
             }
         }
-    }
-
-    /// Chunks durably present (marked in the state file, or the whole final file).
-    pub fn have(&self) -> &Bitfield {
-        &self.have
-    }
-
-    /// True once the final file is in place.
-    pub fn is_complete(&self) -> bool {
-        self.complete
-    }
-
-    /// The final path of the release.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Reads exactly `buf.len()` bytes of the release at `offset`, without allocating.
-    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), StoreError> {
-        self.check_range(offset, buf.len())?;
-        self.file.read_exact_at(buf, offset).map_err(io_err("read", self.data_path()))
-    }
-
-    /// Writes a received block at `offset` into `.part`, without allocating.
-    ///
-    /// Once complete the final file is open read-only, so this fails rather than alter it.
-    pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<(), StoreError> {
-        self.check_range(offset, data.len())?;
-        self.file.write_all_at(data, offset).map_err(io_err("write", self.data_path()))
-    }
-
-    /// Records that `chunk` was written and verified by the caller; it is not yet durable.
-    pub fn mark_verified(&mut self, chunk: u32) {
-        if !self.have.get(chunk) {
-            self.pending.set(chunk);
-        }
-    }
-
-    /// True if `commit` has work to do: verified chunks not yet durable, or a finish to retry.
-    /// Verified chunks not yet durable.
-    pub fn pending_count(&self) -> u32 {
-        self.pending.count()
-    }
-
-    /// True if there are verified chunks not yet committed (or a finish to retry).
-    pub fn has_pending(&self) -> bool {
-        self.pending.count() > 0 || (self.have.is_full() && !self.complete)
-    }
-
-    /// Makes pending chunks durable and, if that completes the release, puts the final file in
-    /// place. `newly` is cleared, then receives the chunks that joined `have()`.
-    ///
-    /// On error nothing that is not durable is marked present: pending chunks stay pending, so a
-    /// later call retries (say once space is freed). If only the finish failed, `newly` still
-    /// lists the chunks that did become durable.
-    pub fn commit(&mut self, newly: &mut Vec<u32>) -> Result<(), StoreError> {
-        newly.clear();
-        if self.complete {
-            return Ok(());
-        }
-        if self.pending.count() > 0 {
-            // Data first: a state naming unsynced chunks could outlive them in a power cut.
-            self.file.sync_data().map_err(io_err("sync", &self.part))?;
-            self.write_state()?;
-            for c in 0..self.pending.len() {
-                if self.pending.clear(c) {
-                    self.have.set(c);
-                    newly.push(c);
-                }
-            }
-        }
-        if self.have.is_full() {
-            self.finish()?;
-        }
-        Ok(())
     }
 
     /// Hashes one chunk as it is on disk (the check `open` uses); allocates a read buffer.
@@ -341,12 +175,12 @@ impl Store {
     }
 
     fn hash_with(&self, chunk: u32, buf: &mut [u8]) -> Result<Hash, StoreError> {
-        let offset = chunk as u64 * self.chunk_size as u64;
-        if chunk >= self.have.len() {
-            let (len, size) = (self.chunk_size as u64, self.file_size);
+        let g = self.geometry;
+        if chunk >= g.chunk_count() {
+            let (offset, len, size) = (g.chunk_offset(chunk), g.chunk_size as u64, g.file_size);
             return Err(StoreError::OutOfRange { offset, len, size });
         }
-        let end = (offset + self.chunk_size as u64).min(self.file_size);
+        let (offset, end) = (g.chunk_offset(chunk), g.chunk_offset(chunk) + g.chunk_len(chunk) as u64);
         let mut hasher = Sha256::new();
         let mut at = offset;
         while at < end {
@@ -361,53 +195,79 @@ impl Store {
     fn check_range(&self, offset: u64, len: usize) -> Result<(), StoreError> {
         let len = len as u64;
         match offset.checked_add(len) {
-            Some(end) if end <= self.file_size => Ok(()),
-            _ => Err(StoreError::OutOfRange { offset, len, size: self.file_size }),
+            Some(end) if end <= self.geometry.file_size => Ok(()),
+            _ => Err(StoreError::OutOfRange { offset, len, size: self.geometry.file_size }),
         }
     }
 
     fn data_path(&self) -> &Path {
-        if self.complete {
+        if self.finished {
             &self.path
         } else {
             &self.part
         }
     }
 
-    /// Replaces the state file with have ∪ pending: write a temporary, sync, rename, sync dir.
-    fn write_state(&mut self) -> Result<(), StoreError> {
+    /// Replaces the state file with `present`, through the write-sync-rename helper.
+    fn write_state(&mut self, present: &Bitfield) -> Result<(), StoreError> {
         let buf = &mut self.state_buf;
         buf.clear();
         buf.extend_from_slice(STATE_MAGIC);
         buf.extend_from_slice(&self.swarm_id);
-        buf.extend_from_slice(&self.have.len().to_le_bytes());
-        let chunks = self.have.as_bytes().iter().zip(self.pending.as_bytes());
-        buf.extend(chunks.map(|(h, p)| h | p));
+        buf.extend_from_slice(&present.len().to_le_bytes());
+        buf.extend_from_slice(present.as_bytes());
         let crc = crc32fast::hash(buf);
         buf.extend_from_slice(&crc.to_le_bytes());
+        replace_file_via(&self.state, &self.state_tmp, &self.state_buf).map_err(io_err("replace", &self.state))
+    }
+}
 
-        let tmp = &self.state_tmp;
-        let mut f = File::create(tmp).map_err(io_err("create", tmp))?;
-        f.write_all(&self.state_buf).map_err(io_err("write", tmp))?;
-        f.sync_all().map_err(io_err("sync", tmp))?;
-        fs::rename(tmp, &self.state).map_err(io_err("replace", &self.state))?;
-        sync_dir(&self.dir)
+impl Storage for FileStore {
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), StoreError> {
+        self.check_range(offset, buf.len())?;
+        self.file.read_exact_at(buf, offset).map_err(io_err("read", self.data_path()))
+    }
+
+    /// Once finished the final file is open read-only, so this fails rather than alter it.
+    fn write_at(&mut self, offset: u64, data: &[u8]) -> Result<(), StoreError> {
+        self.check_range(offset, data.len())?;
+        self.file.write_all_at(data, offset).map_err(io_err("write", self.data_path()))
+    }
+
+    fn commit(&mut self, present: &Bitfield) -> Result<(), StoreError> {
+        if self.finished {
+            return Ok(());
+        }
+        // Data first: a state naming unsynced chunks could outlive them in a power cut.
+        self.file.sync_data().map_err(io_err("sync", &self.part))?;
+        self.write_state(present)
     }
 
     /// Puts the whole `.part` in place as the final file and drops the state.
     fn finish(&mut self) -> Result<(), StoreError> {
+        if self.finished {
+            return Ok(());
+        }
         self.file.sync_all().map_err(io_err("sync", &self.part))?;
-        fs::rename(&self.part, &self.path).map_err(io_err("rename into place", &self.part))?;
-        self.complete = true;
+        std::fs::rename(&self.part, &self.path).map_err(io_err("rename into place", &self.part))?;
+        self.finished = true;
         // The open handle already is the final file (rename keeps the inode); reopening it
         // read-only makes an in-place write impossible rather than merely unlikely.
         match File::open(&self.path) {
             Ok(f) => self.file = f,
             Err(e) => warn!("cannot reopen {} read-only: {e}", self.path.display()),
         }
-        sync_dir(&self.dir)?;
+        sync_dir(&self.dir).map_err(io_err("sync directory", &self.dir))?;
         remove_if_present(&self.state);
         Ok(())
+    }
+
+    fn is_finished(&self) -> bool {
+        self.finished
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
     }
 }
 
@@ -422,36 +282,24 @@ pub fn parse_state(bytes: &[u8], swarm_id: &SwarmId, count: u32) -> Result<Bitfi
     if crc32fast::hash(body).to_le_bytes() != crc {
         return Err("bad checksum");
     }
-    if &body[..8] != STATE_MAGIC {
+    if &body[..STATE_MAGIC.len()] != STATE_MAGIC {
         return Err("not a flotilla state file");
     }
-    if &body[8..40] != swarm_id {
+    if &body[STATE_MAGIC.len()..STATE_COUNT_AT] != swarm_id {
         return Err("it belongs to another release");
     }
-    if body[40..44] != count.to_le_bytes() {
+    if body[STATE_COUNT_AT..STATE_HEADER] != count.to_le_bytes() {
         return Err("wrong chunk count");
     }
     Bitfield::from_bytes(count, &body[STATE_HEADER..]).map_err(|_| "bad bitfield")
-}
-
-/// Makes a rename or creation in `dir` durable.
-fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err("sync directory", dir))
-}
-
-/// Best effort: a leftover state file is harmless, since `open` ignores it once `FILE` exists.
-fn remove_if_present(path: &Path) {
-    match fs::remove_file(path) {
-        Ok(()) => debug!("removed {}", path.display()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        Err(e) => warn!("cannot remove {}: {e}", path.display()),
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::core::manifest::Manifest;
+    use crate::core::rng::Rng;
+    use std::fs;
 
     const CHUNK: u32 = 16 * 1024;
 
@@ -460,15 +308,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("flotilla-store-{}-{name}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let data: Vec<u8> = (0..CHUNK as usize * 11 / 2)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                x as u8
-            })
-            .collect();
+        let data = Rng::new(9).bytes(CHUNK as usize * 11 / 2);
         let manifest = Manifest {
             name: name.into(),
             release: 1,
@@ -482,29 +322,29 @@ mod tests {
         (dir.join("fw.img"), data, m)
     }
 
-    fn write_chunk(s: &mut Store, m: &Manifest, data: &[u8], c: u32) {
+    /// Writes chunk `c` and adds it to `present`, as the release does once it verified.
+    fn write_chunk(s: &mut FileStore, present: &mut Bitfield, m: &Manifest, data: &[u8], c: u32) {
         let (off, len) = (m.chunk_offset(c), m.chunk_len(c) as usize);
         s.write_at(off, &data[off as usize..off as usize + len]).unwrap();
-        s.mark_verified(c);
+        present.set(c);
     }
 
-    fn ones(s: &Store) -> Vec<u32> {
-        s.have().iter_ones().collect()
+    fn ones(b: &Bitfield) -> Vec<u32> {
+        b.iter_ones().collect()
     }
 
     #[test]
-    fn fresh_fetch_completes_into_final_file() {
+    fn fresh_fetch_finishes_into_the_final_file() {
         let (path, data, m) = setup("fresh");
-        let mut s = Store::open(&path, &m).unwrap();
-        assert_eq!(s.have().count(), 0);
-        assert!(!s.is_complete() && !path.exists());
+        let (mut s, mut present) = FileStore::open(&path, &m).unwrap();
+        assert_eq!(present.count(), 0);
+        assert!(!s.is_finished() && !path.exists());
         for c in 0..6 {
-            write_chunk(&mut s, &m.manifest, &data, c);
+            write_chunk(&mut s, &mut present, &m.manifest, &data, c);
         }
-        let mut newly = Vec::new();
-        s.commit(&mut newly).unwrap();
-        assert_eq!(newly, vec![0, 1, 2, 3, 4, 5]);
-        assert!(s.is_complete() && s.have().is_full() && !s.has_pending());
+        s.commit(&present).unwrap();
+        s.finish().unwrap();
+        assert!(s.is_finished());
         assert_eq!(fs::read(&path).unwrap(), data);
         assert!(!part_path(&path).exists() && !state_path(&path).exists());
         let mut buf = [0; 100];
@@ -514,52 +354,48 @@ mod tests {
     }
 
     #[test]
-    fn partial_progress_survives_reopen_but_uncommitted_does_not() {
+    fn committed_chunks_survive_reopen_and_uncommitted_do_not() {
         let (path, data, m) = setup("partial");
-        let mut s = Store::open(&path, &m).unwrap();
+        let (mut s, mut present) = FileStore::open(&path, &m).unwrap();
         for c in [0, 2, 5] {
-            write_chunk(&mut s, &m.manifest, &data, c);
+            write_chunk(&mut s, &mut present, &m.manifest, &data, c);
         }
-        let mut newly = Vec::new();
-        s.commit(&mut newly).unwrap();
-        assert_eq!(newly, vec![0, 2, 5]);
-        write_chunk(&mut s, &m.manifest, &data, 3);
-        assert!(s.has_pending() && !s.have().get(3));
-        let mut buf = vec![0; CHUNK as usize];
-        s.read_at(2 * CHUNK as u64, &mut buf).unwrap();
-        assert_eq!(buf, data[2 * CHUNK as usize..3 * CHUNK as usize]);
+        s.commit(&present).unwrap();
+        write_chunk(&mut s, &mut present, &m.manifest, &data, 3);
         drop(s);
-
-        let s = Store::open(&path, &m).unwrap();
-        assert_eq!(ones(&s), vec![0, 2, 5]);
-        assert!(!s.has_pending() && !s.is_complete());
+        let (s, present) = FileStore::open(&path, &m).unwrap();
+        assert_eq!(ones(&present), vec![0, 2, 5]);
+        assert!(!s.is_finished());
     }
 
     #[test]
-    fn reopen_finishes_a_part_whose_state_is_full() {
+    fn a_whole_final_file_with_a_stale_state_is_served_and_the_state_dropped() {
         let (path, data, m) = setup("refinish");
-        let mut s = Store::open(&path, &m).unwrap();
+        let (mut s, mut present) = FileStore::open(&path, &m).unwrap();
         for c in 0..6 {
-            write_chunk(&mut s, &m.manifest, &data, c);
+            write_chunk(&mut s, &mut present, &m.manifest, &data, c);
         }
-        // Simulates a crash after the state write but before the rename.
-        s.file.sync_data().unwrap();
-        s.write_state().unwrap();
+        s.commit(&present).unwrap();
+        // A crash after the rename, before the state's removal.
+        fs::rename(part_path(&path), &path).unwrap();
         drop(s);
-        let s = Store::open(&path, &m).unwrap();
-        assert!(s.is_complete());
-        assert_eq!(fs::read(&path).unwrap(), data);
+        let (s, present) = FileStore::open(&path, &m).unwrap();
+        assert!(s.is_finished() && present.is_full());
         assert!(!state_path(&path).exists());
     }
 
     /// Commits chunks 0, 1 and 4, then returns the state file's bytes.
     fn committed_state(path: &Path, data: &[u8], m: &SignedManifest) -> Vec<u8> {
-        let mut s = Store::open(path, m).unwrap();
+        let (mut s, mut present) = FileStore::open(path, m).unwrap();
         for c in [0, 1, 4] {
-            write_chunk(&mut s, &m.manifest, data, c);
+            write_chunk(&mut s, &mut present, &m.manifest, data, c);
         }
-        s.commit(&mut Vec::new()).unwrap();
+        s.commit(&present).unwrap();
         fs::read(state_path(path)).unwrap()
+    }
+
+    fn reopened(path: &Path, m: &SignedManifest) -> Bitfield {
+        FileStore::open(path, m).unwrap().1
     }
 
     #[test]
@@ -571,13 +407,12 @@ mod tests {
             let mut bad = good.clone();
             bad[i] ^= 0x10;
             fs::write(state_path(&path), &bad).unwrap();
-            let s = Store::open(&path, &m).unwrap();
-            assert_eq!(s.have().count(), 0, "flipped byte {i} was trusted");
+            assert_eq!(reopened(&path, &m).count(), 0, "flipped byte {i} was trusted");
         }
         fs::write(state_path(&path), &good[..good.len() - 1]).unwrap();
-        assert_eq!(Store::open(&path, &m).unwrap().have().count(), 0);
+        assert_eq!(reopened(&path, &m).count(), 0);
         fs::write(state_path(&path), &good).unwrap();
-        assert_eq!(ones(&Store::open(&path, &m).unwrap()), vec![0, 1, 4]);
+        assert_eq!(ones(&reopened(&path, &m)), vec![0, 1, 4]);
     }
 
     #[test]
@@ -585,7 +420,7 @@ mod tests {
         let (path, data, m) = setup("swarm");
         committed_state(&path, &data, &m);
         let newer = SignedManifest { swarm_id: [2; 32], ..m.clone() };
-        assert_eq!(Store::open(&path, &newer).unwrap().have().count(), 0);
+        assert_eq!(reopened(&path, &newer).count(), 0);
     }
 
     #[test]
@@ -594,16 +429,15 @@ mod tests {
         committed_state(&path, &data, &m);
         let part = OpenOptions::new().write(true).open(part_path(&path)).unwrap();
         part.write_all_at(&[!data[CHUNK as usize + 9]], CHUNK as u64 + 9).unwrap();
-        let s = Store::open(&path, &m).unwrap();
-        assert_eq!(ones(&s), vec![0, 4]);
+        assert_eq!(ones(&reopened(&path, &m)), vec![0, 4]);
     }
 
     #[test]
     fn existing_final_file_that_matches_is_served() {
         let (path, data, m) = setup("exists-same");
         fs::write(&path, &data).unwrap();
-        let s = Store::open(&path, &m).unwrap();
-        assert!(s.is_complete() && s.have().is_full() && !s.has_pending());
+        let (s, present) = FileStore::open(&path, &m).unwrap();
+        assert!(s.is_finished() && present.is_full());
         assert!(!part_path(&path).exists());
         assert_eq!(s.hash_chunk(5).unwrap(), m.manifest.chunk_hashes[5]);
     }
@@ -613,7 +447,7 @@ mod tests {
         let (path, mut data, m) = setup("exists-differs");
         data[3 * CHUNK as usize + 1] ^= 1;
         fs::write(&path, &data).unwrap();
-        let err = Store::open(&path, &m).unwrap_err();
+        let err = FileStore::open(&path, &m).unwrap_err();
         assert!(matches!(err, StoreError::ExistingFileDiffers { diff: Difference::Chunk(3), .. }));
         let msg = err.to_string();
         assert!(msg.contains("fw.img exists and is not this release (chunk 3 differs)"), "{msg}");
@@ -621,34 +455,31 @@ mod tests {
         assert!(!part_path(&path).exists());
 
         fs::write(&path, &data[..100]).unwrap();
-        let err = Store::open(&path, &m).unwrap_err();
+        let err = FileStore::open(&path, &m).unwrap_err();
         assert!(matches!(err, StoreError::ExistingFileDiffers { diff: Difference::Size(100), .. }));
     }
 
     #[test]
-    fn failed_commit_keeps_chunks_pending_then_retries() {
+    fn a_failed_commit_records_nothing_and_a_retry_succeeds() {
         let (path, data, m) = setup("commit-fails");
-        let mut s = Store::open(&path, &m).unwrap();
-        write_chunk(&mut s, &m.manifest, &data, 2);
+        let (mut s, mut present) = FileStore::open(&path, &m).unwrap();
+        write_chunk(&mut s, &mut present, &m.manifest, &data, 2);
         // A directory where the temporary state goes makes its creation fail, even for root.
-        let blocker = with_suffix(&path, ".state.tmp");
+        let blocker = with_suffix(&state_path(&path), ".tmp");
         fs::create_dir(&blocker).unwrap();
-        let mut newly = Vec::new();
-        let err = s.commit(&mut newly).unwrap_err();
-        assert!(err.to_string().starts_with("cannot create "), "{err}");
-        assert!(newly.is_empty() && s.has_pending() && s.have().count() == 0);
+        let err = s.commit(&present).unwrap_err();
+        assert!(err.to_string().starts_with("cannot replace "), "{err}");
+        assert_eq!(reopened(&path, &m).count(), 0);
 
         fs::remove_dir(&blocker).unwrap();
-        s.commit(&mut newly).unwrap();
-        assert_eq!(newly, vec![2]);
-        assert!(!s.has_pending());
-        assert_eq!(ones(&Store::open(&path, &m).unwrap()), vec![2]);
+        s.commit(&present).unwrap();
+        assert_eq!(ones(&reopened(&path, &m)), vec![2]);
     }
 
     #[test]
     fn ranges_outside_the_release_are_refused() {
         let (path, _, m) = setup("range");
-        let s = Store::open(&path, &m).unwrap();
+        let (mut s, _) = FileStore::open(&path, &m).unwrap();
         let size = m.manifest.file_size;
         assert!(matches!(s.write_at(size - 1, &[0, 0]), Err(StoreError::OutOfRange { .. })));
         assert!(matches!(s.read_at(u64::MAX, &mut [0]), Err(StoreError::OutOfRange { .. })));

@@ -7,7 +7,8 @@
 //! `NAME RELEASE` line per name, replaced atomically (write, sync, rename) like the state file.
 //! This module owns the record and its file; it does not decide what to serve.
 
-use std::io::{self, Write};
+use crate::store::atomic::replace_file;
+use std::io;
 use std::path::{Path, PathBuf};
 
 /// Names remembered; far more than a device serves (the agent caps releases at a few dozen).
@@ -61,19 +62,11 @@ impl History {
     }
 
     fn save(&self) -> io::Result<()> {
-        let mut tmp = self.path.clone().into_os_string();
-        tmp.push(".tmp");
-        let tmp = PathBuf::from(tmp);
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut text = String::new();
         for (name, release) in &self.entries {
-            writeln!(f, "{name} {release}")?;
+            text.push_str(&format!("{name} {release}\n"));
         }
-        f.sync_all()?;
-        std::fs::rename(&tmp, &self.path)?;
-        if let Some(dir) = self.path.parent() {
-            std::fs::File::open(dir)?.sync_all()?;
-        }
-        Ok(())
+        replace_file(&self.path, text.as_bytes())
     }
 }
 

@@ -5,6 +5,8 @@
 //! [`Storage`](crate::core::release::Storage) interface. Manifest and key files and the
 //! no-rollback history live here too: every file the agent reads or writes has its owner in
 //! this folder.
+pub mod atomic;
 pub mod file;
 pub mod history;
 pub mod manifest_file;
+pub mod memory;

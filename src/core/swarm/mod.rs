@@ -13,13 +13,20 @@
 //! bytes; duplicates of in-flight chunks only once nothing else is left (endgame); uploads limited
 //! to a number of slots that rotate after each chunk, served block by block.
 
+mod download;
+mod handshake;
+mod pex;
+mod upload;
+
 use crate::core::bitfield::Bitfield;
-use crate::core::manifest::{Hash, Manifest, SwarmId};
+use crate::core::manifest::{Geometry, Hash, Manifest, SwarmId};
 use crate::core::rate::TokenBucket;
-use crate::core::session::{CloseReason, Control, Outstanding, Session, Timeouts, MAX_REQUESTS};
+use crate::core::rng::Rng;
+use crate::core::session::{CloseReason, Control, Outstanding, Phase, Session, Timeouts, MAX_REQUESTS};
 use crate::core::wire::{self, Bytes, Message, BLOCK_SIZE, MAX_PEX_PEERS, PEER_ENTRY, VERSION};
 use sha2::{Digest, Sha256};
 use std::time::{Duration, Instant};
+use upload::Spread;
 
 /// A connection slot number, chosen by the caller (the agent uses its connection slot index).
 pub type PeerId = usize;
@@ -127,43 +134,10 @@ pub enum Transmit<'a> {
     },
 }
 
-/// Initial seeding. A seed that advertised everything would let peers pick alike and upload
-/// some chunks twice before others once, while the whole swarm waits for the ones not yet out;
-/// the seed's upload is the scarcest resource there is. Instead it advertises an empty bitfield
-/// and offers each peer, by `Have`, a couple of chunks nobody has yet; it offers more as those
-/// finish uploading. Once every chunk is out (sent by us or held by some peer) it advertises
-/// everything and the peers' rarest-first takes over.
-struct Spread {
-    /// Chunks offered to some peer and not yet out.
-    offered: Bitfield,
-    /// Chunks sent by us or held by a peer.
-    out: Bitfield,
-    /// What a spreading seed advertises in its bitfield.
-    empty: Bitfield,
-}
-
-impl Spread {
-    fn new(chunks: u32) -> Self {
-        Spread { offered: Bitfield::new(chunks), out: Bitfield::new(chunks), empty: Bitfield::new(chunks) }
-    }
-
-    /// A chunk not out and not offered to anyone, that `peer` lacks, scanning from `start`.
-    fn pick(&self, peer: &Session, start: u32) -> Option<u32> {
-        let n = self.out.len();
-        (0..n).map(|k| (start + k) % n).find(|&c| !self.out.get(c) && !self.offered.get(c) && !peer.bits.get(c))
-    }
-
-    fn mark_out(&mut self, chunk: u32) {
-        self.out.set(chunk);
-        self.offered.clear(chunk);
-    }
-}
-
 /// Protocol state of one release.
 pub struct Swarm {
     id: SwarmId,
-    file_size: u64,
-    chunk_size: u32,
+    geometry: Geometry,
     hashes: Vec<Hash>,
     /// Chunks durable on disk and announced.
     have: Bitfield,
@@ -187,7 +161,7 @@ pub struct Swarm {
     pex_buf: [u8; MAX_PEX_PEERS * PEER_ENTRY],
     /// Bytes of `pex_buf` in use.
     pex_len: usize,
-    rng: u64,
+    rng: Rng,
     /// Useful bytes received, bytes sent, bytes received and thrown away.
     pub stats: Stats,
 }
@@ -212,8 +186,7 @@ impl Swarm {
         let n = manifest.chunk_count() as usize;
         Swarm {
             id,
-            file_size: manifest.file_size,
-            chunk_size: manifest.chunk_size,
+            geometry: manifest.geometry(),
             hashes: manifest.chunk_hashes.clone(),
             have: have.clone(),
             verified: have.clone(),
@@ -229,7 +202,7 @@ impl Swarm {
             pex_buf: [0; MAX_PEX_PEERS * PEER_ENTRY],
             pex_len: 0,
             config,
-            rng: seed | 1,
+            rng: Rng::new(seed),
             stats: Stats::default(),
         }
     }
@@ -251,10 +224,7 @@ impl Swarm {
 
     /// Bytes of the release durable on disk.
     pub fn have_bytes(&self) -> u64 {
-        let full = self.have.count() as u64 * self.chunk_size as u64;
-        let last = self.chunk_count() - 1;
-        let short = if self.have.get(last) { self.chunk_size as u64 - self.chunk_len(last) as u64 } else { 0 };
-        full - short
+        self.geometry.bytes_in(&self.have)
     }
 
     /// Sets the port announced in our Hello.
@@ -279,20 +249,7 @@ impl Swarm {
 
     /// Peers whose handshake is done.
     pub fn active_peers(&self) -> usize {
-        self.peers.iter().flatten().filter(|s| s.active).count()
-    }
-
-    fn chunk_len(&self, chunk: u32) -> u32 {
-        let start = chunk as u64 * self.chunk_size as u64;
-        (self.file_size - start).min(self.chunk_size as u64) as u32
-    }
-
-    fn next_random(&mut self) -> u64 {
-        // xorshift64*: plenty for spreading choices, and reproducible from the seed.
-        self.rng ^= self.rng >> 12;
-        self.rng ^= self.rng << 25;
-        self.rng ^= self.rng >> 27;
-        self.rng.wrapping_mul(0x2545_F491_4F6C_DD1D)
+        self.peers.iter().flatten().filter(|s| s.is_active()).count()
     }
 
     /// Starts a session in slot `id`. An outbound session sends its Hello at once; an inbound one
@@ -303,8 +260,7 @@ impl Swarm {
             return false;
         }
         let mut nonce = [0u8; crate::core::auth::NONCE_LEN];
-        nonce[..8].copy_from_slice(&self.next_random().to_le_bytes());
-        nonce[8..].copy_from_slice(&self.next_random().to_le_bytes());
+        self.rng.fill(&mut nonce);
         let Some(slot @ None) = self.peers.get_mut(id) else {
             return false;
         };
@@ -343,16 +299,41 @@ impl Swarm {
         self.fill_all(now);
     }
 
-    /// Takes the reason the session in slot `id` must be closed, if it must.
-    pub fn poll_close(&mut self, id: PeerId) -> Option<CloseReason> {
-        self.peers.get_mut(id)?.as_mut()?.close.take()
+    /// Takes one session that is to be closed: removes it (its requests go back to the pool) and
+    /// returns its slot and why. The caller closes the connection.
+    pub fn poll_closed(&mut self, now: Instant) -> Option<(PeerId, CloseReason)> {
+        let (id, reason) = self.peers.iter().enumerate().find_map(|(id, s)| match s.as_ref()?.phase {
+            Phase::Closing(reason) => Some((id, reason)),
+            _ => None,
+        })?;
+        self.remove_peer(id, now);
+        Some((id, reason))
     }
 
-    /// Handles one message from the peer in slot `id`. An `Err` means: close the connection.
+    /// Marks the session in slot `id` to be closed (see [`Swarm::poll_closed`]).
+    pub fn close(&mut self, id: PeerId, reason: CloseReason) {
+        if let Some(s) = self.peers.get_mut(id).and_then(Option::as_mut) {
+            s.close(reason);
+        }
+    }
+
+    /// Handles one message from the peer in slot `id`. A message that breaks a rule marks the
+    /// session closing and is returned as the `Err`; a closing session ignores what follows.
     pub fn handle_message(&mut self, id: PeerId, msg: &Message, now: Instant) -> Result<Received, CloseReason> {
         let s = self.peers.get_mut(id).and_then(Option::as_mut).ok_or(CloseReason::Protocol("no session"))?;
+        if let Phase::Closing(reason) = s.phase {
+            return Err(reason);
+        }
         s.last_recv = now;
-        if !s.active {
+        let result = self.dispatch(id, msg, now);
+        if let Err(reason) = result {
+            self.session_mut(id).close(reason);
+        }
+        result
+    }
+
+    fn dispatch(&mut self, id: PeerId, msg: &Message, now: Instant) -> Result<Received, CloseReason> {
+        if !self.session_mut(id).is_active() {
             return self.on_hello(id, msg, now).map(|()| Received::Nothing);
         }
         match *msg {
@@ -382,437 +363,6 @@ impl Swarm {
         self.peers[id].as_mut().expect("session present")
     }
 
-    fn on_hello(&mut self, id: PeerId, msg: &Message, now: Instant) -> Result<(), CloseReason> {
-        if self.session_mut(id).hello_seen {
-            return self.on_auth(id, msg, now);
-        }
-        let Message::Hello { version, swarm, listen_port, node, nonce } = *msg else {
-            return match *msg {
-                Message::Refuse(r) => Err(CloseReason::Refused(r)),
-                _ => Err(CloseReason::Protocol("message before hello")),
-            };
-        };
-        if version != VERSION {
-            // Another release of Flotilla, not an attacker: a fleet mid-upgrade must not ban.
-            return Err(CloseReason::Refused(crate::core::wire::RefuseReason::UnsupportedVersion));
-        }
-        if swarm != self.id {
-            return Err(CloseReason::Protocol("hello for another swarm"));
-        }
-        if node == self.config.node {
-            return Err(CloseReason::SelfConnection);
-        }
-        if self.resolve_duplicate(id, node) {
-            return Err(CloseReason::Duplicate);
-        }
-        let s = self.session_mut(id);
-        s.hello_seen = true;
-        s.node = node;
-        s.peer_nonce = nonce;
-        if !s.outbound && listen_port != 0 {
-            s.listen_addr = s.remote.map(|r| std::net::SocketAddr::new(r.ip(), listen_port));
-        }
-        if !s.outbound {
-            s.push_control(Control::Hello);
-        }
-        if self.config.fleet_key.is_some() {
-            self.session_mut(id).push_control(Control::Auth);
-            return Ok(());
-        }
-        self.activate(id, now);
-        Ok(())
-    }
-
-    /// With a fleet secret: the peer's proof must be the next message, and must check.
-    fn on_auth(&mut self, id: PeerId, msg: &Message, now: Instant) -> Result<(), CloseReason> {
-        let Message::Auth(theirs) = *msg else {
-            return Err(CloseReason::Protocol("message before the fleet proof"));
-        };
-        let Some(expected) = self.proof(id, false) else {
-            return Err(CloseReason::Protocol("unexpected fleet proof"));
-        };
-        if !crate::core::auth::proofs_equal(&theirs, &expected) {
-            return Err(CloseReason::Protocol("wrong fleet proof"));
-        }
-        self.activate(id, now);
-        Ok(())
-    }
-
-    /// The fleet proof on connection `id`: ours if `mine`, else the one the peer must send.
-    fn proof(&self, id: PeerId, mine: bool) -> Option<[u8; 32]> {
-        use crate::core::auth::{Role, Transcript};
-        let key = self.config.fleet_key.as_ref()?;
-        let s = self.session(id)?;
-        let (us, them) = ((self.config.node, &s.nonce), (s.node, &s.peer_nonce));
-        let ((dialler_node, dialler_nonce), (acceptor_node, acceptor_nonce)) =
-            if s.outbound { (us, them) } else { (them, us) };
-        let t = Transcript { swarm: &self.id, dialler_node, acceptor_node, dialler_nonce, acceptor_nonce };
-        let role = if s.outbound == mine { Role::Dialler } else { Role::Acceptor };
-        Some(crate::core::auth::proof(key, role, &t))
-    }
-
-    /// The handshake is complete: the session joins the swarm.
-    fn activate(&mut self, id: PeerId, now: Instant) {
-        let s = self.session_mut(id);
-        s.active = true;
-        s.pex_at = now;
-        s.progress_at = now;
-        s.push_control(Control::Bitfield);
-        for (p, other) in self.peers.iter_mut().enumerate() {
-            if let Some(o) = other.as_mut().filter(|o| o.active && p != id) {
-                o.pex_at = o.pex_at.min(now + PEX_SOON);
-            }
-        }
-    }
-
-    /// Settles two connections to one agent: both ends keep the one dialled by the lower node
-    /// number. Returns true if connection `id` (whose Hello names `node`) is the one to close;
-    /// otherwise an older duplicate, if any, is marked to be closed instead.
-    fn resolve_duplicate(&mut self, id: PeerId, node: u64) -> bool {
-        let me = self.config.node;
-        let dialler = |s: &Session, peer: u64| if s.outbound { me } else { peer };
-        let Some(mine) = self.peers[id].as_ref().map(|s| dialler(s, node)) else { return false };
-        for (p, s) in self.peers.iter_mut().enumerate() {
-            let Some(s) = s.as_mut().filter(|s| p != id && s.active && s.node == node) else { continue };
-            if dialler(s, s.node) <= mine {
-                return true;
-            }
-            s.close.get_or_insert(CloseReason::Duplicate);
-        }
-        false
-    }
-
-    /// True if an active session leads to the agent listening on `addr`.
-    pub fn is_connected_to(&self, addr: std::net::SocketAddr) -> bool {
-        self.peers.iter().flatten().any(|s| s.listen_addr == Some(addr))
-    }
-
-    /// Takes an address learnt by peer exchange, for the caller to dial if it wants.
-    pub fn poll_discovered(&mut self) -> Option<std::net::SocketAddr> {
-        self.discovered.pop_front()
-    }
-
-    fn on_peers(&mut self, bytes: &[u8]) -> Result<Received, CloseReason> {
-        let addrs = wire::decode_peers(bytes).ok_or(CloseReason::Protocol("bad peer list"))?;
-        for a in addrs.filter(|a| a.port() != 0 && !a.ip().is_unspecified()) {
-            if self.discovered.is_full() {
-                break;
-            }
-            let _ = self.discovered.push_back(a);
-        }
-        Ok(Received::Nothing)
-    }
-
-    /// Fills `pex_buf` with the listen addresses of our active peers other than `id`.
-    fn build_peer_list(&mut self, id: PeerId) -> usize {
-        let mut n = 0;
-        for (p, s) in self.peers.iter().enumerate() {
-            let Some(addr) = s.as_ref().filter(|s| s.active && p != id).and_then(|s| s.listen_addr) else { continue };
-            if n == MAX_PEX_PEERS {
-                break;
-            }
-            let entry: &mut [u8; PEER_ENTRY] =
-                (&mut self.pex_buf[n * PEER_ENTRY..(n + 1) * PEER_ENTRY]).try_into().expect("entry size");
-            wire::encode_peer(addr, entry);
-            n += 1;
-        }
-        n * PEER_ENTRY
-    }
-
-    fn on_bitfield(&mut self, id: PeerId, bytes: &[u8], now: Instant) -> Result<Received, CloseReason> {
-        let s = self.peers[id].as_mut().expect("session present");
-        for c in s.bits.iter_ones() {
-            self.availability[c as usize] -= 1;
-        }
-        if s.bits.copy_from_bytes(bytes).is_err() {
-            s.bits = Bitfield::new(self.hashes.len() as u32);
-            return Err(CloseReason::Protocol("bad bitfield"));
-        }
-        s.got_bitfield = true;
-        for c in s.bits.iter_ones() {
-            self.availability[c as usize] += 1;
-            if let Some(sp) = self.spread.as_mut() {
-                sp.mark_out(c);
-            }
-        }
-        if s.bits.is_full() && self.have.is_full() {
-            return Err(CloseReason::BothComplete);
-        }
-        self.fill_requests(id, now);
-        self.offer(id);
-        Ok(Received::Nothing)
-    }
-
-    fn on_have(&mut self, id: PeerId, chunk: u32, now: Instant) -> Result<Received, CloseReason> {
-        if chunk >= self.chunk_count() {
-            return Err(CloseReason::Protocol("have for a chunk out of range"));
-        }
-        if self.session_mut(id).bits.set(chunk) {
-            self.availability[chunk as usize] += 1;
-            if let Some(sp) = self.spread.as_mut() {
-                sp.mark_out(chunk);
-            }
-            self.fill_requests(id, now);
-            self.offer(id);
-        }
-        Ok(Received::Nothing)
-    }
-
-    fn on_request(&mut self, id: PeerId, chunk: u32) -> Result<Received, CloseReason> {
-        if chunk >= self.chunk_count() {
-            return Err(CloseReason::Protocol("request for a chunk out of range"));
-        }
-        let have = self.have.get(chunk);
-        let s = self.session_mut(id);
-        if !have {
-            s.push_control(Control::Reject(chunk));
-            return Ok(Received::Nothing);
-        }
-        if s.serving.push_back(chunk).is_err() {
-            return Err(CloseReason::Protocol("too many requests"));
-        }
-        if !self.upload_queue.contains(&id) {
-            self.upload_queue.push(id);
-        }
-        self.offer(id);
-        Ok(Received::Nothing)
-    }
-
-    fn on_reject(&mut self, id: PeerId, chunk: u32, now: Instant) -> Result<Received, CloseReason> {
-        let s = self.session_mut(id);
-        let Some(r) = s.remove_request(chunk) else {
-            return Ok(Received::Nothing);
-        };
-        s.progress_at = now;
-        if r.cancelled {
-            // The acknowledgement of our Cancel frees a pipeline place.
-            self.fill_requests(id, now);
-            return Ok(Received::Nothing);
-        }
-        // A refusal for a chunk it advertised: believe the refusal, not the advertisement.
-        let had = s.bits.clear(chunk);
-        if had {
-            self.availability[chunk as usize] -= 1;
-        }
-        self.in_flight[chunk as usize] -= 1;
-        self.fill_all(now);
-        Ok(Received::Nothing)
-    }
-
-    fn on_block(
-        &mut self,
-        id: PeerId,
-        chunk: u32,
-        offset: u32,
-        data: &[u8],
-        now: Instant,
-    ) -> Result<Received, CloseReason> {
-        let head = match self.session_mut(id).requested.front() {
-            Some(r) if r.chunk == chunk => *r,
-            _ => return Err(CloseReason::Protocol("block for a chunk not requested")),
-        };
-        let chunk_len = self.chunk_len(chunk);
-        let s = self.session_mut(id);
-        let expected = (chunk_len - s.recv_offset).min(BLOCK_SIZE);
-        if offset != s.recv_offset || data.len() as u32 != expected {
-            return Err(CloseReason::Protocol("block out of order or of the wrong size"));
-        }
-        s.progress_at = now;
-        if offset == 0 && !head.cancelled {
-            self.claim_chunk(id, chunk);
-        }
-        let s = self.session_mut(id);
-        s.recv_offset += expected;
-        let finished = s.recv_offset == chunk_len;
-        let Some(hasher) = s.hasher.as_mut() else {
-            self.stats.wasted += data.len() as u64;
-            if finished {
-                self.finish_head(id, head);
-                self.fill_requests(id, now);
-            }
-            return Ok(Received::Nothing);
-        };
-        hasher.update(data);
-        s.bytes_down += data.len() as u64;
-        self.stats.downloaded += data.len() as u64;
-        let file_offset = chunk as u64 * self.chunk_size as u64 + offset as u64;
-        let verdict = if finished { Some(self.complete_chunk(id, head, now)?) } else { None };
-        Ok(Received::Write { offset: file_offset, verdict })
-    }
-
-    /// Starts writing `chunk` from this peer, unless another peer is already writing it: two
-    /// writers of one region could leave a liar's bytes on disk under an honest peer's hash.
-    fn claim_chunk(&mut self, id: PeerId, chunk: u32) {
-        let taken = self.peers.iter().enumerate().any(|(p, s)| {
-            p != id
-                && s.as_ref()
-                    .is_some_and(|s| s.hasher.is_some() && s.requested.front().is_some_and(|r| r.chunk == chunk))
-        });
-        if taken || self.verified.get(chunk) {
-            if self.session_mut(id).cancel_request(chunk) {
-                self.in_flight[chunk as usize] -= 1;
-            }
-        } else {
-            self.session_mut(id).hasher = Some(Sha256::new());
-        }
-    }
-
-    /// Pops the front request once its last block is in.
-    fn finish_head(&mut self, id: PeerId, head: Outstanding) {
-        let s = self.session_mut(id);
-        let _ = s.requested.pop_front();
-        s.recv_offset = 0;
-        s.hasher = None;
-        if !head.cancelled {
-            self.in_flight[head.chunk as usize] -= 1;
-        }
-    }
-
-    fn complete_chunk(&mut self, id: PeerId, head: Outstanding, now: Instant) -> Result<Verdict, CloseReason> {
-        let chunk = head.chunk;
-        let digest: Hash = self.session_mut(id).hasher.take().map(|h| h.finalize().into()).unwrap_or_default();
-        self.finish_head(id, head);
-        if digest == self.hashes[chunk as usize] {
-            self.verified.set(chunk);
-            self.cancel_duplicates(chunk);
-            self.fill_requests(id, now);
-            return Ok(Verdict::Good(chunk));
-        }
-        self.stats.bad_chunks += 1;
-        self.stats.downloaded -= self.chunk_len(chunk) as u64;
-        self.stats.wasted += self.chunk_len(chunk) as u64;
-        let s = self.session_mut(id);
-        s.bad_chunks += 1;
-        if s.bits.clear(chunk) {
-            self.availability[chunk as usize] -= 1;
-        }
-        if self.session_mut(id).bad_chunks >= 2 {
-            return Err(CloseReason::BadData);
-        }
-        self.fill_all(now);
-        Ok(Verdict::Bad(chunk))
-    }
-
-    fn cancel_duplicates(&mut self, chunk: u32) {
-        for s in self.peers.iter_mut().flatten() {
-            if s.cancel_request(chunk) {
-                self.in_flight[chunk as usize] -= 1;
-            }
-        }
-    }
-
-    /// Records that a verified chunk is now durable: it may be served and is announced.
-    pub fn chunk_committed(&mut self, chunk: u32) {
-        if !self.have.set(chunk) {
-            return;
-        }
-        self.verified.set(chunk);
-        let complete = self.have.is_full();
-        for s in self.peers.iter_mut().flatten().filter(|s| s.active) {
-            s.push_control(Control::Have(chunk));
-            // Two seeds have nothing to trade; free the slot for someone who needs it.
-            if complete && s.bits.is_full() && s.close.is_none() {
-                s.close = Some(CloseReason::BothComplete);
-            }
-        }
-    }
-
-    /// Requests to keep outstanding per peer.
-    fn pipeline_len(&self) -> usize {
-        ((self.config.pipeline_bytes / self.chunk_size) as usize).clamp(2, MAX_REQUESTS)
-    }
-
-    fn fill_all(&mut self, now: Instant) {
-        for id in 0..self.peers.len() {
-            if self.peers[id].is_some() {
-                self.fill_requests(id, now);
-            }
-        }
-    }
-
-    fn fill_requests(&mut self, id: PeerId, now: Instant) {
-        let target = self.pipeline_len();
-        loop {
-            let s = self.session_mut(id);
-            if !s.active
-                || !s.got_bitfield
-                || s.live_requests() >= target
-                || s.requested.is_full()
-                || s.control.is_full()
-            {
-                return;
-            }
-            let want = self.chunk_size as u64;
-            if !self.download_bucket.take(want, now) {
-                return;
-            }
-            let Some(chunk) = self.pick_chunk(id) else {
-                self.download_bucket.refund(want);
-                return;
-            };
-            self.download_bucket.refund(want - self.chunk_len(chunk) as u64);
-            let s = self.session_mut(id);
-            if s.requested.is_empty() {
-                s.progress_at = now;
-            }
-            // Cannot fail: checked not full above.
-            let _ = s.requested.push_back(Outstanding { chunk, cancelled: false });
-            s.push_control(Control::Request(chunk));
-            self.in_flight[chunk as usize] += 1;
-        }
-    }
-
-    /// Chooses the next chunk to ask peer `id` for, or none.
-    fn pick_chunk(&mut self, id: PeerId) -> Option<u32> {
-        let n = self.chunk_count();
-        let start = (self.next_random() % n as u64) as u32;
-        let random_first = self.verified.count() < RANDOM_FIRST;
-        let s = self.peers[id].as_ref()?;
-        let mut best: Option<(u16, u32)> = None;
-        let mut unrequested_left = false;
-        for k in 0..n {
-            let c = (start + k) % n;
-            if self.verified.get(c) || self.in_flight[c as usize] > 0 {
-                continue;
-            }
-            unrequested_left = true;
-            if !s.bits.get(c) {
-                continue;
-            }
-            if random_first {
-                return Some(c);
-            }
-            let a = self.availability[c as usize];
-            if best.is_none_or(|(b, _)| a < b) {
-                best = Some((a, c));
-                // This peer has it, so no chunk it can give us is rarer: stop scanning.
-                if a <= 1 {
-                    break;
-                }
-            }
-        }
-        if best.is_some() || unrequested_left {
-            return best.map(|(_, c)| c);
-        }
-        // Endgame: everything missing is in flight; duplicate a request this peer could answer.
-        (0..n).map(|k| (start + k) % n).find(|&c| {
-            !self.verified.get(c)
-                && s.bits.get(c)
-                && self.in_flight[c as usize] < MAX_DUPLICATES
-                && !s.requested.iter().any(|r| r.chunk == c)
-        })
-    }
-
-    /// True if peer `id` holds an upload slot and has asked for something: the caller should
-    /// check whether its link can take a block.
-    pub fn wants_block(&self, id: PeerId) -> bool {
-        self.session(id).is_some_and(|s| !s.serving.is_empty()) && self.holds_upload_slot(id)
-    }
-
-    fn holds_upload_slot(&self, id: PeerId) -> bool {
-        self.upload_queue.iter().take(self.config.upload_slots).any(|&p| p == id)
-    }
-
     /// The next thing to send to peer `id`, if any. Call while the connection has room for a
     /// whole frame; a `Block` is only handed out if `blocks` is true (the caller's link can take
     /// one now) and to peers holding an upload slot.
@@ -826,7 +376,7 @@ impl Swarm {
             }
             return Some(Transmit::Message(self.control_message(id, c)));
         }
-        if s.resend_bitfield && s.active {
+        if s.resend_bitfield && s.is_active() {
             s.resend_bitfield = false;
             s.last_send = now;
             return Some(Transmit::Message(Message::Bitfield(Bytes(self.advertised()))));
@@ -835,39 +385,6 @@ impl Swarm {
             return None;
         }
         self.poll_block(id, now)
-    }
-
-    /// The bitfield we show peers: everything, or nothing while spreading (offers go by Have).
-    fn advertised(&self) -> &[u8] {
-        match &self.spread {
-            Some(sp) => sp.empty.as_bytes(),
-            None => self.have.as_bytes(),
-        }
-    }
-
-    /// Tops up the chunks a spreading seed offers peer `id`; ends spreading once all are out.
-    fn offer(&mut self, id: PeerId) {
-        let start = (self.next_random() % self.chunk_count() as u64) as u32;
-        let Some(sp) = self.spread.as_mut() else { return };
-        let Some(s) = self.peers[id].as_mut().filter(|s| s.active && s.got_bitfield) else { return };
-        let out = &sp.out;
-        s.offered.retain(|&c| !out.get(c));
-        while s.offered.len() < OFFERS_PER_PEER {
-            let Some(c) = sp.pick(s, start) else { break };
-            // An offer must not be folded into a bitfield resend: that would show it nothing.
-            if s.control.push_back(Control::Have(c)).is_err() {
-                break;
-            }
-            sp.offered.set(c);
-            let _ = s.offered.push(c);
-        }
-        if sp.out.is_full() {
-            self.spread = None;
-            for s in self.peers.iter_mut().flatten() {
-                s.offered.clear();
-                s.resend_bitfield = true;
-            }
-        }
     }
 
     fn control_message(&self, id: PeerId, c: Control) -> Message<'_> {
@@ -891,62 +408,6 @@ impl Swarm {
         }
     }
 
-    fn poll_block(&mut self, id: PeerId, now: Instant) -> Option<Transmit<'static>> {
-        if !self.holds_upload_slot(id) {
-            return None;
-        }
-        let chunk = *self.session_mut(id).serving.front()?;
-        let chunk_len = self.chunk_len(chunk);
-        let offset = self.session_mut(id).serve_offset;
-        let len = (chunk_len - offset).min(BLOCK_SIZE);
-        if !self.upload_bucket.take(len as u64, now) {
-            return None;
-        }
-        let s = self.session_mut(id);
-        s.last_send = now;
-        s.bytes_up += len as u64;
-        s.serve_offset += len;
-        self.stats.uploaded += len as u64;
-        if offset + len == chunk_len {
-            let s = self.session_mut(id);
-            let _ = s.serving.pop_front();
-            s.serve_offset = 0;
-            self.rotate_upload_slot(id);
-            if let Some(sp) = self.spread.as_mut() {
-                sp.mark_out(chunk);
-                self.offer(id);
-            }
-        }
-        let file_offset = chunk as u64 * self.chunk_size as u64 + offset as u64;
-        Some(Transmit::Block { chunk, offset, len, file_offset })
-    }
-
-    /// After a whole chunk, a peer gives its slot to the next waiting one (if any wait).
-    /// After a whole chunk, a peer gives its slot up. The slot goes to the waiting peer whose
-    /// next chunk is rarest among our peers: that copy spreads furthest. The peer that just had
-    /// its turn waits at the back.
-    fn rotate_upload_slot(&mut self, id: PeerId) {
-        self.upload_queue.retain(|&p| p != id);
-        let first_waiting = self.config.upload_slots.saturating_sub(1);
-        let rarest = (first_waiting..self.upload_queue.len()).min_by_key(|&i| {
-            let head = self.peers[self.upload_queue[i]].as_ref().and_then(|s| s.serving.front().copied());
-            (head.map_or(u16::MAX, |c| self.availability[c as usize]), i)
-        });
-        if let Some(i) = rarest.filter(|&i| i != first_waiting) {
-            let p = self.upload_queue.remove(i);
-            self.upload_queue.insert(first_waiting, p);
-        }
-        if !self.session_mut(id).serving.is_empty() {
-            self.upload_queue.push(id);
-        }
-    }
-
-    fn drop_from_upload_queue_if_idle(&mut self, id: PeerId) {
-        if self.session_mut(id).serving.is_empty() {
-            self.upload_queue.retain(|&p| p != id);
-        }
-    }
-
     /// Advances the timers: handshake and idle timeouts, stalled requests, keepalives.
     pub fn handle_timeout(&mut self, now: Instant) {
         // Bring the buckets up to date, so a bucket that has refilled stops asking for a timer
@@ -955,13 +416,13 @@ impl Swarm {
         self.download_bucket.refill(now);
         let t = self.config.timeouts;
         for s in self.peers.iter_mut().flatten() {
-            if s.close.is_some() {
+            if s.is_closing() {
                 continue;
             }
-            if !s.active && now >= s.connected_at + t.handshake {
-                s.close = Some(CloseReason::HandshakeTimeout);
+            if !s.is_active() && now >= s.connected_at + t.handshake {
+                s.close(CloseReason::HandshakeTimeout);
             } else if now >= s.last_recv + t.idle {
-                s.close = Some(CloseReason::Idle);
+                s.close(CloseReason::Idle);
             } else if s.live_requests() > 0 && now >= s.progress_at + t.request {
                 // Re-route: the chunks go back to the pool; a second stall closes the peer.
                 let chunks: heapless::Vec<u32, MAX_REQUESTS> = s.requested.iter().map(|r| r.chunk).collect();
@@ -973,14 +434,14 @@ impl Swarm {
                 s.stalls += 1;
                 s.progress_at = now;
                 if s.stalls >= 2 {
-                    s.close = Some(CloseReason::Stalled);
+                    s.close(CloseReason::Stalled);
                 }
             }
-            if s.active && now >= s.pex_at {
+            if s.is_active() && now >= s.pex_at {
                 s.pex_at = now + PEX_INTERVAL;
                 s.push_control(Control::Peers);
             }
-            if s.active && now >= s.last_send + t.keepalive && s.control.is_empty() {
+            if s.is_active() && now >= s.last_send + t.keepalive && s.control.is_empty() {
                 s.push_control(Control::KeepAlive);
             }
         }
@@ -997,8 +458,8 @@ impl Swarm {
         // The time may already have come: the caller then runs handle_timeout, which refills.
         let held_back = self.upload_bucket.is_short(BLOCK_SIZE as u64) && !self.upload_queue.is_empty();
         let mut bucket = held_back.then(|| self.upload_bucket.ready_at(BLOCK_SIZE as u64, now));
-        if self.download_bucket.is_short(self.chunk_size as u64) && !self.all_verified() {
-            let next_request = self.download_bucket.ready_at(self.chunk_size as u64, now);
+        if self.download_bucket.is_short(self.geometry.chunk_size as u64) && !self.all_verified() {
+            let next_request = self.download_bucket.ready_at(self.geometry.chunk_size as u64, now);
             bucket = Some(bucket.map_or(next_request, |b| b.min(next_request)));
         }
         match (timers, bucket) {

@@ -1,0 +1,101 @@
+//! The agent's settings and why it stops.
+
+use crate::core::discovery;
+use crate::core::storage::StoreError;
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Settings of an agent, fixed at start.
+#[derive(Clone, Debug)]
+pub struct AgentConfig {
+    /// Address to accept peers on; `None` to only dial out.
+    pub listen: Option<SocketAddr>,
+    /// Peers to dial for every release that is not complete.
+    pub peers: Vec<SocketAddr>,
+    /// Connection slots.
+    pub max_peers: usize,
+    /// Peers uploaded to at once.
+    pub upload_slots: usize,
+    /// Upload cap per release in bytes per second, 0 for none.
+    pub max_upload_rate: u64,
+    /// Download cap per release in bytes per second, 0 for none.
+    pub max_download_rate: u64,
+    /// With a fleet secret, only peers proving they hold it get anything (see [`crate::core::auth`]).
+    pub fleet_key: Option<crate::core::auth::FleetKey>,
+    /// On a storage failure, set the release aside for a while instead of stopping the agent.
+    pub pause_on_disk_error: bool,
+    /// Longest a verified chunk waits before it is made durable and announced.
+    pub commit_interval: Duration,
+    /// How long a release whose storage failed is set aside (with `pause_on_disk_error`).
+    pub disk_retry: Duration,
+    /// The LAN discovery multicast group, or `None` to find peers only through `peers` and
+    /// peer exchange.
+    pub discovery: Option<std::net::SocketAddrV4>,
+    /// Releases held at most; [`Agent::add_release`] refuses more.
+    pub max_releases: usize,
+    /// The install hook: a program and its arguments, run with the path of each release that
+    /// completes in this run appended as one more argument. Empty for none.
+    pub on_complete: Vec<String>,
+    /// Where to open the Unix socket that answers status queries, if anywhere.
+    pub status: Option<PathBuf>,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            listen: None,
+            peers: Vec::new(),
+            max_peers: 32,
+            upload_slots: 2,
+            max_upload_rate: 0,
+            max_download_rate: 0,
+            fleet_key: None,
+            pause_on_disk_error: false,
+            commit_interval: Duration::from_millis(100),
+            disk_retry: Duration::from_secs(30),
+            discovery: Some(discovery::DEFAULT_GROUP),
+            max_releases: 16,
+            on_complete: Vec::new(),
+            status: None,
+        }
+    }
+}
+
+/// Why the agent stopped.
+#[derive(Debug)]
+pub enum AgentError {
+    /// The listening socket could not be opened.
+    Listen(SocketAddr, io::Error),
+    /// The event loop failed.
+    Poll(io::Error),
+    /// A release's storage failed (disk full, read-only, ...).
+    Store(StoreError),
+    /// The status socket could not be opened.
+    Status(PathBuf, io::Error),
+    /// Adding a release would pass `max_releases`.
+    TooManyReleases(usize),
+}
+
+impl std::fmt::Display for AgentError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AgentError::Listen(a, e) => write!(f, "cannot listen on {a}: {e}"),
+            AgentError::Poll(e) => write!(f, "event loop failed: {e}"),
+            AgentError::Store(e) => write!(f, "{e}"),
+            AgentError::Status(p, e) => write!(f, "cannot open the status socket {}: {e}", p.display()),
+            AgentError::TooManyReleases(n) => {
+                write!(f, "already holding {n} releases, the most allowed (--max-releases)")
+            }
+        }
+    }
+}
+
+impl From<StoreError> for AgentError {
+    fn from(e: StoreError) -> Self {
+        AgentError::Store(e)
+    }
+}
+
+impl std::error::Error for AgentError {}

@@ -1,0 +1,328 @@
+//! Connections: accepting, reading whole frames into the release, writing what it wants sent,
+//! closing.
+//!
+//! Each slot has one receive and one send buffer sized for a single frame, allocated when the
+//! slot opens and never grown. An inbound connection is routed to a release by its first frame
+//! (the Hello); until then it holds a slot on probation and is the first to be evicted.
+
+use super::{dial, sys, Agent, HANDSHAKE_TIMEOUT};
+use crate::core::session::{hello_refusal, CloseReason};
+use crate::core::wire::{self, Message, RefuseReason, MAX_FRAME};
+use mio::net::TcpStream;
+use mio::{Interest, Token};
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+/// Receive buffer: one whole frame, so any legal frame fits and nothing larger is ever needed.
+const RECV_BUF: usize = MAX_FRAME;
+/// Bytes read from one connection per wakeup, so that a peer that floods us with valid small
+/// messages cannot keep the loop from its other connections and timers.
+const READ_BUDGET: usize = 4 * RECV_BUF;
+/// Send buffer: one whole frame plus room for the small messages queued beside it.
+const SEND_BUF: usize = MAX_FRAME + 1024;
+/// Unsent bytes per connection above which no more blocks are queued (see
+/// `sys::set_notsent_lowat`). Four blocks keep a fast link busy between two wakeups.
+const UNSENT_MARK: usize = 64 * 1024;
+
+/// One TCP connection in a slot.
+pub(super) struct Conn {
+    stream: TcpStream,
+    pub(super) addr: SocketAddr,
+    /// Set for connections we opened, until the connect completes.
+    pub(super) connecting: bool,
+    /// The release this connection serves; `None` for an inbound one until its Hello.
+    pub(super) release: Option<usize>,
+    /// The entry of the release's dial table this connection came from.
+    dial: Option<usize>,
+    pub(super) opened_at: Instant,
+    rbuf: Box<[u8]>,
+    rlen: usize,
+    wbuf: Box<[u8]>,
+    wpos: usize,
+    wlen: usize,
+}
+
+/// Why the shell closes a connection: the release's reason, or the socket's own end.
+pub(super) type Why = Result<CloseReason, &'static str>;
+
+impl Agent {
+    pub(super) fn free_slot(&self) -> Option<usize> {
+        self.conns.iter().position(Option::is_none)
+    }
+
+    pub(super) fn accept(&mut self, now: Instant) {
+        loop {
+            let Some(listener) = self.listener.as_ref() else { return };
+            let (stream, addr) = match listener.accept() {
+                Ok(x) => x,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    log::warn!("accept failed: {e}");
+                    return;
+                }
+            };
+            if self.is_banned(addr.ip(), now) {
+                log::debug!("refused {addr}: banned");
+                continue;
+            }
+            let Some(slot) = self.free_slot().or_else(|| self.evict_oldest_pending(now)) else {
+                log::debug!("refused {addr}: all {} connection slots taken", self.conns.len());
+                continue;
+            };
+            self.open_slot(slot, stream, addr, None, now);
+        }
+    }
+
+    /// With every slot taken, frees the one held longest by an inbound connection that has not
+    /// said which swarm it wants. An honest peer sends its Hello at once, so under a flood of
+    /// idle or trickling connections (slowloris) it still gets in, and the flood only evicts
+    /// itself; established peers are never evicted.
+    fn evict_oldest_pending(&mut self, now: Instant) -> Option<usize> {
+        let (slot, _) = self
+            .conns
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| c.as_ref().filter(|c| c.release.is_none()).map(|c| (i, c.opened_at)))
+            .min_by_key(|&(_, t)| t)?;
+        self.close(slot, Err("evicted: every slot taken and it had not said hello"), now);
+        Some(slot)
+    }
+
+    /// Puts a new connection in `slot`: accepted (`dial` is `None`) or dialled for release
+    /// `dial.0` from its dial table entry `dial.1`.
+    pub(super) fn open_slot(
+        &mut self,
+        slot: usize,
+        mut stream: TcpStream,
+        addr: SocketAddr,
+        dial: Option<(usize, usize)>,
+        now: Instant,
+    ) {
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        if let Err(e) = self.poll.registry().register(&mut stream, Token(slot), interest) {
+            log::warn!("cannot register connection to {addr}: {e}");
+            return;
+        }
+        let _ = stream.set_nodelay(true);
+        if let Err(e) = sys::set_notsent_lowat(&stream, UNSENT_MARK as u32) {
+            log::debug!("cannot cap unsent bytes to {addr}: {e}");
+        }
+        self.conns[slot] = Some(Conn {
+            stream,
+            addr,
+            connecting: dial.is_some(),
+            release: dial.map(|d| d.0),
+            dial: dial.map(|d| d.1),
+            opened_at: now,
+            rbuf: vec![0; RECV_BUF].into_boxed_slice(),
+            rlen: 0,
+            wbuf: vec![0; SEND_BUF].into_boxed_slice(),
+            wpos: 0,
+            wlen: 0,
+        });
+    }
+
+    pub(super) fn on_ready(&mut self, slot: usize, now: Instant) {
+        let Some(conn) = self.conns.get_mut(slot).and_then(Option::as_mut) else { return };
+        if conn.connecting {
+            // A non-blocking connect has finished when the socket is writable; it worked if
+            // the socket has a peer and no pending error.
+            match (conn.stream.take_error(), conn.stream.peer_addr()) {
+                (Ok(None), Ok(_)) => {
+                    conn.connecting = false;
+                    log::debug!("connected to {}", conn.addr);
+                    let (r, addr, opened_at) = (conn.release.unwrap_or(0), conn.addr, conn.opened_at);
+                    self.releases[r].release.add_peer(slot, true, Some(addr), opened_at);
+                }
+                (Ok(None), Err(e)) if e.kind() == io::ErrorKind::NotConnected => return,
+                (Ok(Some(e)), _) | (Err(e), _) | (Ok(None), Err(e)) => {
+                    log::debug!("cannot connect to {}: {e}", conn.addr);
+                    return self.close(slot, Err("connect failed"), now);
+                }
+            }
+        }
+        if let Err(why) = self.receive(slot, now) {
+            self.close(slot, why, now);
+        }
+    }
+
+    /// Reads until the socket would block or the read budget is spent, handling each whole
+    /// frame.
+    fn receive(&mut self, slot: usize, now: Instant) -> Result<(), Why> {
+        let mut budget = READ_BUDGET;
+        loop {
+            if budget == 0 {
+                if !self.unread.contains(&slot) {
+                    self.unread.push(slot);
+                }
+                return Ok(());
+            }
+            let Some(conn) = self.conns[slot].as_mut() else { return Ok(()) };
+            let n = match conn.stream.read(&mut conn.rbuf[conn.rlen..]) {
+                Ok(0) => return Err(Err("connection closed by peer")),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    log::debug!("read from {}: {e}", conn.addr);
+                    return Err(Err("read failed"));
+                }
+            };
+            conn.rlen += n;
+            budget = budget.saturating_sub(n);
+            if !self.handle_frames(slot, now)? {
+                // The release is closing the session; its event closes the socket this turn.
+                return Ok(());
+            }
+        }
+    }
+
+    /// Hands every whole frame in the receive buffer to the connection's release. Returns false
+    /// once the release stops taking this connection's frames.
+    fn handle_frames(&mut self, slot: usize, now: Instant) -> Result<bool, Why> {
+        let Agent { conns, releases, .. } = self;
+        let Some(conn) = conns[slot].as_mut() else { return Ok(false) };
+        let mut pos = 0;
+        let mut open = true;
+        while open {
+            let frame = wire::parse_frame(&conn.rbuf[pos..conn.rlen]);
+            let Some((payload, used)) = frame.map_err(|_| Ok(CloseReason::Protocol("bad frame")))? else { break };
+            let r = match conn.release {
+                Some(r) => r,
+                None => {
+                    let r = route(releases, payload, now).map_err(|refusal| {
+                        refuse(&mut conn.stream, refusal);
+                        Err("refused its hello")
+                    })?;
+                    conn.release = Some(r);
+                    releases[r].release.add_peer(slot, false, Some(conn.addr), conn.opened_at);
+                    r
+                }
+            };
+            open = releases[r].release.handle_frame(slot, payload, now);
+            pos += used;
+        }
+        conn.rbuf.copy_within(pos..conn.rlen, 0);
+        conn.rlen -= pos;
+        Ok(open)
+    }
+
+    /// Closes connections whose dial or Hello is overdue. Once routed, the session holds the
+    /// rest of the handshake to the same timeout.
+    pub(super) fn close_overdue_handshakes(&mut self, now: Instant) {
+        for slot in 0..self.conns.len() {
+            let overdue = self.conns[slot]
+                .as_ref()
+                .is_some_and(|c| (c.connecting || c.release.is_none()) && now >= c.opened_at + HANDSHAKE_TIMEOUT);
+            if overdue {
+                self.close(slot, Ok(CloseReason::HandshakeTimeout), now);
+            }
+        }
+    }
+
+    /// Round-robin by frame: each pass gives every connection at most one block, so the peers
+    /// holding upload slots share the uplink block by block.
+    pub(super) fn send_all(&mut self, now: Instant) {
+        loop {
+            let mut progressed = false;
+            for slot in 0..self.conns.len() {
+                progressed |= self.pump(slot, now);
+            }
+            if !progressed {
+                break;
+            }
+        }
+    }
+
+    /// Fills the send buffer from the release while it has room for a frame (so with at most
+    /// one block) and writes once. Returns true if bytes went out and more may follow.
+    fn pump(&mut self, slot: usize, now: Instant) -> bool {
+        let Agent { conns, releases, poll, .. } = self;
+        let Some(conn) = conns[slot].as_mut() else { return false };
+        let Some(r) = conn.release.filter(|_| !conn.connecting) else { return false };
+        let release = &mut releases[r].release;
+        conn.wbuf.copy_within(conn.wpos..conn.wlen, 0);
+        conn.wlen -= conn.wpos;
+        conn.wpos = 0;
+        // Small messages always go; blocks only while the kernel holds little unsent. When it
+        // holds more, re-arming makes the kernel note that we wait for room, so epoll wakes us
+        // when the unsent bytes drop below the mark (a successful write never asks for that).
+        let wants_block = release.wants_block(slot);
+        let blocks = wants_block && sys::unsent_bytes(&conn.stream) < UNSENT_MARK;
+        if wants_block && !blocks {
+            let interest = Interest::READABLE | Interest::WRITABLE;
+            if let Err(e) = poll.registry().reregister(&mut conn.stream, Token(slot), interest) {
+                log::debug!("cannot re-arm {}: {e}", conn.addr);
+            }
+        }
+        while SEND_BUF - conn.wlen >= MAX_FRAME {
+            let Some(n) = release.poll_transmit(slot, now, blocks, &mut conn.wbuf[conn.wlen..]) else { break };
+            conn.wlen += n;
+        }
+        if conn.wpos == conn.wlen {
+            return false;
+        }
+        match conn.stream.write(&conn.wbuf[conn.wpos..conn.wlen]) {
+            Ok(n) => {
+                conn.wpos += n;
+                n > 0
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => true,
+            Err(e) => {
+                log::debug!("write to {}: {e}", conn.addr);
+                self.close(slot, Err("write failed"), now);
+                false
+            }
+        }
+    }
+
+    /// Closes the connection in `slot`, bans its address for an offence, and tells its release
+    /// and dial table.
+    pub(super) fn close(&mut self, slot: usize, why: Why, now: Instant) {
+        let Some(mut conn) = self.conns[slot].take() else { return };
+        let _ = self.poll.registry().deregister(&mut conn.stream);
+        match why {
+            Ok(reason) if reason.is_offence() => {
+                log::warn!("dropping {}: {reason}; banned for {} s", conn.addr, dial::BAN_TIME.as_secs());
+                self.ban(conn.addr.ip(), now);
+            }
+            Ok(reason) => log::info!("closed {}: {reason}", conn.addr),
+            Err(e) => log::debug!("closed {}: {e}", conn.addr),
+        }
+        if why == Ok(CloseReason::SelfConnection) {
+            if let Ok(ours) = conn.stream.local_addr() {
+                self.forget_own_address(ours);
+            }
+        }
+        let Some(r) = conn.release else { return };
+        // Gone already if the release asked for the close; otherwise it learns of it here.
+        self.releases[r].release.remove_peer(slot, now);
+        if let Some(d) = conn.dial {
+            let stalled = matches!(why, Ok(CloseReason::Stalled | CloseReason::Idle));
+            self.releases[r].dials[d].closed(stalled, now);
+        }
+    }
+}
+
+/// Picks the release an inbound connection's first frame (its Hello) asks for. A release set
+/// aside after a storage failure takes no new peers until it is retried.
+fn route(releases: &[super::Held], payload: &[u8], now: Instant) -> Result<usize, RefuseReason> {
+    let Ok(Message::Hello { version, swarm, .. }) = wire::decode_message(payload) else {
+        return Err(RefuseReason::UnknownSwarm);
+    };
+    let found = releases.iter().position(|h| *h.release.id() == swarm && !h.is_paused(now));
+    match hello_refusal(version, found.is_some()) {
+        Some(refusal) => Err(refusal),
+        None => found.ok_or(RefuseReason::UnknownSwarm),
+    }
+}
+
+/// Sends a refusal as a courtesy before closing; a full socket buffer simply drops it.
+fn refuse(stream: &mut TcpStream, reason: RefuseReason) {
+    let mut buf = [0u8; 32];
+    if let Ok(n) = wire::encode_frame(&Message::Refuse(reason), &mut buf) {
+        let _ = stream.write(&buf[..n]);
+    }
+}

@@ -1,0 +1,119 @@
+//! Whom to dial for each release, and whom never to: the dial tables and the ban list.
+//!
+//! Each release keeps a bounded table of addresses (from `--peer`, LAN announcements and peer
+//! exchange), each redialled with back-off while the release is incomplete. Addresses that
+//! committed an offence are refused and not dialled for `BAN_TIME`.
+
+use super::{sys, Agent, Held};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+/// How long an address that misbehaved is refused and not dialled.
+pub(super) const BAN_TIME: Duration = Duration::from_secs(600);
+/// Addresses remembered as offenders; the oldest entry is forgotten first.
+pub(super) const MAX_BANS: usize = 64;
+/// How often a dial that cannot go now (banned, already connected, no free slot) is looked at.
+const REDIAL_CHECK: Duration = Duration::from_secs(2);
+/// Addresses kept per release to dial (from `--peer` and peer exchange).
+const MAX_DIALS: usize = 64;
+/// First wait before redialling an address, doubled at each failure up to `MAX_BACKOFF`.
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// An address found to be our own is not dialled again for this long.
+const OWN_ADDRESS: Duration = Duration::from_secs(86_400);
+
+/// An address we keep a connection to for one release, redialled with backoff.
+pub(super) struct Dial {
+    addr: SocketAddr,
+    pub(super) slot: Option<usize>,
+    pub(super) next_try: Instant,
+    backoff: Duration,
+}
+
+impl Dial {
+    pub(super) fn new(addr: SocketAddr, now: Instant) -> Dial {
+        Dial { addr, slot: None, next_try: now, backoff: FIRST_BACKOFF }
+    }
+
+    /// Its connection closed; a peer that stalled or went silent is not worth an instant redial.
+    pub(super) fn closed(&mut self, stalled: bool, now: Instant) {
+        self.slot = None;
+        if stalled {
+            self.back_off(now);
+        }
+    }
+
+    fn back_off(&mut self, now: Instant) {
+        self.next_try = now + self.backoff;
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// An address banned until `until`.
+pub(super) struct Offender {
+    ip: IpAddr,
+    until: Instant,
+}
+
+/// Adds `addr` to the release's dial table unless it is us, known already, or the table is full.
+pub(super) fn add_dial(h: &mut Held, addr: SocketAddr, me: Option<SocketAddr>, now: Instant) {
+    if Some(addr) == me || h.dials.iter().any(|d| d.addr == addr) || h.dials.len() >= MAX_DIALS {
+        return;
+    }
+    log::debug!("{}: learnt peer {addr}", h.release.name());
+    h.dials.push(Dial::new(addr, now));
+}
+
+impl Agent {
+    pub(super) fn is_banned(&self, ip: IpAddr, now: Instant) -> bool {
+        self.bans.iter().any(|b| b.ip == ip && b.until > now)
+    }
+
+    pub(super) fn ban(&mut self, ip: IpAddr, now: Instant) {
+        if self.bans.is_full() {
+            self.bans.pop_front();
+        }
+        let _ = self.bans.push_back(Offender { ip, until: now + BAN_TIME });
+    }
+
+    /// We accepted our own dial: the address it reached is ours, learnt from a peer. Only this
+    /// end sees the reason (the dialling end sees the close), so it is here that the dial is put
+    /// to rest.
+    pub(super) fn forget_own_address(&mut self, ours: SocketAddr) {
+        for d in self.releases.iter_mut().flat_map(|h| h.dials.iter_mut()).filter(|d| d.addr == ours) {
+            d.next_try += OWN_ADDRESS;
+        }
+    }
+
+    /// Dials the addresses that are due, for every incomplete release that is not set aside.
+    pub(super) fn dial(&mut self, now: Instant) {
+        for r in 0..self.releases.len() {
+            if self.releases[r].release.is_complete() || self.releases[r].is_paused(now) {
+                continue;
+            }
+            for d in 0..self.releases[r].dials.len() {
+                let dial = &self.releases[r].dials[d];
+                if dial.slot.is_some() || dial.next_try > now {
+                    continue;
+                }
+                let addr = dial.addr;
+                let skip = self.is_banned(addr.ip(), now) || self.releases[r].release.swarm().is_connected_to(addr);
+                let slot = self.free_slot();
+                let dial = &mut self.releases[r].dials[d];
+                // Looked at again later, not at every turn: a due dial is a wakeup deadline.
+                let Some(slot) = slot.filter(|_| !skip) else {
+                    dial.next_try = now + REDIAL_CHECK;
+                    continue;
+                };
+                dial.back_off(now);
+                match sys::connect_from(self.config.listen, addr) {
+                    Ok(stream) => {
+                        dial.slot = Some(slot);
+                        self.open_slot(slot, stream, addr, Some((r, d)), now);
+                    }
+                    Err(e) => log::debug!("cannot connect to {addr}: {e}"),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! LAN discovery: announcing our swarms on the multicast group and dialling those who announce
+//! a swarm we are fetching. The datagram format and schedule are the core's
+//! (`core::discovery`); this is only the sockets.
+
+use super::{dial, sys, Agent, DISCOVERY};
+use crate::core::discovery::{self, Announcement};
+use mio::Interest;
+use std::io;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+/// Datagrams read per wakeup: a flood on the group cannot keep the loop from its other work.
+const MAX_DATAGRAMS_PER_TURN: usize = 64;
+
+/// The LAN discovery sockets and schedule.
+pub(super) struct Lan {
+    listener: mio::net::UdpSocket,
+    sender: std::net::UdpSocket,
+    group: std::net::SocketAddrV4,
+    pub(super) schedule: discovery::Schedule,
+}
+
+impl Agent {
+    /// Joins the discovery group; without it the agent still works through its peer list.
+    pub(super) fn open_lan(&mut self) {
+        let (Some(group), Some(SocketAddr::V4(me))) = (self.config.discovery, self.local_addr()) else { return };
+        let opened = sys::multicast_listener(group, *me.ip()).and_then(|mut listener| {
+            self.poll.registry().register(&mut listener, DISCOVERY, Interest::READABLE)?;
+            Ok(Lan {
+                listener,
+                sender: sys::multicast_sender(*me.ip())?,
+                group,
+                schedule: discovery::Schedule::new(Instant::now()),
+            })
+        });
+        match opened {
+            Ok(lan) => self.lan = Some(lan),
+            Err(e) => log::warn!("LAN discovery on {group} is off: {e}"),
+        }
+    }
+
+    /// Announces our swarms on the LAN when due; asks for announcements while fetching.
+    pub(super) fn announce(&mut self, now: Instant) {
+        let Some(port) = self.local_addr().map(|a| a.port()) else { return };
+        let Some(lan) = self.lan.as_mut() else { return };
+        if !lan.schedule.due(now) {
+            return;
+        }
+        let query = self.releases.iter().any(|h| !h.release.is_complete());
+        let mut buf = [0u8; discovery::MAX_DATAGRAM];
+        for group in self.releases.chunks(discovery::MAX_IDS) {
+            let n = discovery::encode(query, port, self.node, group.iter().map(|h| h.release.id()), &mut buf);
+            if let Err(e) = lan.sender.send_to(&buf[..n], lan.group) {
+                log::debug!("cannot announce on {}: {e}", lan.group);
+            }
+        }
+    }
+
+    /// Reads announcements and dials announcers of swarms we are fetching.
+    pub(super) fn hear(&mut self, now: Instant) {
+        let me = self.local_addr();
+        let mut buf = [0u8; discovery::MAX_DATAGRAM + 1];
+        for _ in 0..MAX_DATAGRAMS_PER_TURN {
+            let Some(lan) = self.lan.as_mut() else { return };
+            let (n, from) = match lan.listener.recv_from(&mut buf) {
+                Ok(x) => x,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => return log::debug!("discovery receive failed: {e}"),
+            };
+            let Some(a) = Announcement::decode(&buf[..n]) else {
+                log::debug!("ignored a malformed announcement from {from}");
+                continue;
+            };
+            let peer = SocketAddr::new(from.ip(), a.listen_port);
+            // Our own announcement looped back: under 0.0.0.0 its address would not tell us.
+            if a.node == self.node || Some(peer) == me {
+                continue;
+            }
+            if a.query {
+                lan.schedule.on_query(now);
+            }
+            for h in self.releases.iter_mut().filter(|h| !h.release.is_complete() && a.names(h.release.id())) {
+                dial::add_dial(h, peer, me, now);
+            }
+        }
+    }
+}

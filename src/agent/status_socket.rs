@@ -1,0 +1,86 @@
+//! The Unix status socket: each connection gets one [`report`] in one write and is closed.
+//! The report's format is `status.rs`'s; this is only the socket.
+
+use super::status::report;
+use super::{Agent, AgentError, STATUS};
+use mio::net::UnixListener;
+use mio::Interest;
+use std::io::{self, Write};
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Status queries answered per wakeup; the rest wait for the next turn.
+const MAX_STATUS_PER_TURN: usize = 4;
+
+/// The status socket; its file is removed when the agent goes.
+pub(crate) struct StatusSocket {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl Drop for StatusSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl Agent {
+    pub(super) fn open_status(&mut self) -> Result<(), AgentError> {
+        let Some(path) = self.config.status.as_ref().filter(|_| self.status.is_none()) else { return Ok(()) };
+        let mut listener = bind_status(path).map_err(|e| AgentError::Status(path.clone(), e))?;
+        self.poll.registry().register(&mut listener, STATUS, Interest::READABLE).map_err(AgentError::Poll)?;
+        log::info!("status on {}", path.display());
+        self.status = Some(StatusSocket { listener, path: path.clone() });
+        Ok(())
+    }
+
+    /// Answers a few status queries: each gets the report in one write and is closed.
+    pub(super) fn answer_status(&mut self, now: Instant) {
+        for _ in 0..MAX_STATUS_PER_TURN {
+            let Some(status) = self.status.as_ref() else { return };
+            let mut stream = match status.listener.accept() {
+                Ok((stream, _)) => stream,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => return log::warn!("status socket: accept failed: {e}"),
+            };
+            // The report is a few hundred bytes a release; a reader that cannot take it at once
+            // gets what fitted rather than a buffer kept for it.
+            let report = report(&self.snapshot(now));
+            match stream.write(report.as_bytes()) {
+                Ok(n) if n == report.len() => {}
+                Ok(n) => log::debug!("status socket: report cut at {n} of {} bytes", report.len()),
+                Err(e) => log::debug!("status socket: {e}"),
+            }
+        }
+        // Readiness is edge-triggered and we stopped before draining the queue: re-arming makes
+        // the next poll report the socket again if queries are still waiting.
+        if let Some(s) = self.status.as_mut() {
+            if let Err(e) = self.poll.registry().reregister(&mut s.listener, STATUS, Interest::READABLE) {
+                log::warn!("status socket: cannot re-arm: {e}");
+            }
+        }
+    }
+}
+
+/// Binds the status socket at `path`. A socket file left there by an agent that is gone is
+/// replaced; a live agent's socket, or anything that is not a socket, is left alone.
+fn bind_status(path: &Path) -> io::Result<UnixListener> {
+    match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+        Ok(meta) if !meta.file_type().is_socket() => {
+            return Err(io::Error::other("a file that is not a socket is there"))
+        }
+        // A non-blocking connect: refused at once when nobody listens, never waits.
+        Ok(_) => match mio::net::UnixStream::connect(path) {
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => std::fs::remove_file(path)?,
+            Ok(_) => return Err(io::Error::other("another agent is listening on it")),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                return Err(io::Error::other("another agent is listening on it"))
+            }
+            Err(e) => return Err(e),
+        },
+    }
+    UnixListener::bind(path)
+}

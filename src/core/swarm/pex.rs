@@ -1,0 +1,44 @@
+//! Peer exchange: telling peers about each other, and taking the addresses they tell us.
+
+use super::*;
+
+impl Swarm {
+    /// True if an active session leads to the agent listening on `addr`.
+    pub fn is_connected_to(&self, addr: std::net::SocketAddr) -> bool {
+        self.peers.iter().flatten().any(|s| s.listen_addr == Some(addr))
+    }
+
+    /// Takes an address learnt by peer exchange, for the caller to dial if it wants.
+    pub fn poll_discovered(&mut self) -> Option<std::net::SocketAddr> {
+        self.discovered.pop_front()
+    }
+
+    pub(super) fn on_peers(&mut self, bytes: &[u8]) -> Result<Received, CloseReason> {
+        let addrs = wire::decode_peers(bytes).ok_or(CloseReason::Protocol("bad peer list"))?;
+        for a in addrs.filter(|a| a.port() != 0 && !a.ip().is_unspecified()) {
+            if self.discovered.is_full() {
+                break;
+            }
+            let _ = self.discovered.push_back(a);
+        }
+        Ok(Received::Nothing)
+    }
+
+    /// Fills `pex_buf` with the listen addresses of our active peers other than `id`.
+    pub(super) fn build_peer_list(&mut self, id: PeerId) -> usize {
+        let mut n = 0;
+        for (p, s) in self.peers.iter().enumerate() {
+            let Some(addr) = s.as_ref().filter(|s| s.is_active() && p != id).and_then(|s| s.listen_addr) else {
+                continue;
+            };
+            if n == MAX_PEX_PEERS {
+                break;
+            }
+            let entry: &mut [u8; PEER_ENTRY] =
+                (&mut self.pex_buf[n * PEER_ENTRY..(n + 1) * PEER_ENTRY]).try_into().expect("entry size");
+            wire::encode_peer(addr, entry);
+            n += 1;
+        }
+        n * PEER_ENTRY
+    }
+}

@@ -1,0 +1,80 @@
+//! Replacing a small file so that a crash leaves either the old one or the new one, whole.
+//!
+//! Write a temporary beside it, sync it, rename it over the old one, then sync the directory so
+//! the rename itself survives a power cut. The resume state, the no-rollback history and the
+//! manifests `publish` writes all go through [`replace_file`].
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+/// `path` with `suffix` appended to its file name (`fw.img` -> `fw.img.part`); unlike
+/// `set_extension`, which would turn `fw.img` into `fw.part`.
+pub fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+/// Replaces `path` with `bytes`: write `path.tmp`, sync it, rename it over `path`, sync the
+/// directory.
+pub fn replace_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    replace_file_via(path, &with_suffix(path, ".tmp"), bytes)
+}
+
+/// [`replace_file`] through a temporary path the caller computed once, so that a caller
+/// replacing the same file often (the resume state) does not allocate each time.
+pub fn replace_file_via(path: &Path, tmp: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut f = File::create(tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(tmp, path)?;
+    sync_dir(parent_dir(path))
+}
+
+/// The directory holding `path` (`.` for a bare file name).
+pub fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// Makes a rename or creation in `dir` durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Best effort: used for leftovers that are harmless if they stay (a stale state file is
+/// ignored once the final file exists).
+pub fn remove_if_present(path: &Path) {
+    match std::fs::remove_file(path) {
+        Ok(()) => log::debug!("removed {}", path.display()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => log::warn!("cannot remove {}: {e}", path.display()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replace_leaves_the_new_bytes_and_no_temporary() {
+        let dir = std::env::temp_dir().join(format!("flotilla-atomic-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("f");
+        replace_file(&path, b"old").unwrap();
+        replace_file(&path, b"new").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"new");
+        assert!(!with_suffix(&path, ".tmp").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn names_and_parents() {
+        assert_eq!(with_suffix(Path::new("/d/fw.img"), ".part"), Path::new("/d/fw.img.part"));
+        assert_eq!(parent_dir(Path::new("fw.img")), Path::new("."));
+        assert_eq!(parent_dir(Path::new("/d/fw.img")), Path::new("/d"));
+    }
+}
