@@ -31,25 +31,6 @@ const MIB: u64 = 1024 * 1024;
 // Helpers of this file (the shared ones are in tests/common/mod.rs)
 // ---------------------------------------------------------------------------------------------
 
-/// A deterministic PRNG (xorshift64) for the kill schedule.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    /// Uniform in [0, 1).
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
 /// What the kill loop needs of the release, beyond the shared helpers.
 impl Release {
     fn count(&self) -> u32 {
@@ -507,7 +488,7 @@ fn kill_loop_never_corrupts_and_refetches_little() {
     let watch = DirWatch::new(&out_dir);
     let target = Target { proxy: &proxy, watch: &watch, out: &out, rel: &rel };
 
-    let mut rng = Rng(0x005e_ed0f_c4a5);
+    let mut rng = flotilla::core::rng::Rng::new(0x005e_ed0f_c4a5);
     let mut durable = vec![false; count];
     let mut kills: Vec<Kill> = Vec::new();
     let mut run = 0usize;

@@ -388,3 +388,40 @@ fn serve_refuses_to_roll_back_to_an_older_release() {
     let log = procs.stderr(second);
     assert_eq!(log.matches("older than release 7").count(), 1, "refusal logged once, not every rescan:\n{log}");
 }
+
+/// A read error while serving (here the file was cut short underneath the daemon) is logged,
+/// sets that release aside, and the daemon keeps serving its other releases. Before the release
+/// type owned every storage error, a failed read stopped the whole daemon. Uses 127.0.0.160-162.
+#[test]
+fn a_read_error_while_serving_sets_that_release_aside_and_the_daemon_serves_on() {
+    let tmp = TempDir::new("read-error");
+    let dir = tmp.path();
+    let broken = make_release(dir, "fw.img", 2 * MIB, 0x160);
+    let other = make_release(dir, "other.img", MIB + 7, 0x161);
+    let mut procs = Procs::in_dir();
+    let s = free_addr(160);
+    let seed = start_seed(&mut procs, dir, &broken, &s, "64M", &[]);
+    // Cut the served file short: the daemon hashed it whole at start, so only reads fail now.
+    fs::OpenOptions::new().write(true).open(broken.data_dir.join("fw.img")).unwrap().set_len(1000).unwrap();
+
+    let out = tmp.sub("fetch");
+    let broken_out = out.join("fw.img");
+    let (manifest, key) = (broken.manifest.to_str().unwrap(), broken.key.as_str());
+    let a = free_addr(161);
+    let args = ["fetch", manifest, "--trust", key, "--out", broken_out.to_str().unwrap(), "--peer", &s];
+    let f = procs.spawn(dir, "fetch-broken", &[&args[..], &["--listen", &a, "--no-discovery"]].concat());
+    procs.wait_for_log(seed, "pausing it for 30 s");
+    assert!(procs.running(seed), "the daemon stopped:\n{}", procs.stderr(seed));
+    assert!(procs.running(f), "the fetcher gave up instead of waiting:\n{}", procs.stderr(f));
+
+    let other_out = out.join("other.img");
+    let b = free_addr(162);
+    let (manifest, out_path) = (other.manifest.to_str().unwrap(), other_out.to_str().unwrap());
+    let args = ["fetch", manifest, "--trust", &other.key, "--out", out_path, "--peer", &s, "--listen", &b];
+    run_ok(dir, &[&args[..], &["--no-discovery"]].concat());
+    assert_eq!(fs::read(&other_out).unwrap(), other.bytes);
+    assert!(procs.running(seed), "the daemon stopped:\n{}", procs.stderr(seed));
+    let log = procs.stderr(seed);
+    assert!(log.contains("fw.img: cannot read"), "the read error is not logged:\n{log}");
+    assert!(!broken_out.exists(), "a release was completed from a broken source");
+}

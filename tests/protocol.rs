@@ -613,3 +613,94 @@ fn a_replayed_fleet_handshake_is_refused() {
     assert_eq!(outcome, Err(CloseReason::Protocol("wrong fleet proof")), "a fresh nonce makes the old proof wrong");
     assert!(!a.session(1).is_some_and(|s| s.is_active()), "the replay was let in");
 }
+
+/// The bug this layout was built to fix: a chunk whose hash checked but whose last block could
+/// not be written was marked ours anyway, so nobody fetched it again and the release never
+/// completed. Now the write's failure is reported, the chunk goes back, and the fetch completes
+/// without a restart, byte-exact.
+#[test]
+fn a_failed_write_of_a_chunks_last_block_is_fetched_again_and_the_release_completes() {
+    let mut sim = Sim::new(1 << 20, 64 * 1024);
+    let seed = sim.add_node(true, 10 * MB, Behaviour::Honest, SwarmConfig::default());
+    let leech = sim.add_node(false, 10 * MB, Behaviour::Honest, SwarmConfig::default());
+    // The last block of chunk 3 (64 KiB chunks, 16 KiB blocks).
+    let last_block = 3 * 64 * 1024 + 3 * 16 * 1024;
+    sim.nodes[leech].release.store_mut().fail_next_write_at(last_block);
+    sim.connect(leech, seed);
+    assert!(sim.run(Duration::from_secs(60)), "the release did not complete after a failed write");
+    sim.assert_copies_correct();
+    assert_eq!(sim.nodes[leech].failures.len(), 1, "the failure is reported once: {:?}", sim.nodes[leech].failures);
+    let stats = sim.nodes[leech].release.stats();
+    assert_eq!(stats.downloaded, sim.original.len() as u64, "the chunk counts once, when it was kept");
+    assert_eq!(stats.wasted, 64 * 1024, "the lost chunk is counted as wasted");
+}
+
+/// A failed write in the middle of a chunk abandons the rest of it and fetches it again.
+#[test]
+fn a_failed_write_mid_chunk_abandons_the_chunk_and_fetches_it_again() {
+    let mut sim = Sim::new(1 << 20, 64 * 1024);
+    let seed = sim.add_node(true, 10 * MB, Behaviour::Honest, SwarmConfig::default());
+    let leech = sim.add_node(false, 10 * MB, Behaviour::Honest, SwarmConfig::default());
+    sim.nodes[leech].release.store_mut().fail_next_write_at(5 * 64 * 1024 + 16 * 1024);
+    sim.connect(leech, seed);
+    assert!(sim.run(Duration::from_secs(60)), "the release did not complete after a failed write");
+    sim.assert_copies_correct();
+    assert_eq!(sim.nodes[leech].failures.len(), 1);
+    let closed = sim.links[0].closed.map(|(_, reason)| reason);
+    assert!(
+        matches!(closed, None | Some(CloseReason::BothComplete)),
+        "a failed write is not the peer's fault: {closed:?}"
+    );
+}
+
+/// A failed commit loses nothing: the chunks stay verified, the next commit (an interval later)
+/// makes them durable, and the release completes.
+#[test]
+fn a_failed_commit_is_retried_and_the_release_completes() {
+    let mut sim = Sim::new(1 << 20, 64 * 1024);
+    let seed = sim.add_node(true, 10 * MB, Behaviour::Honest, SwarmConfig::default());
+    let leech = sim.add_node(false, 10 * MB, Behaviour::Honest, SwarmConfig::default());
+    sim.nodes[leech].release.store_mut().fail_next_commits(3);
+    sim.connect(leech, seed);
+    assert!(sim.run(Duration::from_secs(60)));
+    sim.assert_copies_correct();
+    assert_eq!(sim.nodes[leech].failures.len(), 3);
+    let store = sim.nodes[leech].release.store();
+    assert!(store.committed().is_some_and(|b| b.is_full()), "every chunk was committed in the end");
+}
+
+/// A read failure while serving ends that session without blaming the peer (no offence, so no
+/// ban), is reported, and the peer finishes from another source.
+#[test]
+fn a_read_failure_while_serving_closes_that_session_without_blame() {
+    let mut sim = Sim::new(1 << 20, 64 * 1024);
+    let broken = sim.add_node(true, 20 * MB, Behaviour::Honest, SwarmConfig::default());
+    let seed = sim.add_node(true, MB, Behaviour::Honest, SwarmConfig::default());
+    let leech = sim.add_node(false, 10 * MB, Behaviour::Honest, SwarmConfig::default());
+    sim.nodes[broken].release.store_mut().fail_reads(true);
+    sim.connect(leech, broken);
+    sim.connect(leech, seed);
+    sim.run(Duration::from_secs(60));
+    assert!(sim.nodes[leech].release.is_complete(), "the leech did not complete from the other seed");
+    assert!(sim.nodes[leech].release.store().data() == sim.original);
+    assert!(!sim.nodes[broken].failures.is_empty(), "the read failure was not reported");
+    let (by, reason) = sim.links[0].closed.expect("the broken seed's session was not closed");
+    assert_eq!((by, reason), (broken, CloseReason::LocalStorage));
+    assert!(!reason.is_offence());
+}
+
+/// Commits are batched: chunks become durable (and announced) in groups, not one by one, and
+/// never more than `max_uncommitted` wait.
+#[test]
+fn commits_are_batched_and_bounded() {
+    let mut sim = Sim::new(2 << 20, 16 * 1024);
+    let seed = sim.add_node(true, 100 * MB, Behaviour::Honest, SwarmConfig::default());
+    let leech = sim.add_node(false, 100 * MB, Behaviour::Honest, SwarmConfig::default());
+    sim.connect(leech, seed);
+    assert!(sim.run(Duration::from_secs(60)));
+    sim.assert_copies_correct();
+    let chunks = sim.manifest.chunk_count();
+    let commits = sim.nodes[leech].release.store().commits;
+    assert!(commits < chunks / 2, "{commits} commits for {chunks} chunks: not batched");
+    assert!(commits >= chunks / 8, "{commits} commits for {chunks} chunks: more than 8 waited at once");
+}

@@ -5,6 +5,7 @@
 use super::{runtime, usage, Failure};
 use flotilla::agent::status::fixed;
 use flotilla::core::manifest::{self, SecretKey, SignedManifest};
+use flotilla::core::rng::Rng;
 use lexopt::prelude::*;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -150,17 +151,16 @@ fn prepare(dir: &Path, o: &Options) -> Result<(SignedManifest, String), Failure>
     Ok((m, key.public().to_hex()))
 }
 
-/// Pseudo-random bytes (xorshift), so the demo does not depend on a real image.
+/// Pseudo-random bytes from the core's generator, so the demo does not depend on a real image.
 fn write_random(path: &Path, size: u64) -> std::io::Result<()> {
     let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15 ^ std::process::id() as u64;
+    let mut rng = Rng::new(std::process::id() as u64);
+    let mut buf = [0u8; 64 * 1024];
     let mut left = size;
     while left > 0 {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let n = left.min(8) as usize;
-        f.write_all(&x.to_le_bytes()[..n])?;
+        let n = left.min(buf.len() as u64) as usize;
+        rng.fill(&mut buf[..n]);
+        f.write_all(&buf[..n])?;
         left -= n as u64;
     }
     f.flush()

@@ -157,19 +157,36 @@ mod tests {
     }
 
     #[test]
-    fn garbage_never_decodes() {
-        let mut x: u32 = 1;
-        for len in 0..600 {
-            let d: Vec<u8> = (0..len)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 17;
-                    x ^= x << 5;
-                    x as u8
-                })
-                .collect();
-            assert!(Announcement::decode(&d).is_none());
+    fn random_datagrams_decode_exactly_when_the_format_allows() {
+        // Random bytes alone almost never pass the magic, so every input starts with it and most
+        // with a plausible version and count: the checks past the magic are what is exercised.
+        let mut rng = crate::core::rng::Rng::new(1);
+        let (mut accepted, mut refused) = (0, 0);
+        for _ in 0..20_000 {
+            let count = rng.below(MAX_IDS as u64 + 3) as usize;
+            let len = match rng.below(3) {
+                0 => rng.below(MAX_DATAGRAM as u64 + 40) as usize,
+                _ => HEADER + count * 32,
+            };
+            let mut d = rng.bytes(len.max(MAGIC.len()));
+            d[..MAGIC.len()].copy_from_slice(MAGIC);
+            if d.len() > 20 {
+                d[8] = if rng.below(4) == 0 { rng.next_u64() as u8 } else { VERSION };
+                d[20] = count as u8;
+            }
+            let valid = d.len() >= HEADER
+                && d[8] == VERSION
+                && (d[20] as usize) <= MAX_IDS
+                && d.len() == HEADER + d[20] as usize * 32
+                && u16::from_be_bytes([d[10], d[11]]) != 0;
+            assert_eq!(Announcement::decode(&d).is_some(), valid, "datagram {d:?}");
+            if valid {
+                accepted += 1
+            } else {
+                refused += 1
+            }
         }
+        assert!(accepted > 1000 && refused > 1000, "both outcomes exercised: {accepted} / {refused}");
     }
 
     #[test]

@@ -205,18 +205,9 @@ pub fn wait_for_log(procs: &mut Procs, i: usize, needle: &str) {
     procs.wait_for_log(i, needle);
 }
 
-/// Deterministic pseudo-random bytes (xorshift64), so a failure can be replayed.
+/// Deterministic pseudo-random bytes (the core's seeded generator), so a failure can be replayed.
 pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
+    flotilla::core::rng::Rng::new(seed).bytes(len)
 }
 
 /// A published release: the file in a seed's data directory, its manifest beside it. Test

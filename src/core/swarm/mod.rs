@@ -468,3 +468,126 @@ impl Swarm {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::wire::VERSION;
+
+    const CHUNK: u32 = 16 * 1024;
+
+    /// A swarm of a 12-chunk release holding `have`, with no spreading and a 2-chunk pipeline.
+    fn swarm(have: &[u32], upload_slots: usize) -> Swarm {
+        let m = Manifest {
+            name: "t".into(),
+            release: 1,
+            file_size: 12 * CHUNK as u64,
+            chunk_size: CHUNK,
+            file_hash: [0; 32],
+            chunk_hashes: vec![[0; 32]; 12],
+            signer: [0; 32],
+        };
+        let mut bits = Bitfield::new(12);
+        have.iter().for_each(|&c| _ = bits.set(c));
+        let config = SwarmConfig { spread: false, pipeline_bytes: 2 * CHUNK, upload_slots, ..SwarmConfig::default() };
+        Swarm::new(&m, [9; 32], &bits, config, 7)
+    }
+
+    /// Connects peer `id` (we dialled it) and hands in its Hello and a bitfield of `chunks`.
+    fn join(s: &mut Swarm, id: PeerId, chunks: &[u32], now: Instant) {
+        assert!(s.add_peer(id, true, None, now));
+        let hello =
+            Message::Hello { version: VERSION, swarm: [9; 32], listen_port: 0, node: 100 + id as u64, nonce: [0; 16] };
+        s.handle_message(id, &hello, now).unwrap();
+        let mut bits = Bitfield::new(12);
+        chunks.iter().for_each(|&c| _ = bits.set(c));
+        s.handle_message(id, &Message::Bitfield(Bytes(bits.as_bytes())), now).unwrap();
+    }
+
+    /// The chunks we asked peer `id` for, in order, draining what it has queued.
+    fn requests(s: &mut Swarm, id: PeerId, now: Instant) -> Vec<u32> {
+        let mut out = Vec::new();
+        while let Some(t) = s.poll_transmit(id, now, false) {
+            if let Transmit::Message(Message::Request(c)) = t {
+                out.push(c);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn rarest_chunks_are_asked_for_first() {
+        let now = Instant::now();
+        // Four chunks held: past the random first picks, so rarest-first decides.
+        let mut s = swarm(&[0, 1, 2, 3], 2);
+        join(&mut s, 0, &[4, 5, 6, 7, 8], now);
+        join(&mut s, 1, &[4, 5, 6, 7, 8, 9], now);
+        join(&mut s, 2, &[4, 5, 6, 7, 8, 9, 10, 11], now);
+        // Peer 2 alone has 10 and 11; whatever peers 0 and 1 were asked for, those come first.
+        let mut asked = requests(&mut s, 2, now);
+        asked.sort();
+        assert_eq!(asked, vec![10, 11]);
+    }
+
+    #[test]
+    fn nothing_is_asked_twice_before_the_endgame() {
+        let now = Instant::now();
+        let mut s = swarm(&[0, 1, 2, 3], 2);
+        let all: Vec<u32> = (4..12).collect();
+        for id in 0..4 {
+            join(&mut s, id, &all, now);
+        }
+        let mut asked: Vec<u32> = (0..4).flat_map(|id| requests(&mut s, id, now)).collect();
+        assert_eq!(asked.len(), 8, "four peers, two requests each");
+        asked.sort();
+        assert_eq!(asked, all, "every missing chunk asked for once");
+        // A fifth peer finds everything in flight: it gets one endgame duplicate per chunk at most.
+        join(&mut s, 4, &all, now);
+        let dup = requests(&mut s, 4, now);
+        assert_eq!(dup.len(), 2, "the endgame still fills its pipeline: {dup:?}");
+        assert!(dup.iter().all(|c| all.contains(c)));
+    }
+
+    /// Sends every block peer `id` may have now; returns how many.
+    fn send_blocks(s: &mut Swarm, id: PeerId, now: Instant) -> usize {
+        let mut n = 0;
+        while let Some(t) = s.poll_transmit(id, now, true) {
+            n += matches!(t, Transmit::Block { .. }) as usize;
+        }
+        n
+    }
+
+    #[test]
+    fn a_freed_upload_slot_goes_to_the_waiting_peer_with_the_rarest_chunk() {
+        let now = Instant::now();
+        let mut s = swarm(&(0..12).collect::<Vec<_>>(), 1);
+        // Chunk 1 is held by two peers, chunk 2 by none: 2 is the rarer copy to hand out.
+        join(&mut s, 0, &[1], now);
+        join(&mut s, 1, &[], now);
+        join(&mut s, 2, &[1], now);
+        for (id, chunk) in [(0, 0), (1, 1), (2, 2)] {
+            s.handle_message(id, &Message::Request(chunk), now).unwrap();
+        }
+        assert!(s.wants_block(0) && !s.wants_block(1) && !s.wants_block(2), "one slot, first come");
+        assert_eq!(send_blocks(&mut s, 0, now), 1, "a 16 KiB chunk is one block");
+        assert!(s.wants_block(2), "the slot went to the peer asking for the rarest chunk");
+        assert!(!s.wants_block(1), "the other waits its turn");
+        assert_eq!(send_blocks(&mut s, 2, now), 1);
+        assert!(s.wants_block(1));
+    }
+
+    #[test]
+    fn a_peer_that_finished_its_chunk_waits_behind_the_others() {
+        let now = Instant::now();
+        let mut s = swarm(&(0..12).collect::<Vec<_>>(), 1);
+        join(&mut s, 0, &[], now);
+        join(&mut s, 1, &[], now);
+        s.handle_message(0, &Message::Request(0), now).unwrap();
+        s.handle_message(0, &Message::Request(3), now).unwrap();
+        s.handle_message(1, &Message::Request(4), now).unwrap();
+        assert_eq!(send_blocks(&mut s, 0, now), 1, "one chunk per turn in the slot");
+        assert!(s.wants_block(1) && !s.wants_block(0), "peer 0 rotates to the back");
+        assert_eq!(send_blocks(&mut s, 1, now), 1);
+        assert!(s.wants_block(0), "and gets the slot back for its second chunk");
+    }
+}

@@ -132,7 +132,6 @@ impl Swarm {
         Some(Transmit::Block { chunk, offset, len, file_offset })
     }
 
-    /// After a whole chunk, a peer gives its slot to the next waiting one (if any wait).
     /// After a whole chunk, a peer gives its slot up. The slot goes to the waiting peer whose
     /// next chunk is rarest among our peers: that copy spreads furthest. The peer that just had
     /// its turn waits at the back.
