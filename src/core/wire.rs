@@ -45,7 +45,9 @@ pub enum RefuseReason {
     UnsupportedVersion,
     /// The Hello named a swarm this agent does not serve.
     UnknownSwarm,
-    /// Every connection slot is taken.
+    /// Every connection slot is taken. Never sent (a full agent closes without a frame), but
+    /// its tag 2 is part of version 1 of the wire format: deleting it would make tag 2
+    /// undecodable for a peer that sends it, so it stays until a version bump.
     Busy,
 }
 
