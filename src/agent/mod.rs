@@ -117,6 +117,8 @@ pub struct Agent {
     started: Instant,
     /// Slots that used up their read budget with bytes possibly left: read again next turn.
     unread: Vec<usize>,
+    /// The list of the turn before, swapped with `unread` so that neither is ever reallocated.
+    rereading: Vec<usize>,
     /// A storage failure that stops the agent (without `pause_on_disk_error`).
     fatal: Option<StoreError>,
 }
@@ -133,6 +135,7 @@ impl Agent {
             local: None,
             lan: None,
             unread: Vec::with_capacity(conns.len()),
+            rereading: Vec::with_capacity(conns.len()),
             conns,
             releases: Vec::new(),
             bans: heapless::Deque::new(),
@@ -244,9 +247,11 @@ impl Agent {
                 }
             }
             let now = Instant::now();
-            for slot in std::mem::take(&mut self.unread) {
-                self.on_ready(slot, now);
+            std::mem::swap(&mut self.unread, &mut self.rereading);
+            for i in 0..self.rereading.len() {
+                self.on_ready(self.rereading[i], now);
             }
+            self.rereading.clear();
             for ev in events.iter() {
                 match ev.token() {
                     LISTENER => self.accept(now),
