@@ -73,12 +73,7 @@ pub fn multicast_listener(group: SocketAddrV4, iface: Ipv4Addr) -> io::Result<Ud
             return Err(io::Error::last_os_error());
         }
         let sock = std::net::UdpSocket::from_raw_fd(fd);
-        let one: libc::c_int = 1;
-        let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        if libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, &one as *const _ as *const libc::c_void, len) != 0
-        {
-            return Err(io::Error::last_os_error());
-        }
+        set_option(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, &(1 as libc::c_int))?;
         let (addr, len) = sockaddr(SocketAddr::from(([0, 0, 0, 0], group.port())));
         if libc::bind(fd, &addr as *const _ as *const libc::sockaddr, len) != 0 {
             return Err(io::Error::last_os_error());
@@ -99,20 +94,7 @@ pub fn multicast_sender(from: Ipv4Addr) -> io::Result<std::net::UdpSocket> {
     if !from.is_unspecified() {
         use std::os::fd::AsRawFd;
         let iface = libc::in_addr { s_addr: u32::from_ne_bytes(from.octets()) };
-        let len = std::mem::size_of::<libc::in_addr>() as libc::socklen_t;
-        // SAFETY: a valid in_addr for IP_MULTICAST_IF on a socket we own.
-        let rc = unsafe {
-            libc::setsockopt(
-                sock.as_raw_fd(),
-                libc::IPPROTO_IP,
-                libc::IP_MULTICAST_IF,
-                &iface as *const _ as *const libc::c_void,
-                len,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        set_option(sock.as_raw_fd(), libc::IPPROTO_IP, libc::IP_MULTICAST_IF, &iface)?;
     }
     Ok(sock)
 }
@@ -124,18 +106,16 @@ pub fn multicast_sender(from: Ipv4Addr) -> io::Result<std::net::UdpSocket> {
 /// made long before the bytes leave. With it, epoll reports writable only below the mark.
 pub fn set_notsent_lowat(stream: &TcpStream, bytes: u32) -> io::Result<()> {
     use std::os::fd::AsRawFd;
-    let v = bytes as libc::c_int;
-    let len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: an int option on a socket we own.
-    let rc = unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_NOTSENT_LOWAT,
-            &v as *const _ as *const libc::c_void,
-            len,
-        )
-    };
+    set_option(stream.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_NOTSENT_LOWAT, &(bytes as libc::c_int))
+}
+
+/// `setsockopt(fd, level, name, value)`, the value passed by size: the one place the socket
+/// options above are set.
+fn set_option<T>(fd: libc::c_int, level: libc::c_int, name: libc::c_int, value: &T) -> io::Result<()> {
+    let len = std::mem::size_of::<T>() as libc::socklen_t;
+    // SAFETY: `value` is a live, properly sized T for the duration of the call; the kernel only
+    // reads `len` bytes of it. A bad descriptor or option is reported as an error, not UB.
+    let rc = unsafe { libc::setsockopt(fd, level, name, value as *const T as *const libc::c_void, len) };
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
