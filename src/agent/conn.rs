@@ -293,7 +293,7 @@ impl Agent {
         }
         if why == Ok(CloseReason::SelfConnection) {
             if let Ok(ours) = conn.stream.local_addr() {
-                self.forget_own_address(ours);
+                self.forget_own_address(ours, now);
             }
         }
         let Some(r) = conn.release else { return };

@@ -79,9 +79,9 @@ impl Agent {
     /// We accepted our own dial: the address it reached is ours, learnt from a peer. Only this
     /// end sees the reason (the dialling end sees the close), so it is here that the dial is put
     /// to rest.
-    pub(super) fn forget_own_address(&mut self, ours: SocketAddr) {
+    pub(super) fn forget_own_address(&mut self, ours: SocketAddr, now: Instant) {
         for d in self.releases.iter_mut().flat_map(|h| h.dials.iter_mut()).filter(|d| d.addr == ours) {
-            d.next_try += OWN_ADDRESS;
+            d.next_try = now + OWN_ADDRESS;
         }
     }
 

@@ -16,7 +16,7 @@
 //! drives the very same type with an in-memory store and a fake clock.
 
 use crate::core::bitfield::Bitfield;
-use crate::core::manifest::{Geometry, SignedManifest, SwarmId};
+use crate::core::manifest::{SignedManifest, SwarmId};
 use crate::core::session::CloseReason;
 use crate::core::storage::{Storage, StoreError};
 use crate::core::swarm::{PeerId, Received, Stats, Swarm, SwarmConfig, Transmit, Verdict};
@@ -66,7 +66,6 @@ pub enum Event {
 pub struct Release<S: Storage> {
     name: String,
     release: u64,
-    geometry: Geometry,
     swarm: Swarm,
     store: S,
     config: ReleaseConfig,
@@ -94,7 +93,6 @@ impl<S: Storage> Release<S> {
         Release {
             name: m.manifest.name.clone(),
             release: m.manifest.release,
-            geometry: m.manifest.geometry(),
             swarm,
             store,
             config,
@@ -122,7 +120,7 @@ impl<S: Storage> Release<S> {
 
     /// Size of the release file in bytes.
     pub fn size(&self) -> u64 {
-        self.geometry.file_size
+        self.swarm.geometry().file_size
     }
 
     /// The protocol state, for reading.

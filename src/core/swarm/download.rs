@@ -153,8 +153,7 @@ impl Swarm {
             return Ok(Verdict::Good(chunk));
         }
         self.stats.bad_chunks += 1;
-        self.stats.downloaded -= self.geometry.chunk_len(chunk) as u64;
-        self.stats.wasted += self.geometry.chunk_len(chunk) as u64;
+        self.stats.discard(self.geometry.chunk_len(chunk) as u64);
         let s = self.session_mut(id);
         s.bad_chunks += 1;
         if s.bits.clear(chunk) {
@@ -188,8 +187,7 @@ impl Swarm {
     /// The caller could not write the last block of `chunk` (its hash had checked): the chunk
     /// is not ours after all and goes back to be fetched again.
     pub fn chunk_lost(&mut self, chunk: u32, now: Instant) {
-        self.stats.downloaded -= self.geometry.chunk_len(chunk) as u64;
-        self.stats.wasted += self.geometry.chunk_len(chunk) as u64;
+        self.stats.discard(self.geometry.chunk_len(chunk) as u64);
         self.fill_all(now);
     }
 
@@ -202,8 +200,7 @@ impl Swarm {
         if s.cancel_request(chunk) {
             self.in_flight[chunk as usize] -= 1;
         }
-        self.stats.downloaded -= received as u64;
-        self.stats.wasted += received as u64;
+        self.stats.discard(received as u64);
         self.fill_all(now);
     }
 
@@ -227,7 +224,7 @@ impl Swarm {
     }
 
     /// Records that a verified chunk is now durable: it may be served and is announced.
-    pub fn chunk_committed(&mut self, chunk: u32) {
+    fn chunk_committed(&mut self, chunk: u32) {
         if !self.have.set(chunk) {
             return;
         }

@@ -179,6 +179,14 @@ pub struct Stats {
     pub bad_chunks: u64,
 }
 
+impl Stats {
+    /// Moves `bytes` already counted as downloaded to wasted: a chunk abandoned, lost or bad.
+    fn discard(&mut self, bytes: u64) {
+        self.downloaded -= bytes;
+        self.wasted += bytes;
+    }
+}
+
 impl Swarm {
     /// A swarm for `manifest` whose id is `id`, with the chunks in `have` already on disk.
     /// `seed` drives the random choices, so a test can replay a run exactly.
@@ -220,6 +228,11 @@ impl Swarm {
     /// True once every chunk is durable.
     pub fn is_complete(&self) -> bool {
         self.have.is_full()
+    }
+
+    /// How the release's file divides into chunks.
+    pub fn geometry(&self) -> Geometry {
+        self.geometry
     }
 
     /// Bytes of the release durable on disk.
@@ -289,8 +302,7 @@ impl Swarm {
         }
         if s.hasher.is_some() {
             // The chunk being written from this peer is abandoned half-way.
-            self.stats.downloaded -= s.recv_offset as u64;
-            self.stats.wasted += s.recv_offset as u64;
+            self.stats.discard(s.recv_offset as u64);
         }
         for r in s.requested.iter().filter(|r| !r.cancelled) {
             self.in_flight[r.chunk as usize] -= 1;
