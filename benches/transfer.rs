@@ -13,6 +13,10 @@
 //! 3. CPU time (user + sys, from `wait4`) of the big fetch against `openssl dgst -sha256` of the
 //!    same file, median of 3 each.
 //!
+//! `FLOTILLA_BENCH_FLEET=1` runs every seed and fetch with a fleet secret (`keygen
+//! --fleet-secret`), so every frame is sealed with ChaCha20-Poly1305: the same figures, against
+//! the same references, show what encryption costs.
+//!
 //! Sizes: `FLOTILLA_BENCH_MIB` (default 256) for the throughput release, `FLOTILLA_BENCH_BIG_MIB`
 //! (default 1024) for the big RSS/CPU release; the small one is 64 MiB. Files are pseudo-random,
 //! generated in a temporary directory that is removed at the end, also on failure.
@@ -115,6 +119,8 @@ struct Bench {
     seeds: Vec<Seed>,
     mib: u64,
     big_mib: u64,
+    /// The fleet secret file every agent is given, with `FLOTILLA_BENCH_FLEET=1`.
+    fleet: Option<PathBuf>,
 }
 
 impl Drop for Bench {
@@ -138,7 +144,8 @@ impl Bench {
         let dir = std::env::temp_dir().join(format!("flotilla-bench-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-        Ok(Bench { bin, dir, pubkey: String::new(), seeds: Vec::new(), mib, big_mib })
+        let fleet = std::env::var("FLOTILLA_BENCH_FLEET").is_ok_and(|v| v == "1").then(|| dir.join("fleet.secret"));
+        Ok(Bench { bin, dir, pubkey: String::new(), seeds: Vec::new(), mib, big_mib, fleet })
     }
 
     fn run(&mut self) -> Res<String> {
@@ -146,6 +153,10 @@ impl Bench {
         println!("  work dir {}", self.dir.display());
         let key = self.dir.join("bench.key");
         self.pubkey = output(Command::new(&self.bin).arg("keygen").arg("--secret").arg(&key))?.trim().to_owned();
+        if let Some(fleet) = &self.fleet {
+            output(Command::new(&self.bin).arg("keygen").arg("--fleet-secret").arg(fleet))?;
+            println!("  every agent holds a fleet secret: every frame sealed (ChaCha20-Poly1305)");
+        }
 
         // Every release lives in its seed's --data directory; fetches go to `out/`.
         let seed_a = self.dir.join("seed-a");
@@ -300,6 +311,14 @@ impl Bench {
         Ok(s)
     }
 
+    /// `--fleet-secret FILE` when the bench runs with a fleet secret, else nothing.
+    fn fleet_args(&self) -> Vec<std::ffi::OsString> {
+        match &self.fleet {
+            Some(f) => vec!["--fleet-secret".into(), f.into()],
+            None => Vec::new(),
+        }
+    }
+
     /// Writes `size` pseudo-random bytes to `dir/name`, synced so that its writeback does not
     /// run during the measurements, and publishes it beside itself; returns the file's path.
     fn make_release(&self, dir: &Path, name: &str, size: u64, seed: u64, key: &Path) -> Res<PathBuf> {
@@ -325,6 +344,7 @@ impl Bench {
             .arg(addr.to_string())
             .arg("--trust")
             .arg(&self.pubkey)
+            .args(self.fleet_args())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(err)
@@ -374,7 +394,8 @@ impl Bench {
             .arg(&dest)
             .args(["--listen", "127.0.0.2:0", "--peer"])
             .arg(self.seeds[i].addr.to_string())
-            .args(["--seed-for", "0"]);
+            .args(["--seed-for", "0"])
+            .args(self.fleet_args());
         // Generous: 10 MB/s plus a minute. A fetch that has not finished by then is stuck.
         let size = fs::metadata(release).map(|m| m.len()).unwrap_or(0);
         let u = run_measured(&mut cmd, Some(&log), Duration::from_secs(60 + size / 10_000_000))?;

@@ -7,7 +7,8 @@ use flotilla::core::bitfield::Bitfield;
 use flotilla::core::manifest::{Manifest, SignedManifest};
 use flotilla::core::release::{Event, Release, ReleaseConfig};
 use flotilla::core::rng::Rng;
-use flotilla::core::wire::{self, MAX_FRAME};
+use flotilla::core::swarm::NewPeer;
+use flotilla::core::wire::MAX_FRAME;
 use flotilla::store::memory::MemStore;
 use sha2::{Digest, Sha256};
 use std::time::{Duration, Instant};
@@ -35,8 +36,9 @@ fn main() {
     let fetch_store = MemStore::new("fetch/fw.img", image.len() as u64);
     let mut fetch = Release::new(&m, fetch_store, &Bitfield::new(n), config(2), 2, now);
     // Connection slot 0 on both sides: the fetcher dialled the seed.
-    fetch.add_peer(0, true, None, now);
-    seed.add_peer(0, false, None, now);
+    // Nonces come from the OS's CSPRNG in a real agent (they key the fleet channel).
+    fetch.add_peer(0, NewPeer { outbound: true, remote: None, nonce: [1; 16] }, now);
+    seed.add_peer(0, NewPeer { outbound: false, remote: None, nonce: [2; 16] }, now);
 
     let mut frame = vec![0u8; MAX_FRAME];
     while !fetch.is_complete() {
@@ -62,7 +64,6 @@ fn main() {
 /// Moves every frame `from` wants sent on slot 0 to `to`: your sockets, in a real agent.
 fn carry(from: &mut Release<MemStore>, to: &mut Release<MemStore>, now: Instant, frame: &mut [u8]) {
     while let Some(len) = from.poll_transmit(0, now, true, frame) {
-        let (payload, _) = wire::parse_frame(&frame[..len]).expect("whole frame").expect("one frame");
-        to.handle_frame(0, payload, now);
+        to.handle_frame(0, &mut frame[..len], now); // one whole frame, as wire::frame_len cuts them
     }
 }

@@ -663,11 +663,15 @@ fn fleet_secret_admits_members_only() {
     let dir = tmp.path();
     let rel = make_release(dir, 2 * MIB as usize, "64K", 0x81);
     let secret = dir.join("fleet.secret");
-    fs::write(&secret, random_bytes(32, 0x82)).unwrap();
+    run_ok(dir, &["keygen", "--fleet-secret", secret.to_str().unwrap()]);
     let wrong = dir.join("wrong.secret");
-    fs::write(&wrong, random_bytes(32, 0x85)).unwrap(); // (seeds differ after `| 1`)
+    run_ok(dir, &["keygen", "--fleet-secret", wrong.to_str().unwrap()]);
     let short = dir.join("short.secret");
     fs::write(&short, b"too short").unwrap();
+    fs::set_permissions(&short, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let readable = dir.join("readable.secret");
+    fs::write(&readable, random_bytes(32, 0x86)).unwrap();
+    fs::set_permissions(&readable, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
     let mut procs = Procs::default();
     let seed = free_addr(81).to_string();
     let data = rel.data_dir.to_str().unwrap();
@@ -698,15 +702,129 @@ fn fleet_secret_admits_members_only() {
         assert!(!out.exists(), "an outsider got the file");
         assert_eq!(state_chunks(out, &rel).unwrap_or(0), 0, "an outsider got chunks");
     }
-    for i in [outsider, stranger] {
-        let log = procs.stderr(i);
-        assert!(log.contains("fleet"), "the refusal is explained:\n{log}");
-    }
+    // The seed says why each was closed, and bans neither: a secret not shared is no offence.
+    let seed_log = procs.stderr(s);
+    assert!(seed_log.contains("only one side holds a fleet secret"), "the outsider's close:\n{seed_log}");
+    assert!(seed_log.contains("a frame failed authentication"), "the stranger's close:\n{seed_log}");
+    assert!(!seed_log.contains("banned"), "a non-member was banned:\n{seed_log}");
 
     let refused = run(
         dir,
         &["fetch", rel.manifest_arg(), "--trust", &rel.key, "--out", "x", "--fleet-secret", short.to_str().unwrap()],
     );
     assert_eq!(refused.code, 2, "{}", refused.stderr);
-    assert!(refused.stderr.contains("at least 16"), "{}", refused.stderr);
+    assert!(refused.stderr.contains("at least 32"), "{}", refused.stderr);
+    let refused = run(
+        dir,
+        &["fetch", rel.manifest_arg(), "--trust", &rel.key, "--out", "x", "--fleet-secret", readable.to_str().unwrap()],
+    );
+    assert_eq!(refused.code, 2, "{}", refused.stderr);
+    assert!(refused.stderr.contains("readable by others"), "{}", refused.stderr);
+}
+
+/// A TCP relay between a fetcher and a seed that records what the seed sends and can flip one
+/// byte of that stream once `flip_after` bytes have passed on its first connection.
+struct Relay {
+    addr: SocketAddr,
+    recorded: Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+fn start_relay(x: u8, to: SocketAddr, flip_after: Option<usize>) -> Relay {
+    let listener = TcpListener::bind(free_addr(x)).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let recorded = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let rec = recorded.clone();
+    std::thread::spawn(move || {
+        for (n, inbound) in listener.incoming().enumerate() {
+            let Ok(inbound) = inbound else { return };
+            let Ok(outbound) = TcpStream::connect(to) else { return };
+            let (mut a_in, mut a_out) = (inbound.try_clone().unwrap(), inbound);
+            let (mut b_in, mut b_out) = (outbound.try_clone().unwrap(), outbound);
+            std::thread::spawn(move || std::io::copy(&mut a_in, &mut b_out));
+            let rec = rec.clone();
+            let flip = flip_after.filter(|_| n == 0);
+            std::thread::spawn(move || {
+                let (mut buf, mut passed) = (vec![0u8; 65536], 0usize);
+                while let Ok(k) = b_in.read(&mut buf) {
+                    if k == 0 {
+                        break;
+                    }
+                    if let Some(at) = flip.filter(|&at| passed <= at && at < passed + k) {
+                        buf[at - passed] ^= 0x40;
+                    }
+                    passed += k;
+                    rec.lock().unwrap().extend_from_slice(&buf[..k]);
+                    if a_out.write_all(&buf[..k]).is_err() {
+                        break;
+                    }
+                }
+                let _ = a_out.shutdown(std::net::Shutdown::Both);
+            });
+        }
+    });
+    Relay { addr, recorded }
+}
+
+/// True if some 64-byte run of `image` appears anywhere in `stream` (every such run holds a
+/// whole 32-byte window of the image at a 32-aligned offset, which is what is looked for).
+fn leaks(image: &[u8], stream: &[u8]) -> bool {
+    let windows: std::collections::HashSet<&[u8]> = image.chunks_exact(32).collect();
+    stream.windows(32).any(|w| windows.contains(w))
+}
+
+/// With a fleet secret, a relay in the path (finding 1 of the transport issue) forwards only
+/// ciphertext: no 64-byte run of the image appears in what it recorded, and one byte it flips
+/// after the handshake closes that connection without a ban; the fetch completes byte-exact
+/// through it. Without a secret, the same recording does show the image (the check can fail).
+#[test]
+fn a_relay_sees_only_ciphertext_and_cannot_alter_a_frame() {
+    let tmp = TempDir::new("relay");
+    let dir = tmp.path();
+    let rel = make_release(dir, 2 * MIB as usize, "64K", 0x91);
+    let image = fs::read(rel.data_dir.join("fw.img")).unwrap();
+    let secret = dir.join("fleet.secret");
+    run_ok(dir, &["keygen", "--fleet-secret", secret.to_str().unwrap()]);
+    let secret = secret.to_str().unwrap();
+    let mut procs = Procs::default();
+
+    let seed = free_addr(91);
+    let data = rel.data_dir.to_str().unwrap();
+    let seed_args =
+        ["serve", "--data", data, "--listen", &seed.to_string(), "--no-discovery", "--fleet-secret", secret];
+    let s = procs.spawn(dir, "seed", &seed_args);
+    wait_for_log(&mut procs, s, "listening on");
+    // Past the handshake (two Hellos and the proofs are well under 2 KB), inside the data.
+    let relay = start_relay(92, seed, Some(100_000));
+    let out = tmp.sub("member").join("fw.img");
+    let (relay_addr, listen) = (relay.addr.to_string(), free_addr(93).to_string());
+    let mut args = vec!["fetch", rel.manifest_arg(), "--trust", &rel.key, "--out", out.to_str().unwrap()];
+    args.extend(["--listen", &listen, "--peer", &relay_addr, "--no-discovery", "--fleet-secret", secret]);
+    let f = procs.spawn(dir, "member", &args);
+    let status = procs.wait(f);
+    assert!(status.success(), "the fetch through the relay failed ({status}):\n{}", procs.stderr(f));
+    assert_release(dir, &out, &rel);
+    let recorded = relay.recorded.lock().unwrap().clone();
+    assert!(recorded.len() as u64 >= 2 * MIB, "the relay carried the release: {} bytes", recorded.len());
+    assert!(!leaks(&image, &recorded), "the relay saw the image in clear");
+    let log = procs.stderr(f);
+    assert!(log.contains("a frame failed authentication"), "the flipped byte was not caught:\n{log}");
+    assert!(!log.contains("banned"), "the honest seed was banned for the relay's flip:\n{log}");
+
+    // The control: the same relay without a fleet secret carries the image in clear.
+    let plain_seed = free_addr(94);
+    let s2 = procs.spawn(
+        dir,
+        "plain-seed",
+        &["serve", "--data", data, "--listen", &plain_seed.to_string(), "--no-discovery", "--trust", &rel.key],
+    );
+    wait_for_log(&mut procs, s2, "listening on");
+    let plain_relay = start_relay(95, plain_seed, None);
+    let plain_out = tmp.sub("plain").join("fw.img");
+    let (plain_relay_addr, plain_listen) = (plain_relay.addr.to_string(), free_addr(96).to_string());
+    let mut args = vec!["fetch", rel.manifest_arg(), "--trust", &rel.key, "--out", plain_out.to_str().unwrap()];
+    args.extend(["--listen", &plain_listen, "--peer", &plain_relay_addr, "--no-discovery"]);
+    let p = procs.spawn(dir, "plain", &args);
+    let status = procs.wait(p);
+    assert!(status.success(), "{}", procs.stderr(p));
+    assert!(leaks(&image, &plain_relay.recorded.lock().unwrap()), "the leak check cannot see a clear image");
 }

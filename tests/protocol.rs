@@ -10,7 +10,7 @@ use flotilla::core::release::{Event, Release, ReleaseConfig};
 use flotilla::core::rng::Rng;
 use flotilla::core::session::CloseReason;
 use flotilla::core::storage::StoreError;
-use flotilla::core::swarm::{PeerId, Swarm, SwarmConfig, Transmit};
+use flotilla::core::swarm::{NewPeer, PeerId, Swarm, SwarmConfig, Transmit};
 use flotilla::core::wire::{self, Bytes, Message, MAX_FRAME, VERSION};
 use flotilla::store::memory::MemStore;
 use sha2::{Digest, Sha256};
@@ -83,6 +83,8 @@ struct Sim {
     seq: u64,
     /// Dial the addresses peer exchange teaches.
     follow_pex: bool,
+    /// Nonces for the Hellos.
+    rng: Rng,
 }
 
 /// Fixed data of a given length from a seed.
@@ -120,6 +122,7 @@ impl Sim {
             queue: BinaryHeap::new(),
             seq: 0,
             follow_pex: false,
+            rng: Rng::new(99),
         }
     }
 
@@ -142,8 +145,12 @@ impl Sim {
     fn connect(&mut self, a: usize, b: usize) {
         let id = self.links.len();
         self.links.push(Link { ends: [a, b], closed: None });
-        assert!(self.nodes[a].release.add_peer(id, true, Some(Self::addr(b)), self.now));
-        assert!(self.nodes[b].release.add_peer(id, false, Some(Self::addr(a)), self.now));
+        let (na, nb) = (self.rng.next_u64().to_le_bytes(), self.rng.next_u64().to_le_bytes());
+        let nonce = |n: [u8; 8]| [n, n].concat().try_into().unwrap();
+        let dialler = NewPeer { outbound: true, remote: Some(Self::addr(b)), nonce: nonce(na) };
+        let acceptor = NewPeer { outbound: false, remote: Some(Self::addr(a)), nonce: nonce(nb) };
+        assert!(self.nodes[a].release.add_peer(id, dialler, self.now));
+        assert!(self.nodes[b].release.add_peer(id, acceptor, self.now));
     }
 
     /// A node's address: 10.0.0.x, listening on 7070.
@@ -197,8 +204,9 @@ impl Sim {
             let mut buf = vec![0u8; MAX_FRAME];
             let len = n.release.poll_transmit(link, now, true, &mut buf)?;
             buf.truncate(len);
-            let (payload, _) = wire::parse_frame(&buf).unwrap().unwrap();
-            let is_block = matches!(wire::decode_message(payload).unwrap(), Message::Block { .. });
+            // Liars have no fleet secret, so their frames are plain and can be looked into.
+            let is_block = n.behaviour != Behaviour::Honest
+                && matches!(wire::decode_message(wire::check_crc(&buf).unwrap()).unwrap(), Message::Block { .. });
             match n.behaviour {
                 Behaviour::Mute if is_block => continue,
                 Behaviour::Corrupt if is_block => {
@@ -212,13 +220,12 @@ impl Sim {
         }
     }
 
-    fn deliver(&mut self, d: Delivery) {
+    fn deliver(&mut self, mut d: Delivery) {
         if self.links[d.conn].closed.is_some() {
             return;
         }
-        let (payload, _) = wire::parse_frame(&d.frame).unwrap().unwrap();
         let now = self.now;
-        self.nodes[d.to].release.handle_frame(d.conn, payload, now);
+        self.nodes[d.to].release.handle_frame(d.conn, &mut d.frame, now);
     }
 
     fn close(&mut self, link: usize, by: usize, reason: CloseReason) {
@@ -392,13 +399,18 @@ fn upload_rate_limit_holds_within_ten_percent() {
     assert!((took - ideal).abs() / ideal < 0.10, "took {took:.2} s at a cap that allows {ideal:.2} s");
 }
 
+/// An accepted connection with a fixed nonce.
+fn inbound() -> NewPeer {
+    NewPeer { outbound: false, remote: None, nonce: [1; 16] }
+}
+
 /// A lone swarm and session to poke with hand-made messages.
 fn poked() -> (Swarm, Instant) {
     let original = data(256 * 1024, 1);
     let m = manifest_for(&original, 64 * 1024);
     let mut s = Swarm::new(&m, SWARM, &Bitfield::new(4), SwarmConfig::default(), 1);
     let now = Instant::now();
-    assert!(s.add_peer(0, false, None, now));
+    assert!(s.add_peer(0, inbound(), now));
     (s, now)
 }
 
@@ -436,7 +448,7 @@ fn requests_beyond_the_pipeline_cap_close_the_connection() {
     let m = manifest_for(&original, 16 * 1024);
     let mut s = Swarm::new(&m, SWARM, &Bitfield::full(16), SwarmConfig::default(), 1);
     let now = Instant::now();
-    s.add_peer(0, false, None, now);
+    s.add_peer(0, inbound(), now);
     s.handle_message(0, &hello(SWARM), now).unwrap();
     for c in 0..16 {
         s.handle_message(0, &Message::Request(c), now).unwrap();
@@ -530,7 +542,16 @@ fn download_rate_limit_holds_within_ten_percent() {
 }
 
 fn fleet(key: &[u8]) -> SwarmConfig {
-    SwarmConfig { fleet_key: Some(flotilla::core::auth::fleet_key(key)), ..SwarmConfig::default() }
+    fleet_of(&[key])
+}
+
+/// A config holding these fleet secrets, the first used to dial.
+fn fleet_of(secrets: &[&[u8]]) -> SwarmConfig {
+    let mut fleet_keys = flotilla::core::auth::FleetKeys::default();
+    for secret in secrets {
+        assert!(fleet_keys.push(flotilla::core::auth::fleet_key(secret)));
+    }
+    SwarmConfig { fleet_keys, ..SwarmConfig::default() }
 }
 
 #[test]
@@ -545,12 +566,11 @@ fn fleet_members_exchange_and_outsiders_get_nothing() {
     sim.connect(stranger, seed);
     sim.run(Duration::from_secs(30));
     assert!(sim.nodes[member].release.is_complete() && sim.nodes[member].release.store().data() == sim.original);
-    for (link, who) in [(1, "no secret"), (2, "another secret")] {
-        assert!(
-            matches!(sim.links[link].closed, Some((_, CloseReason::Protocol(_)))),
-            "{who}: {:?}",
-            sim.links[link].closed
-        );
+    // Neither is the peer's offence: a member is never banned over a secret it does not share.
+    let expected = [(1, CloseReason::FleetMismatch), (2, CloseReason::Unauthenticated)];
+    for (link, reason) in expected {
+        assert_eq!(sim.links[link].closed.map(|(_, r)| r), Some(reason));
+        assert!(!reason.is_offence());
     }
     for n in [outsider, stranger] {
         assert_eq!(sim.nodes[n].release.stats().downloaded, 0, "an outsider got data");
@@ -561,22 +581,34 @@ fn fleet_members_exchange_and_outsiders_get_nothing() {
     }
 }
 
-/// Runs the handshake between `dialler` (slot 0) and `acceptor` (slot `slot`) by hand, and
-/// returns every frame the dialler sent, for replaying.
+/// The next frame `from` sends on `slot`, encoded and sealed as it would go on the wire.
+fn next_frame(from: &mut Swarm, slot: usize, now: Instant) -> Option<Vec<u8>> {
+    let Transmit::Message(m) = from.poll_transmit(slot, now, false)? else { return None };
+    let hello = matches!(m, Message::Hello { .. });
+    let mut buf = vec![0u8; MAX_FRAME];
+    let n = wire::encode_frame(&m, &mut buf).unwrap();
+    let n = from.seal_frame(slot, &mut buf, n, hello);
+    buf.truncate(n);
+    Some(buf)
+}
+
+/// Hands a whole frame to `to` on `slot` as the release does: open (tag or crc), then decode.
+fn take_frame(to: &mut Swarm, slot: usize, mut frame: Vec<u8>, now: Instant) -> Result<(), CloseReason> {
+    let payload = to.open_frame(slot, &mut frame)?;
+    to.handle_message(slot, &wire::decode_message(payload).unwrap(), now).map(|_| ())
+}
+
+/// Runs the handshake between `dialler` (slot 0) and `acceptor` (slot `slot`) by hand, frame by
+/// frame, and returns every frame the dialler sent, for replaying.
 fn handshake(dialler: &mut Swarm, acceptor: &mut Swarm, slot: usize, now: Instant) -> Vec<Vec<u8>> {
     let mut sent = Vec::new();
     for _ in 0..4 {
-        while let Some(t) = dialler.poll_transmit(0, now, false) {
-            let Transmit::Message(m) = t else { continue };
-            let mut buf = vec![0u8; MAX_FRAME];
-            let n = wire::encode_frame(&m, &mut buf).unwrap();
-            buf.truncate(n);
-            let (payload, _) = wire::parse_frame(&buf).unwrap().unwrap();
-            let _ = acceptor.handle_message(slot, &wire::decode_message(payload).unwrap(), now);
-            sent.push(buf);
+        while let Some(frame) = next_frame(dialler, 0, now) {
+            let _ = take_frame(acceptor, slot, frame.clone(), now);
+            sent.push(frame);
         }
-        while let Some(Transmit::Message(m)) = acceptor.poll_transmit(slot, now, false) {
-            let _ = dialler.handle_message(0, &m, now);
+        while let Some(frame) = next_frame(acceptor, slot, now) {
+            let _ = take_frame(dialler, 0, frame, now);
         }
     }
     sent
@@ -593,24 +625,28 @@ fn a_replayed_fleet_handshake_is_refused() {
     };
     let (mut a, mut b) = (seeded(1, true), seeded(2, false));
     let now = Instant::now();
-    a.add_peer(0, false, None, now);
-    b.add_peer(0, true, None, now);
+    a.add_peer(0, inbound(), now);
+    b.add_peer(0, NewPeer { outbound: true, remote: None, nonce: [2; 16] }, now);
     let recorded = handshake(&mut b, &mut a, 0, now);
     assert!(a.session(0).unwrap().is_active(), "the genuine handshake completes");
+    assert!(b.session(0).unwrap().is_active(), "on both ends");
     assert!(recorded.len() >= 2, "Hello and Auth were recorded");
 
-    // The genuine connection ends; an eavesdropper replays the dialler's Hello and proof.
+    // The genuine connection ends; an eavesdropper replays the dialler's Hello and sealed proof.
     a.remove_peer(0, now);
-    a.add_peer(1, false, None, now);
-    let mut outcome = Ok(flotilla::core::swarm::Received::Nothing);
-    for frame in &recorded {
-        let (payload, _) = wire::parse_frame(frame).unwrap().unwrap();
-        outcome = a.handle_message(1, &wire::decode_message(payload).unwrap(), now);
+    a.add_peer(1, NewPeer { nonce: [3; 16], ..inbound() }, now);
+    let mut outcome = Ok(());
+    for frame in recorded {
+        outcome = take_frame(&mut a, 1, frame, now);
         if outcome.is_err() {
             break;
         }
     }
-    assert_eq!(outcome, Err(CloseReason::Protocol("wrong fleet proof")), "a fresh nonce makes the old proof wrong");
+    assert_eq!(
+        outcome,
+        Err(CloseReason::Unauthenticated),
+        "a fresh nonce gives fresh keys: the old frames do not open"
+    );
     assert!(!a.session(1).is_some_and(|s| s.is_active()), "the replay was let in");
 }
 
@@ -703,4 +739,57 @@ fn commits_are_batched_and_bounded() {
     let commits = sim.nodes[leech].release.store().commits;
     assert!(commits < chunks / 2, "{commits} commits for {chunks} chunks: not batched");
     assert!(commits >= chunks / 8, "{commits} commits for {chunks} chunks: more than 8 waited at once");
+}
+
+/// A secret rotation: a seed holding both the old and the new secret serves a device still on
+/// the old one and a device already on the new one; nothing is banned and both complete.
+#[test]
+fn a_fleet_rolls_to_a_new_secret_without_a_flag_day() {
+    let (old, new): (&[u8], &[u8]) = (b"the old fleet secret, 32 bytes..", b"the new fleet secret, 32 bytes..");
+    let mut sim = Sim::new(1 << 20, 64 * 1024);
+    let seed = sim.add_node(true, 10 * MB, Behaviour::Honest, fleet_of(&[new, old]));
+    let on_old = sim.add_node(false, 10 * MB, Behaviour::Honest, fleet_of(&[old]));
+    let on_new = sim.add_node(false, 10 * MB, Behaviour::Honest, fleet_of(&[new]));
+    // The device on the new secret also dials the one still on the old: that link fails, without
+    // blame, and the device gets everything from the seed.
+    sim.connect(on_old, seed);
+    sim.connect(on_new, seed);
+    sim.connect(on_new, on_old);
+    assert!(sim.run(Duration::from_secs(60)), "a device did not complete during the rotation");
+    sim.assert_copies_correct();
+    for link in &sim.links {
+        if let Some((_, reason)) = link.closed {
+            assert!(!reason.is_offence(), "an offence during a rotation: {reason:?}");
+        }
+    }
+    assert_eq!(sim.links[2].closed.map(|(_, r)| r), Some(CloseReason::Unauthenticated));
+}
+
+/// Sealed frames cannot be altered: a flipped bit in any sealed frame closes the connection
+/// without blame, and the receiver never acts on the altered bytes.
+#[test]
+fn a_flipped_bit_in_a_sealed_frame_closes_without_blame() {
+    let original = data(256 * 1024, 5);
+    let m = manifest_for(&original, 64 * 1024);
+    let key = b"the fleet's shared secret, 32 by";
+    let make = |node: u64, full: bool| {
+        let have = if full { Bitfield::full(4) } else { Bitfield::new(4) };
+        Swarm::new(&m, SWARM, &have, SwarmConfig { node, ..fleet(key) }, node)
+    };
+    let now = Instant::now();
+    let (mut seed, mut fetch) = (make(1, true), make(2, false));
+    seed.add_peer(0, inbound(), now);
+    fetch.add_peer(0, NewPeer { outbound: true, remote: None, nonce: [2; 16] }, now);
+    handshake(&mut fetch, &mut seed, 0, now);
+    assert!(fetch.session(0).unwrap().is_active());
+    // The seed's next frame (a keepalive, after 21 s of quiet) with one bit flipped.
+    let later = now + Duration::from_secs(21);
+    seed.handle_timeout(later);
+    let frame = next_frame(&mut seed, 0, later).expect("the seed has something to say");
+    assert_eq!(&frame[4..8], &[0; 4], "a sealed frame carries no crc");
+    let mut bad = frame.clone();
+    let at = bad.len() / 2;
+    bad[at] ^= 0x01;
+    assert_eq!(take_frame(&mut fetch, 0, bad, later), Err(CloseReason::Unauthenticated));
+    assert!(!CloseReason::Unauthenticated.is_offence());
 }

@@ -22,8 +22,9 @@ pub struct AgentConfig {
     pub max_upload_rate: u64,
     /// Download cap per release in bytes per second, 0 for none.
     pub max_download_rate: u64,
-    /// With a fleet secret, only peers proving they hold it get anything (see [`crate::core::auth`]).
-    pub fleet_key: Option<crate::core::auth::FleetKey>,
+    /// With fleet secrets, only members talk, over a sealed channel (see [`crate::core::auth`]):
+    /// the first key dials, any is accepted.
+    pub fleet_keys: crate::core::auth::FleetKeys,
     /// On a storage failure, set the release aside for a while instead of stopping the agent.
     pub pause_on_disk_error: bool,
     /// Longest a verified chunk waits before it is made durable and announced.
@@ -51,7 +52,7 @@ impl Default for AgentConfig {
             upload_slots: 2,
             max_upload_rate: 0,
             max_download_rate: 0,
-            fleet_key: None,
+            fleet_keys: crate::core::auth::FleetKeys::default(),
             pause_on_disk_error: false,
             commit_interval: Duration::from_millis(100),
             disk_retry: Duration::from_secs(30),
@@ -76,6 +77,8 @@ pub enum AgentError {
     Status(PathBuf, io::Error),
     /// Adding a release would pass `max_releases`.
     TooManyReleases(usize),
+    /// The kernel's random source failed.
+    Random(io::Error),
 }
 
 impl std::fmt::Display for AgentError {
@@ -85,6 +88,7 @@ impl std::fmt::Display for AgentError {
             AgentError::Poll(e) => write!(f, "event loop failed: {e}"),
             AgentError::Store(e) => write!(f, "{e}"),
             AgentError::Status(p, e) => write!(f, "cannot open the status socket {}: {e}", p.display()),
+            AgentError::Random(e) => write!(f, "cannot read random bytes from the kernel: {e}"),
             AgentError::TooManyReleases(n) => {
                 write!(f, "already holding {n} releases, the most allowed (--max-releases)")
             }

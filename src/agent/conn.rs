@@ -7,6 +7,7 @@
 
 use super::{dial, sys, Agent, HANDSHAKE_TIMEOUT};
 use crate::core::session::{hello_refusal, CloseReason};
+use crate::core::swarm::NewPeer;
 use crate::core::wire::{self, Message, RefuseReason, MAX_FRAME};
 use mio::net::TcpStream;
 use mio::{Interest, Token};
@@ -133,7 +134,11 @@ impl Agent {
                     conn.connecting = false;
                     log::debug!("connected to {}", conn.addr);
                     let (r, addr, opened_at) = (conn.release.unwrap_or(0), conn.addr, conn.opened_at);
-                    self.releases[r].release.add_peer(slot, true, Some(addr), opened_at);
+                    let Ok(nonce) = sys::random_nonce() else {
+                        return self.close(slot, Err("no randomness for a nonce"), now);
+                    };
+                    let new = NewPeer { outbound: true, remote: Some(addr), nonce };
+                    self.releases[r].release.add_peer(slot, new, opened_at);
                 }
                 (Ok(None), Err(e)) if e.kind() == io::ErrorKind::NotConnected => return,
                 (Ok(Some(e)), _) | (Err(e), _) | (Ok(None), Err(e)) => {
@@ -186,22 +191,26 @@ impl Agent {
         let mut pos = 0;
         let mut open = true;
         while open {
-            let frame = wire::parse_frame(&conn.rbuf[pos..conn.rlen]);
-            let Some((payload, used)) = frame.map_err(|_| Ok(CloseReason::Protocol("bad frame")))? else { break };
+            let len =
+                wire::frame_len(&conn.rbuf[pos..conn.rlen]).map_err(|_| Ok(CloseReason::Protocol("bad frame")))?;
+            let Some(len) = len else { break };
+            let frame = &mut conn.rbuf[pos..pos + len];
             let r = match conn.release {
                 Some(r) => r,
                 None => {
-                    let r = route(releases, payload, now).map_err(|refusal| {
+                    let r = route(releases, frame, now).map_err(|refusal| {
                         refuse(&mut conn.stream, refusal);
                         Err("refused its hello")
                     })?;
+                    let nonce = sys::random_nonce().map_err(|_| Err("no randomness for a nonce"))?;
+                    let new = NewPeer { outbound: false, remote: Some(conn.addr), nonce };
                     conn.release = Some(r);
-                    releases[r].release.add_peer(slot, false, Some(conn.addr), conn.opened_at);
+                    releases[r].release.add_peer(slot, new, conn.opened_at);
                     r
                 }
             };
-            open = releases[r].release.handle_frame(slot, payload, now);
-            pos += used;
+            open = releases[r].release.handle_frame(slot, frame, now);
+            pos += len;
         }
         conn.rbuf.copy_within(pos..conn.rlen, 0);
         conn.rlen -= pos;
@@ -306,10 +315,10 @@ impl Agent {
     }
 }
 
-/// Picks the release an inbound connection's first frame (its Hello) asks for. A release set
-/// aside after a storage failure takes no new peers until it is retried.
-fn route(releases: &[super::Held], payload: &[u8], now: Instant) -> Result<usize, RefuseReason> {
-    let Ok(Message::Hello { version, swarm, .. }) = wire::decode_message(payload) else {
+/// Picks the release an inbound connection's first frame (its Hello, always in clear) asks for.
+/// A release set aside after a storage failure takes no new peers until it is retried.
+fn route(releases: &[super::Held], frame: &[u8], now: Instant) -> Result<usize, RefuseReason> {
+    let Ok(Message::Hello { version, swarm, .. }) = wire::check_crc(frame).and_then(wire::decode_message) else {
         return Err(RefuseReason::UnknownSwarm);
     };
     let found = releases.iter().position(|h| *h.release.id() == swarm && !h.is_paused(now));

@@ -43,7 +43,7 @@ use mio::net::TcpListener;
 use mio::{Events, Poll, Token};
 use status::{Rates, ReleaseStatus, Snapshot};
 use status_socket::StatusSocket;
-use std::io::{self, Read};
+use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -128,7 +128,9 @@ impl Agent {
     pub fn new(config: AgentConfig) -> Result<Agent, AgentError> {
         let poll = Poll::new().map_err(AgentError::Poll)?;
         let conns: Vec<Option<Conn>> = (0..config.max_peers).map(|_| None).collect();
-        let mut rng = Rng::new(os_random());
+        let mut seed = [0u8; 8];
+        sys::os_random(&mut seed).map_err(AgentError::Random)?;
+        let mut rng = Rng::new(u64::from_le_bytes(seed));
         Ok(Agent {
             poll,
             listener: None,
@@ -219,7 +221,7 @@ impl Agent {
             upload_slots: c.upload_slots,
             max_upload_rate: c.max_upload_rate,
             max_download_rate: c.max_download_rate,
-            fleet_key: c.fleet_key,
+            fleet_keys: c.fleet_keys,
             listen_port: self.local_addr().map_or(0, |a| a.port()),
             node: self.node,
             ..SwarmConfig::default()
@@ -351,14 +353,4 @@ impl Agent {
             h.rates.sample(now, stats.uploaded, stats.downloaded);
         }
     }
-}
-
-/// A seed from the OS for the agent's random choices; different per process so agents do not
-/// pick alike.
-fn os_random() -> u64 {
-    let mut b = [0u8; 8];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        let _ = f.read_exact(&mut b);
-    }
-    u64::from_le_bytes(b) ^ std::process::id() as u64
 }

@@ -130,20 +130,36 @@ fn required<T>(v: Option<T>, what: &str) -> Result<T, Failure> {
 
 const KEYGEN_HELP: &str = "\
 Usage: flotilla keygen --secret FILE
+       flotilla keygen --fleet-secret FILE
 
-Makes a new ed25519 operator key. The secret key goes to FILE (mode 0600, never overwritten);
-the public key, 64 hex digits, is printed on stdout: give it to devices with --trust.
+--secret: makes a new ed25519 operator key. The secret key goes to FILE (mode 0600, never
+overwritten); the public key, 64 hex digits, is printed on stdout: give it to devices with
+--trust.
+
+--fleet-secret: writes 32 random bytes to FILE (mode 0600, never overwritten): the fleet
+secret every device is given with --fleet-secret, which encrypts and authenticates every
+frame between members.
 ";
 
 fn keygen(mut p: lexopt::Parser) -> Result<(), Failure> {
-    let mut secret = None;
+    let (mut secret, mut fleet) = (None, None);
     while let Some(arg) = p.next()? {
         match arg {
             Long("secret") => secret = Some(PathBuf::from(p.value()?)),
+            Long("fleet-secret") => fleet = Some(PathBuf::from(p.value()?)),
             a => help_or(a, KEYGEN_HELP)?,
         }
     }
-    let secret = required(secret, "--secret FILE")?;
+    if let Some(path) = fleet {
+        if secret.is_some() {
+            return Err(usage("give --secret or --fleet-secret, not both"));
+        }
+        return flotilla::store::fleet_secret::create(&path).map_err(|e| match e {
+            flotilla::store::fleet_secret::SecretError::Exists(_) => usage(e.to_string()),
+            _ => runtime(e.to_string()),
+        });
+    }
+    let secret = required(secret, "--secret FILE or --fleet-secret FILE")?;
     let key = SecretKey::generate()?;
     key.write_file(&secret)?;
     println!("{}", key.public().to_hex());
@@ -315,16 +331,11 @@ impl NetOptions {
             "max-download-rate" => c.max_download_rate = parse_rate(&p.value()?.string()?)?,
             "fleet-secret" => {
                 let path = PathBuf::from(p.value()?);
-                let secret = std::fs::read(&path).map_err(|e| usage(format!("cannot read {}: {e}", path.display())))?;
-                if secret.len() < flotilla::core::auth::MIN_SECRET_LEN {
-                    return Err(usage(format!(
-                        "{} holds {} bytes; a fleet secret needs at least {} (e.g. head -c 32 /dev/urandom)",
-                        path.display(),
-                        secret.len(),
-                        flotilla::core::auth::MIN_SECRET_LEN
-                    )));
+                let key = flotilla::store::fleet_secret::load(&path).map_err(|e| usage(e.to_string()))?;
+                if !c.fleet_keys.push(key) {
+                    let max = flotilla::core::auth::MAX_FLEET_KEYS;
+                    return Err(usage(format!("at most {max} --fleet-secret files at once")));
                 }
-                c.fleet_key = Some(flotilla::core::auth::fleet_key(&secret));
             }
             "status" => c.status = Some(PathBuf::from(p.value()?)),
             "on-complete" => {
@@ -352,8 +363,10 @@ const NET_OPTIONS_HELP: &str = "
   --upload-slots N          peers uploaded to at once (default 2)
   --max-upload-rate RATE    bytes per second per release, suffixes K and M allowed (default: none)
   --max-download-rate RATE  the same for downloads, counted in whole chunks requested
-  --fleet-secret FILE       only exchange with peers holding the same secret (>= 16 bytes;
-                            they prove it in the handshake, nothing is served before)
+  --fleet-secret FILE       talk only to members holding the same secret, every frame encrypted
+                            and authenticated (FILE: >= 32 bytes, mode 0600; make one with
+                            keygen --fleet-secret). Repeat to roll to a new secret: the first
+                            is used to dial, any is accepted
   --status PATH             answer `flotilla status PATH` on a Unix socket at PATH (a socket
                             left there by an agent that is gone is replaced, any other file is not)
   --on-complete CMD         the install hook: when a release completes and is verified in this run,

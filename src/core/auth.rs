@@ -1,22 +1,145 @@
-//! Fleet authentication: with `--fleet-secret`, both ends of a connection prove they hold the
-//! fleet's shared secret before anything of the release is exchanged.
+//! The fleet channel: with `--fleet-secret`, every frame after the Hellos is encrypted and
+//! authenticated under keys only members can derive.
 //!
-//! Each side's proof is HMAC-SHA256 (RFC 2104, built here on `sha2`) under the secret's key,
-//! over the swarm id, the role of the prover, both node numbers and both per-connection random
-//! nonces from the Hellos. Fresh nonces on both sides defeat replay; the role byte and the node
-//! numbers defeat reflecting an agent's own proof back at it through a second connection (an
-//! agent refuses a Hello bearing its own node number). This module owns only the arithmetic.
+//! Keys: HKDF-SHA256 (RFC 5869; the `hkdf` crate) with the fleet key as input keying material and
+//! SHA-256 of the handshake transcript as salt: both Hellos' swarm id, node numbers and fresh
+//! random nonces (from the OS's CSPRNG), named by role. It expands to one ChaCha20-Poly1305 key
+//! (RFC 8439; the `chacha20poly1305` crate) per direction. Each frame's nonce is a per-direction
+//! counter, so a replayed, reordered, dropped or reflected frame fails its tag; a transcript that
+//! differs on the two ends (a relay that changed a Hello, or two diallers) gives different keys.
+//! The first sealed frame each way is the `Auth` proof below, the dialler's first: the acceptor
+//! sends nothing under the keys until the dialler proved it holds the secret.
+//!
+//! The proof is HMAC-SHA256 (RFC 2104, built here on `sha2`) under the fleet key over the
+//! transcript and the prover's role. Inside the channel it is key confirmation; the role byte
+//! and the node numbers keep an agent's own proof from being reflected back at it.
 
+use chacha20poly1305::aead::AeadInPlace;
+use chacha20poly1305::{ChaCha20Poly1305, KeyInit};
 use sha2::{Digest, Sha256};
 
 /// Bytes of the per-connection nonce each Hello carries.
 pub const NONCE_LEN: usize = 16;
 /// A fleet key: SHA-256 of the secret file's contents.
 pub type FleetKey = [u8; 32];
-/// Fewest bytes a fleet secret file may hold.
-pub const MIN_SECRET_LEN: usize = 16;
+/// Bytes a fleet secret file must hold at least: `flotilla keygen --fleet-secret` writes 32
+/// random ones, so that guessing it offline from a recorded handshake is hopeless.
+pub const MIN_SECRET_LEN: usize = 32;
+/// Fleet secrets accepted at once (`--fleet-secret` repeated during a rotation).
+pub const MAX_FLEET_KEYS: usize = 4;
+/// Bytes of the authentication tag that ends every sealed frame.
+pub const TAG_LEN: usize = 16;
 
-const LABEL: &[u8] = b"flotilla fleet v1";
+const LABEL: &[u8] = b"flotilla fleet v2";
+
+/// The fleet keys an agent holds: the first is used for connections it dials, any is accepted
+/// on connections it accepts, so a fleet can roll to a new secret without a flag day.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FleetKeys {
+    keys: [FleetKey; MAX_FLEET_KEYS],
+    len: usize,
+}
+
+impl FleetKeys {
+    /// Adds a key; false if `MAX_FLEET_KEYS` are held already.
+    pub fn push(&mut self, key: FleetKey) -> bool {
+        if self.len == MAX_FLEET_KEYS {
+            return false;
+        }
+        self.keys[self.len] = key;
+        self.len += 1;
+        true
+    }
+
+    /// True without any key: no fleet channel, frames carry a crc32 only.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The keys, the one used to dial first.
+    pub fn as_slice(&self) -> &[FleetKey] {
+        &self.keys[..self.len]
+    }
+}
+
+/// One connection's sealed channel: a key and a frame counter per direction.
+pub struct Channel {
+    send: ChaCha20Poly1305,
+    recv: ChaCha20Poly1305,
+    sent: u64,
+    received: u64,
+    /// The fleet key it was derived from, for the proof.
+    key: FleetKey,
+}
+
+impl Channel {
+    /// The channel of the end whose role is `role`, for transcript `t` under fleet key `key`.
+    pub fn derive(key: &FleetKey, role: Role, t: &Transcript) -> Channel {
+        let salt = Sha256::new().chain_update(LABEL).chain_update(transcript_bytes(t)).finalize();
+        let hk = hkdf::Hkdf::<Sha256>::new(Some(&salt), key);
+        let mut d2a = [0u8; 32];
+        let mut a2d = [0u8; 32];
+        // Cannot fail: 32 bytes is far below HKDF-SHA256's limit of 255 * 32.
+        let _ = hk.expand(b"dialler to acceptor", &mut d2a);
+        let _ = hk.expand(b"acceptor to dialler", &mut a2d);
+        let (send, recv) = match role {
+            Role::Dialler => (d2a, a2d),
+            Role::Acceptor => (a2d, d2a),
+        };
+        Channel {
+            send: ChaCha20Poly1305::new(&send.into()),
+            recv: ChaCha20Poly1305::new(&recv.into()),
+            sent: 0,
+            received: 0,
+            key: *key,
+        }
+    }
+
+    /// The fleet key this channel was derived from.
+    pub fn key(&self) -> &FleetKey {
+        &self.key
+    }
+
+    /// Encrypts `payload` in place, authenticating `header` with it; returns the tag.
+    pub fn seal(&mut self, header: &[u8], payload: &mut [u8]) -> [u8; TAG_LEN] {
+        let nonce = counter_nonce(self.sent);
+        self.sent += 1;
+        // Cannot fail: a frame payload is far below ChaCha20-Poly1305's 256 GiB limit.
+        let tag = self.send.encrypt_in_place_detached(&nonce.into(), header, payload).unwrap_or_default();
+        tag.into()
+    }
+
+    /// Checks `tag` over `header` and `payload` and decrypts `payload` in place; on failure the
+    /// payload is left as it was and the counter does not move.
+    pub fn open(&mut self, header: &[u8], payload: &mut [u8], tag: &[u8; TAG_LEN]) -> Result<(), BadTag> {
+        let nonce = counter_nonce(self.received);
+        self.recv.decrypt_in_place_detached(&nonce.into(), header, payload, tag.into()).map_err(|_| BadTag)?;
+        self.received += 1;
+        Ok(())
+    }
+}
+
+/// A sealed frame whose tag did not check: another key, or bytes altered on the way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BadTag;
+
+/// The 96-bit AEAD nonce of frame number `n` in one direction.
+fn counter_nonce(n: u64) -> [u8; 12] {
+    let mut nonce = [0u8; 12];
+    nonce[4..].copy_from_slice(&n.to_le_bytes());
+    nonce
+}
+
+/// The transcript as bytes: swarm id, node numbers and nonces, in role order.
+fn transcript_bytes(t: &Transcript) -> [u8; 32 + 8 + 8 + 2 * NONCE_LEN] {
+    let mut out = [0u8; 32 + 8 + 8 + 2 * NONCE_LEN];
+    out[..32].copy_from_slice(t.swarm);
+    out[32..40].copy_from_slice(&t.dialler_node.to_be_bytes());
+    out[40..48].copy_from_slice(&t.acceptor_node.to_be_bytes());
+    out[48..48 + NONCE_LEN].copy_from_slice(t.dialler_nonce);
+    out[48 + NONCE_LEN..].copy_from_slice(t.acceptor_nonce);
+    out
+}
 
 /// Which end of the connection a proof comes from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -112,6 +235,72 @@ mod tests {
         ];
         for o in other {
             assert!(!proofs_equal(&p, &proof(&key, Role::Dialler, &o)));
+        }
+    }
+
+    fn transcript<'a>(n1: &'a [u8; NONCE_LEN], n2: &'a [u8; NONCE_LEN]) -> Transcript<'a> {
+        Transcript { swarm: &[9; 32], dialler_node: 1, acceptor_node: 2, dialler_nonce: n1, acceptor_nonce: n2 }
+    }
+
+    #[test]
+    fn hkdf_matches_rfc_5869_case_1() {
+        // The crate is established; this pins that we call it as the RFC defines HKDF-SHA256.
+        let ikm = [0x0b; 22];
+        let salt = hex("000102030405060708090a0b0c");
+        let info = hex("f0f1f2f3f4f5f6f7f8f9");
+        let mut okm = [0u8; 42];
+        hkdf::Hkdf::<Sha256>::new(Some(&salt), &ikm).expand(&info, &mut okm).unwrap();
+        let want = hex("3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf34007208d5b887185865");
+        assert_eq!(okm.to_vec(), want);
+    }
+
+    #[test]
+    fn both_ends_derive_matching_keys_and_frames_open_once_in_order() {
+        let key = fleet_key(&[7; 32]);
+        let (n1, n2) = ([1u8; NONCE_LEN], [2u8; NONCE_LEN]);
+        let t = transcript(&n1, &n2);
+        let (mut d, mut a) = (Channel::derive(&key, Role::Dialler, &t), Channel::derive(&key, Role::Acceptor, &t));
+        let mut frames = Vec::new();
+        for i in 0..3u8 {
+            let mut payload = [i; 40];
+            let tag = d.seal(b"hdr", &mut payload);
+            assert_ne!(payload, [i; 40], "the payload is encrypted");
+            frames.push((payload, tag));
+        }
+        // Out of order: frame 1 before frame 0 fails, and leaves the bytes as they were.
+        let (mut p1, t1) = frames[1];
+        assert!(a.open(b"hdr", &mut p1, &t1).is_err());
+        assert_eq!(p1, frames[1].0);
+        for (i, (mut p, t)) in frames.iter().copied().enumerate() {
+            a.open(b"hdr", &mut p, &t).unwrap();
+            assert_eq!(p, [i as u8; 40]);
+        }
+        // Replayed: frame 0 again fails.
+        let (mut p0, t0) = frames[0];
+        assert!(a.open(b"hdr", &mut p0, &t0).is_err());
+        // Reflected: the dialler cannot open its own frames, and a changed header fails.
+        let mut own = [5u8; 8];
+        let tag = d.seal(b"hdr", &mut own);
+        let mut d2 = Channel::derive(&key, Role::Dialler, &t);
+        assert!(d2.open(b"hdr", &mut own.clone(), &tag).is_err());
+        assert!(a.open(b"HDR", &mut own.clone(), &tag).is_err());
+        assert!(a.open(b"hdr", &mut own, &tag).is_ok());
+    }
+
+    #[test]
+    fn another_key_or_transcript_gives_keys_that_do_not_open() {
+        let key = fleet_key(&[7; 32]);
+        let (n1, n2, n3) = ([1u8; NONCE_LEN], [2u8; NONCE_LEN], [3u8; NONCE_LEN]);
+        let mut d = Channel::derive(&key, Role::Dialler, &transcript(&n1, &n2));
+        let mut p = [0u8; 16];
+        let tag = d.seal(b"", &mut p);
+        let others = [
+            Channel::derive(&fleet_key(&[8; 32]), Role::Acceptor, &transcript(&n1, &n2)),
+            Channel::derive(&key, Role::Acceptor, &transcript(&n1, &n3)),
+            Channel::derive(&key, Role::Dialler, &transcript(&n1, &n2)),
+        ];
+        for mut o in others {
+            assert!(o.open(b"", &mut p.clone(), &tag).is_err());
         }
     }
 }

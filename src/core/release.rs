@@ -19,7 +19,7 @@ use crate::core::bitfield::Bitfield;
 use crate::core::manifest::{SignedManifest, SwarmId};
 use crate::core::session::CloseReason;
 use crate::core::storage::{Storage, StoreError};
-use crate::core::swarm::{PeerId, Received, Stats, Swarm, SwarmConfig, Transmit, Verdict};
+use crate::core::swarm::{NewPeer, PeerId, Received, Stats, Swarm, SwarmConfig, Transmit, Verdict};
 use crate::core::wire::{self, Message};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -160,8 +160,8 @@ impl<S: Storage> Release<S> {
 
     /// Starts a session in slot `peer`, opened (dialled or accepted) at `opened_at`: the
     /// handshake must finish within the session's timeout of that instant.
-    pub fn add_peer(&mut self, peer: PeerId, outbound: bool, remote: Option<SocketAddr>, opened_at: Instant) -> bool {
-        self.swarm.add_peer(peer, outbound, remote, opened_at)
+    pub fn add_peer(&mut self, peer: PeerId, new: NewPeer, opened_at: Instant) -> bool {
+        self.swarm.add_peer(peer, new, opened_at)
     }
 
     /// Ends the session in slot `peer` (the caller's connection went away).
@@ -174,9 +174,17 @@ impl<S: Storage> Release<S> {
         self.swarm.session(peer).is_some_and(|s| !s.is_closing())
     }
 
-    /// Handles one frame's payload from `peer`. Returns false once the session is closing:
+    /// Handles one whole frame from `peer` (as cut by [`wire::frame_len`]), checking its crc32 or,
+    /// with a fleet channel, decrypting it in place. Returns false once the session is closing:
     /// the caller stops reading it, and [`Release::poll_event`] says why.
-    pub fn handle_frame(&mut self, peer: PeerId, payload: &[u8], now: Instant) -> bool {
+    pub fn handle_frame(&mut self, peer: PeerId, frame: &mut [u8], now: Instant) -> bool {
+        let payload = match self.swarm.open_frame(peer, frame) {
+            Ok(payload) => payload,
+            Err(reason) => {
+                self.swarm.close(peer, reason);
+                return false;
+            }
+        };
         match wire::decode_message(payload) {
             Ok(msg) => self.handle_message(peer, &msg, now),
             Err(_) => {
@@ -217,8 +225,8 @@ impl<S: Storage> Release<S> {
     /// `blocks` is true (the caller's link can take one now), read from storage straight into
     /// `out`.
     pub fn poll_transmit(&mut self, peer: PeerId, now: Instant, blocks: bool, out: &mut [u8]) -> Option<usize> {
-        match self.swarm.poll_transmit(peer, now, blocks)? {
-            Transmit::Message(m) => wire::encode_frame(&m, out).ok(),
+        let (len, hello) = match self.swarm.poll_transmit(peer, now, blocks)? {
+            Transmit::Message(m) => (wire::encode_frame(&m, out).ok()?, matches!(m, Message::Hello { .. })),
             Transmit::Block { chunk, offset, len, file_offset } => {
                 let start = wire::begin_block(chunk, offset, len, out).ok()?;
                 let end = start + len as usize;
@@ -229,9 +237,10 @@ impl<S: Storage> Release<S> {
                     return None;
                 }
                 wire::seal_frame(&mut out[..end]);
-                Some(end)
+                (end, false)
             }
-        }
+        };
+        Some(self.swarm.seal_frame(peer, out, len, hello))
     }
 
     /// True if `peer` holds an upload slot and has asked for something: the caller should check

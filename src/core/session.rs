@@ -100,6 +100,11 @@ pub enum CloseReason {
     BothComplete,
     /// Our own storage failed while serving this peer; not the peer's fault.
     LocalStorage,
+    /// A sealed frame failed its authentication: another fleet secret, or someone on the path
+    /// altering bytes. Not an offence, or an on-path attacker could get honest peers banned.
+    Unauthenticated,
+    /// One side holds a fleet secret and the other does not.
+    FleetMismatch,
 }
 
 impl CloseReason {
@@ -122,6 +127,8 @@ impl std::fmt::Display for CloseReason {
             CloseReason::Duplicate => write!(f, "duplicate connection"),
             CloseReason::BothComplete => write!(f, "both sides complete"),
             CloseReason::LocalStorage => write!(f, "our storage failed"),
+            CloseReason::Unauthenticated => write!(f, "a frame failed authentication (another fleet secret?)"),
+            CloseReason::FleetMismatch => write!(f, "only one side holds a fleet secret (--fleet-secret)"),
         }
     }
 }
@@ -149,6 +156,11 @@ pub struct Session {
     /// Our nonce for this connection, and the peer's from its Hello (fleet authentication).
     pub(crate) nonce: [u8; crate::core::auth::NONCE_LEN],
     pub(crate) peer_nonce: [u8; crate::core::auth::NONCE_LEN],
+    /// The sealed channel, once settled (with a fleet secret).
+    pub(crate) channel: Option<crate::core::auth::Channel>,
+    /// An acceptor's channels, one per fleet key, until the dialler's first sealed frame shows
+    /// which key it holds.
+    pub(crate) candidates: heapless::Vec<crate::core::auth::Channel, { crate::core::auth::MAX_FLEET_KEYS }>,
     /// When to next tell this peer about our other peers.
     pub(crate) pex_at: Instant,
     pub(crate) bits: Bitfield,
@@ -191,6 +203,8 @@ impl Session {
             node: 0,
             nonce: [0; crate::core::auth::NONCE_LEN],
             peer_nonce: [0; crate::core::auth::NONCE_LEN],
+            channel: None,
+            candidates: heapless::Vec::new(),
             pex_at: now,
             bits: Bitfield::new(chunks),
             got_bitfield: false,

@@ -9,10 +9,11 @@
 //!
 //! This module knows nothing of sessions or swarms; it only turns bytes into messages and back.
 
+use crate::core::auth::TAG_LEN;
 use serde::{Deserialize, Serialize};
 
 /// Protocol version carried in [`Message::Hello`].
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 /// Bytes of a block: the slice of a chunk one data frame carries.
 pub const BLOCK_SIZE: u32 = 16 * 1024;
 /// Frame header: length and crc32.
@@ -20,7 +21,7 @@ pub const HEADER_LEN: usize = 8;
 /// Largest legal payload: one block plus its message header, with slack.
 pub const MAX_PAYLOAD: usize = BLOCK_SIZE as usize + 32;
 /// Largest legal frame, header included; receive and send buffers are sized from it.
-pub const MAX_FRAME: usize = HEADER_LEN + MAX_PAYLOAD;
+pub const MAX_FRAME: usize = HEADER_LEN + MAX_PAYLOAD + TAG_LEN;
 
 /// A byte string that postcard encodes as `varint(len) ‖ bytes` and decodes by borrowing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,7 +67,8 @@ pub enum Message<'a> {
         /// A random number the sender picked at start: tells a connection to ourselves, and two
         /// connections to one agent, apart.
         node: u64,
-        /// Fresh random bytes for this connection, covered by the fleet proof (`Auth`).
+        /// Fresh random bytes for this connection, from which (with the other side's and the
+        /// fleet secret) the sealed channel's keys are derived.
         nonce: [u8; crate::core::auth::NONCE_LEN],
     },
     /// The handshake is refused; the connection closes after it.
@@ -140,6 +142,8 @@ pub enum WireError {
     Oversize(u32),
     /// The payload's crc32 does not match the header.
     BadCrc,
+    /// A sealed frame's authentication tag does not check.
+    BadTag,
     /// The payload is not a valid message, or has trailing bytes.
     Malformed,
     /// The message does not fit the buffer given to encode it.
@@ -151,6 +155,7 @@ impl std::fmt::Display for WireError {
         match self {
             WireError::Oversize(n) => write!(f, "frame of {n} bytes exceeds the {MAX_PAYLOAD}-byte cap"),
             WireError::BadCrc => write!(f, "frame checksum mismatch"),
+            WireError::BadTag => write!(f, "frame authentication failed"),
             WireError::Malformed => write!(f, "undecodable message"),
             WireError::BufferTooSmall => write!(f, "message larger than its buffer"),
         }
@@ -159,28 +164,73 @@ impl std::fmt::Display for WireError {
 
 impl std::error::Error for WireError {}
 
-/// Finds the first whole frame at the start of `buf`.
+/// The length of the first frame at the start of `buf`, once all of it is there.
 ///
-/// Returns `Ok(None)` while more bytes are needed, `Ok(Some((payload, frame_len)))` when a frame
-/// is complete and its crc checks. The length cap is enforced from the header alone.
-pub fn parse_frame(buf: &[u8]) -> Result<Option<(&[u8], usize)>, WireError> {
+/// `Ok(None)` while more bytes are needed. The length cap (a sealed frame's: the largest
+/// payload and its tag) is enforced from the header alone, before anything is buffered.
+pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, WireError> {
     if buf.len() < HEADER_LEN {
         return Ok(None);
     }
     let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]);
-    if len as usize > MAX_PAYLOAD {
+    if len as usize > MAX_PAYLOAD + TAG_LEN {
         return Err(WireError::Oversize(len));
     }
-    let crc = u32::from_le_bytes([buf[4], buf[5], buf[6], buf[7]]);
     let total = HEADER_LEN + len as usize;
-    if buf.len() < total {
-        return Ok(None);
+    Ok((buf.len() >= total).then_some(total))
+}
+
+/// The payload of a whole plain frame, if its crc32 checks.
+pub fn check_crc(frame: &[u8]) -> Result<&[u8], WireError> {
+    let payload = &frame[HEADER_LEN.min(frame.len())..];
+    if payload.len() > MAX_PAYLOAD {
+        return Err(WireError::Oversize(payload.len() as u32));
     }
-    let payload = &buf[HEADER_LEN..total];
-    if crc32fast::hash(payload) != crc {
-        return Err(WireError::BadCrc);
+    let crc = u32::from_le_bytes([frame[4], frame[5], frame[6], frame[7]]);
+    match crc32fast::hash(payload) == crc {
+        true => Ok(payload),
+        false => Err(WireError::BadCrc),
     }
-    Ok(Some((payload, total)))
+}
+
+/// Finds the first whole plain frame at the start of `buf`.
+///
+/// Returns `Ok(None)` while more bytes are needed, `Ok(Some((payload, frame_len)))` when a frame
+/// is complete and its crc checks. The length cap is enforced from the header alone.
+pub fn parse_frame(buf: &[u8]) -> Result<Option<(&[u8], usize)>, WireError> {
+    let Some(total) = frame_len(buf)? else { return Ok(None) };
+    Ok(Some((check_crc(&buf[..total])?, total)))
+}
+
+/// Turns the plain frame `frame[..len]` into a sealed one in place: the length now counts the
+/// tag, the crc field is zero, the payload is encrypted (with the header authenticated) and the
+/// tag follows it. Returns the sealed frame's length; `frame` must have room for the tag.
+pub fn seal_with(channel: &mut crate::core::auth::Channel, frame: &mut [u8], len: usize) -> usize {
+    let sealed = len + TAG_LEN;
+    frame[..4].copy_from_slice(&((sealed - HEADER_LEN) as u32).to_le_bytes());
+    frame[4..HEADER_LEN].fill(0);
+    let (header, rest) = frame.split_at_mut(HEADER_LEN);
+    let tag = channel.seal(header, &mut rest[..len - HEADER_LEN]);
+    frame[len..sealed].copy_from_slice(&tag);
+    sealed
+}
+
+/// The plaintext payload of a sealed frame that [`open_with`] opened in place.
+pub fn opened_payload(frame: &[u8]) -> &[u8] {
+    &frame[HEADER_LEN..frame.len() - TAG_LEN]
+}
+
+/// Checks and decrypts the whole sealed frame `frame` in place with `channel`; returns the
+/// plaintext payload. On failure nothing is changed (another channel may be tried).
+pub fn open_with<'f>(channel: &mut crate::core::auth::Channel, frame: &'f mut [u8]) -> Result<&'f [u8], WireError> {
+    if frame.len() < HEADER_LEN + TAG_LEN {
+        return Err(WireError::BadTag);
+    }
+    let (header, rest) = frame.split_at_mut(HEADER_LEN);
+    let (payload, tag) = rest.split_at_mut(rest.len() - TAG_LEN);
+    let tag: &[u8; TAG_LEN] = (&*tag).try_into().map_err(|_| WireError::BadTag)?;
+    channel.open(header, payload, tag).map_err(|_| WireError::BadTag)?;
+    Ok(payload)
 }
 
 /// Decodes one message from a frame payload; trailing bytes are an error.
@@ -280,11 +330,19 @@ mod tests {
 
     #[test]
     fn oversize_length_is_refused_from_the_header_alone() {
+        // A sealed frame may carry a full payload and its tag; one byte more is refused from the
+        // header alone, before anything is buffered.
         let mut buf = [0u8; HEADER_LEN];
-        buf[..4].copy_from_slice(&(MAX_PAYLOAD as u32 + 1).to_le_bytes());
-        assert_eq!(parse_frame(&buf), Err(WireError::Oversize(MAX_PAYLOAD as u32 + 1)));
+        let sealed_cap = (MAX_PAYLOAD + TAG_LEN) as u32;
+        buf[..4].copy_from_slice(&(sealed_cap + 1).to_le_bytes());
+        assert_eq!(frame_len(&buf), Err(WireError::Oversize(sealed_cap + 1)));
+        assert_eq!(parse_frame(&buf), Err(WireError::Oversize(sealed_cap + 1)));
         buf[..4].copy_from_slice(&u32::MAX.to_le_bytes());
         assert_eq!(parse_frame(&buf), Err(WireError::Oversize(u32::MAX)));
+        // A plain frame has no tag: a payload past MAX_PAYLOAD is refused once whole.
+        let mut plain = vec![0u8; HEADER_LEN + MAX_PAYLOAD + 1];
+        plain[..4].copy_from_slice(&(MAX_PAYLOAD as u32 + 1).to_le_bytes());
+        assert_eq!(parse_frame(&plain), Err(WireError::Oversize(MAX_PAYLOAD as u32 + 1)));
     }
 
     #[test]

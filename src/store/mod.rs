@@ -7,6 +7,7 @@
 //! this folder.
 pub mod atomic;
 pub mod file;
+pub mod fleet_secret;
 pub mod history;
 pub mod manifest_file;
 pub mod memory;

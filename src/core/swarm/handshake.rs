@@ -1,11 +1,15 @@
-//! The handshake of a session: Hellos, the fleet proof, and settling duplicate connections.
+//! The handshake of a session: Hellos, the fleet channel and its proofs, and settling duplicate
+//! connections.
 //!
 //! A session is useful only once both Hellos have crossed (and, with a fleet secret, both
-//! proofs checked); until then it takes no other message. The version check and swarm routing
+//! proofs checked inside the sealed channel, the dialler's first); until then it takes no other
+//! message. Duplicates are settled only once the peer is authenticated, so an unproven claim to
+//! be a peer we know never closes our real connection to it. The version check and swarm routing
 //! are [`crate::core::session::hello_refusal`]'s, shared with the agent's routing of inbound
 //! connections.
 
 use super::*;
+use crate::core::auth::{Channel, Role, Transcript, NONCE_LEN};
 use crate::core::session::hello_refusal;
 use crate::core::wire::RefuseReason;
 
@@ -28,9 +32,6 @@ impl Swarm {
         if node == self.config.node {
             return Err(CloseReason::SelfConnection);
         }
-        if self.resolve_duplicate(id, node) {
-            return Err(CloseReason::Duplicate);
-        }
         let s = self.session_mut(id);
         s.phase = Phase::Proving;
         s.node = node;
@@ -41,12 +42,37 @@ impl Swarm {
         if !s.outbound {
             s.push_control(Control::Hello);
         }
-        if self.config.fleet_key.is_some() {
-            self.session_mut(id).push_control(Control::Auth);
-            return Ok(());
+        if self.config.fleet_keys.is_empty() {
+            return self.activate(id, now);
         }
-        self.activate(id, now);
+        self.open_channel(id);
         Ok(())
+    }
+
+    /// Derives the session's fleet channel from both Hellos. The dialler seals with the first
+    /// fleet key and proves at once; the acceptor keeps one candidate per key it accepts, learns
+    /// which one the dialler used from the first sealed frame that opens, and proves only after
+    /// checking the dialler's proof, so a stranger that dials us learns nothing sealed.
+    fn open_channel(&mut self, id: PeerId) {
+        let keys = self.config.fleet_keys;
+        let t = self.transcript_of(id);
+        let s = self.peers[id].as_mut().expect("session present");
+        if s.outbound {
+            s.channel = Some(Channel::derive(&keys.as_slice()[0], Role::Dialler, &t.as_transcript()));
+            s.push_control(Control::Auth);
+            return;
+        }
+        for key in keys.as_slice() {
+            let _ = s.candidates.push(Channel::derive(key, Role::Acceptor, &t.as_transcript()));
+        }
+    }
+
+    /// The handshake transcript of session `id`, named by role.
+    fn transcript_of(&self, id: PeerId) -> OwnedTranscript {
+        let s = self.session(id).expect("session present");
+        let (us, them) = ((self.config.node, s.nonce), (s.node, s.peer_nonce));
+        let (dialler, acceptor) = if s.outbound { (us, them) } else { (them, us) };
+        OwnedTranscript { swarm: self.id, dialler, acceptor }
     }
 
     /// With a fleet secret: the peer's proof must be the next message, and must check.
@@ -60,25 +86,33 @@ impl Swarm {
         if !crate::core::auth::proofs_equal(&theirs, &expected) {
             return Err(CloseReason::Protocol("wrong fleet proof"));
         }
-        self.activate(id, now);
-        Ok(())
+        // Authenticated: only now may it displace another connection to the same agent.
+        let node = self.session_mut(id).node;
+        if self.resolve_duplicate(id, node) {
+            return Err(CloseReason::Duplicate);
+        }
+        if !self.session_mut(id).outbound {
+            self.session_mut(id).push_control(Control::Auth);
+        }
+        self.activate(id, now)
     }
 
-    /// The fleet proof on connection `id`: ours if `mine`, else the one the peer must send.
+    /// The fleet proof on connection `id`: ours if `mine`, else the one the peer must send. Under
+    /// the key of the session's channel; `None` before the channel is settled.
     pub(super) fn proof(&self, id: PeerId, mine: bool) -> Option<[u8; 32]> {
-        use crate::core::auth::{Role, Transcript};
-        let key = self.config.fleet_key.as_ref()?;
+        let key = *self.session(id)?.channel.as_ref()?.key();
         let s = self.session(id)?;
-        let (us, them) = ((self.config.node, &s.nonce), (s.node, &s.peer_nonce));
-        let ((dialler_node, dialler_nonce), (acceptor_node, acceptor_nonce)) =
-            if s.outbound { (us, them) } else { (them, us) };
-        let t = Transcript { swarm: &self.id, dialler_node, acceptor_node, dialler_nonce, acceptor_nonce };
         let role = if s.outbound == mine { Role::Dialler } else { Role::Acceptor };
-        Some(crate::core::auth::proof(key, role, &t))
+        Some(crate::core::auth::proof(&key, role, &self.transcript_of(id).as_transcript()))
     }
 
-    /// The handshake is complete: the session joins the swarm.
-    pub(super) fn activate(&mut self, id: PeerId, now: Instant) {
+    /// The handshake is complete: the session joins the swarm (settling a duplicate first when
+    /// there is no fleet channel to authenticate the peer).
+    pub(super) fn activate(&mut self, id: PeerId, now: Instant) -> Result<(), CloseReason> {
+        let node = self.session_mut(id).node;
+        if self.config.fleet_keys.is_empty() && self.resolve_duplicate(id, node) {
+            return Err(CloseReason::Duplicate);
+        }
         let s = self.session_mut(id);
         s.phase = Phase::Active;
         s.pex_at = now;
@@ -89,6 +123,7 @@ impl Swarm {
                 o.pex_at = o.pex_at.min(now + PEX_SOON);
             }
         }
+        Ok(())
     }
 
     /// Settles two connections to one agent: both ends keep the one dialled by the lower node
@@ -106,5 +141,24 @@ impl Swarm {
             s.close(CloseReason::Duplicate);
         }
         false
+    }
+}
+
+/// A handshake transcript that owns its fields.
+pub(super) struct OwnedTranscript {
+    swarm: SwarmId,
+    dialler: (u64, [u8; NONCE_LEN]),
+    acceptor: (u64, [u8; NONCE_LEN]),
+}
+
+impl OwnedTranscript {
+    fn as_transcript(&self) -> Transcript<'_> {
+        Transcript {
+            swarm: &self.swarm,
+            dialler_node: self.dialler.0,
+            acceptor_node: self.acceptor.0,
+            dialler_nonce: &self.dialler.1,
+            acceptor_nonce: &self.acceptor.1,
+        }
     }
 }

@@ -53,7 +53,7 @@ pub struct SwarmConfig {
     /// Our random node number, announced in Hello.
     pub node: u64,
     /// With a fleet secret, peers must prove they hold it before anything is exchanged.
-    pub fleet_key: Option<crate::core::auth::FleetKey>,
+    pub fleet_keys: crate::core::auth::FleetKeys,
 }
 
 impl Default for SwarmConfig {
@@ -74,7 +74,7 @@ impl Default for SwarmConfig {
             listen_port: 0,
             spread: true,
             node: 0,
-            fleet_key: None,
+            fleet_keys: crate::core::auth::FleetKeys::default(),
         }
     }
 }
@@ -164,6 +164,27 @@ pub struct Swarm {
     rng: Rng,
     /// Useful bytes received, bytes sent, bytes received and thrown away.
     pub stats: Stats,
+}
+
+/// Why a frame that should have been sealed did not open: a plain frame whose crc checks comes
+/// from a peer without a fleet secret; anything else was sealed under another key or altered.
+fn unsealed(frame: &[u8]) -> CloseReason {
+    match wire::check_crc(frame) {
+        Ok(_) => CloseReason::FleetMismatch,
+        Err(_) => CloseReason::Unauthenticated,
+    }
+}
+
+/// A connection to start a session on.
+#[derive(Clone, Copy, Debug)]
+pub struct NewPeer {
+    /// We dialled it (and send the first Hello).
+    pub outbound: bool,
+    /// Its address, if the caller knows it.
+    pub remote: Option<std::net::SocketAddr>,
+    /// Fresh random bytes for this connection's Hello, from the OS's CSPRNG: the fleet
+    /// channel's keys depend on them, so they must not be predictable.
+    pub nonce: [u8; crate::core::auth::NONCE_LEN],
 }
 
 /// Byte counters of one swarm.
@@ -267,13 +288,9 @@ impl Swarm {
 
     /// Starts a session in slot `id`. An outbound session sends its Hello at once; an inbound one
     /// waits for the peer's. Returns false if the slot is out of range or taken.
-    pub fn add_peer(&mut self, id: PeerId, outbound: bool, remote: Option<std::net::SocketAddr>, now: Instant) -> bool {
+    pub fn add_peer(&mut self, id: PeerId, peer: NewPeer, now: Instant) -> bool {
+        let NewPeer { outbound, remote, nonce } = peer;
         let chunks = self.chunk_count();
-        if !matches!(self.peers.get(id), Some(None)) {
-            return false;
-        }
-        let mut nonce = [0u8; crate::core::auth::NONCE_LEN];
-        self.rng.fill(&mut nonce);
         let Some(slot @ None) = self.peers.get_mut(id) else {
             return false;
         };
@@ -363,7 +380,7 @@ impl Swarm {
             Message::Block { chunk, offset, data } => self.on_block(id, chunk, offset, data.0, now),
             Message::KeepAlive => Ok(Received::Nothing),
             Message::Peers(Bytes(b)) => self.on_peers(b),
-            Message::Auth(_) if self.config.fleet_key.is_none() => {
+            Message::Auth(_) if self.config.fleet_keys.is_empty() => {
                 Err(CloseReason::Protocol("the peer requires a fleet secret (--fleet-secret)"))
             }
             Message::Auth(_) => Err(CloseReason::Protocol("fleet proof after the handshake")),
@@ -417,6 +434,43 @@ impl Swarm {
             Control::Cancel(c) => Message::Cancel(c),
             Control::Reject(c) => Message::Reject(c),
             Control::KeepAlive => Message::KeepAlive,
+        }
+    }
+
+    /// Checks the whole frame `frame` from peer `id` and returns its payload: by its tag, once
+    /// the session has a fleet channel (decrypting in place), else by its crc32. The first
+    /// sealed frame from a dialler also settles which of our fleet keys its channel uses.
+    pub fn open_frame<'f>(&mut self, id: PeerId, frame: &'f mut [u8]) -> Result<&'f [u8], CloseReason> {
+        let s = self.peers.get_mut(id).and_then(Option::as_mut).ok_or(CloseReason::Protocol("no session"))?;
+        if s.channel.is_none() && !s.candidates.is_empty() {
+            let found = s.candidates.iter_mut().position(|c| wire::open_with(c, frame).is_ok());
+            let Some(i) = found else { return Err(unsealed(frame)) };
+            s.channel = Some(s.candidates.swap_remove(i));
+            s.candidates.clear();
+            return Ok(wire::opened_payload(frame));
+        }
+        let handshaking = !s.is_active();
+        match s.channel.as_mut() {
+            Some(c) => match wire::open_with(c, frame) {
+                Ok(_) => Ok(wire::opened_payload(frame)),
+                Err(_) => Err(unsealed(frame)),
+            },
+            // A sealed frame (crc field zero) from a peer with a fleet secret, while we have none:
+            // not the peer's offence. Once the handshake is done, a bad crc always is.
+            None if handshaking && frame[4..8] == [0; 4] && wire::check_crc(frame).is_err() => {
+                Err(CloseReason::FleetMismatch)
+            }
+            None => wire::check_crc(frame).map_err(|_| CloseReason::Protocol("bad frame")),
+        }
+    }
+
+    /// Seals the whole plain frame `frame[..len]` for peer `id` in place if its session has a
+    /// fleet channel and the frame is not a Hello (which always goes in clear); returns the
+    /// length to send.
+    pub fn seal_frame(&mut self, id: PeerId, frame: &mut [u8], len: usize, hello: bool) -> usize {
+        match self.peers.get_mut(id).and_then(Option::as_mut).and_then(|s| s.channel.as_mut()) {
+            Some(c) if !hello => wire::seal_with(c, frame, len),
+            _ => len,
         }
     }
 
@@ -507,7 +561,7 @@ mod tests {
 
     /// Connects peer `id` (we dialled it) and hands in its Hello and a bitfield of `chunks`.
     fn join(s: &mut Swarm, id: PeerId, chunks: &[u32], now: Instant) {
-        assert!(s.add_peer(id, true, None, now));
+        assert!(s.add_peer(id, NewPeer { outbound: true, remote: None, nonce: [id as u8; 16] }, now));
         let hello =
             Message::Hello { version: VERSION, swarm: [9; 32], listen_port: 0, node: 100 + id as u64, nonce: [0; 16] };
         s.handle_message(id, &hello, now).unwrap();

@@ -1,0 +1,54 @@
+//! `cargo bench --bench cipher`: what sealing costs next to hashing, in the same process.
+//!
+//! Every byte a fetcher receives is hashed with SHA-256 anyway; with a fleet secret it is also
+//! opened with ChaCha20-Poly1305. This prints both speeds over the same 64 MiB (in 16 KiB
+//! frames, as on the wire) and their ratio, so the figure holds on any CPU: run it natively, or
+//! cross-built under `qemu-aarch64` for a router-class core (`scripts/cipher-qemu.sh`).
+
+use chacha20poly1305::aead::AeadInPlace;
+use chacha20poly1305::{ChaCha20Poly1305, KeyInit};
+use sha2::{Digest, Sha256};
+use std::time::Instant;
+
+const FRAME: usize = 16 * 1024;
+
+fn main() {
+    let mib: usize = std::env::var("FLOTILLA_CIPHER_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(64);
+    let total = (mib << 20).max(FRAME);
+    let mut buf = vec![0x5au8; FRAME];
+    let best = |f: &mut dyn FnMut()| {
+        (0..3)
+            .map(|_| {
+                let t = Instant::now();
+                f();
+                t.elapsed().as_secs_f64()
+            })
+            .fold(f64::MAX, f64::min)
+    };
+
+    let mut sha = || {
+        let mut h = Sha256::new();
+        for _ in 0..total / FRAME {
+            h.update(&buf);
+        }
+        std::hint::black_box(h.finalize());
+    };
+    let sha_s = best(&mut sha);
+
+    let cipher = ChaCha20Poly1305::new(&[7u8; 32].into());
+    let mut n = 0u64;
+    let mut seal = || {
+        for _ in 0..total / FRAME {
+            let mut nonce = [0u8; 12];
+            nonce[4..].copy_from_slice(&n.to_le_bytes());
+            n += 1;
+            let tag = cipher.encrypt_in_place_detached(&nonce.into(), b"header", &mut buf).unwrap();
+            std::hint::black_box(tag);
+        }
+    };
+    let seal_s = best(&mut seal);
+    let mb = total as f64 / 1e6;
+    println!("SHA-256           {:>8.1} MB/s ({mib} MiB in {sha_s:.3} s, best of 3)", mb / sha_s);
+    println!("ChaCha20-Poly1305 {:>8.1} MB/s ({mib} MiB in {seal_s:.3} s, best of 3)", mb / seal_s);
+    println!("seal time / hash time: {:.2}x  (receiving with a fleet secret costs hash + open)", seal_s / sha_s);
+}
