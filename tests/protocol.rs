@@ -793,3 +793,22 @@ fn a_flipped_bit_in_a_sealed_frame_closes_without_blame() {
     assert_eq!(take_frame(&mut fetch, 0, bad, later), Err(CloseReason::Unauthenticated));
     assert!(!CloseReason::Unauthenticated.is_offence());
 }
+
+/// A peer that sends one block every 27 s looks alive to a per-block timeout and could hold the
+/// chunks we asked it for indefinitely. A requested chunk must be whole within `request +
+/// len / min_chunk_rate` (46 s for 64 KiB), so the dripper's chunks go back to the pool and, at
+/// the second stall, the dripper is dropped.
+#[test]
+fn a_peer_that_drips_blocks_loses_its_chunks_and_is_dropped() {
+    let mut sim = Sim::new(1 << 20, 64 * 1024);
+    let seed = sim.add_node(true, 8_000, Behaviour::Honest, SwarmConfig::default());
+    // 600 B/s: one 16 KiB block frame every ~27 s, under the 30 s per-block timeout.
+    let drip = sim.add_node(true, 600, Behaviour::Honest, SwarmConfig::default());
+    let leech = sim.add_node(false, MB, Behaviour::Honest, SwarmConfig::default());
+    sim.connect(leech, drip);
+    sim.connect(leech, seed);
+    sim.run(Duration::from_secs(600));
+    assert!(sim.nodes[leech].release.is_complete(), "the leech did not complete");
+    assert!(sim.nodes[leech].release.store().data() == sim.original);
+    assert_eq!(sim.links[0].closed, Some((leech, CloseReason::Stalled)), "the dripper kept its slot");
+}

@@ -5,7 +5,8 @@
 //! slot opens and never grown. An inbound connection is routed to a release by its first frame
 //! (the Hello); until then it holds a slot on probation and is the first to be evicted.
 
-use super::{dial, sys, Agent, HANDSHAKE_TIMEOUT};
+use super::guard::{address_key, BAN_TIME};
+use super::{sys, Agent, HANDSHAKE_TIMEOUT};
 use crate::core::session::{hello_refusal, CloseReason};
 use crate::core::swarm::NewPeer;
 use crate::core::wire::{self, Message, RefuseReason, MAX_FRAME};
@@ -13,7 +14,7 @@ use mio::net::TcpStream;
 use mio::{Interest, Token};
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Receive buffer: one whole frame, so any legal frame fits and nothing larger is ever needed.
 const RECV_BUF: usize = MAX_FRAME;
@@ -25,6 +26,10 @@ const SEND_BUF: usize = MAX_FRAME + 1024;
 /// Unsent bytes per connection above which no more blocks are queued (see
 /// `sys::set_notsent_lowat`). Four blocks keep a fast link busy between two wakeups.
 const UNSENT_MARK: usize = 64 * 1024;
+/// Connections one address (an IPv4 address, an IPv6 /64) may hold at once.
+const MAX_PER_ADDRESS: usize = 4;
+/// An inbound peer that exchanged no block for this long may give its slot to a newcomer.
+const IDLE_EVICTABLE: Duration = Duration::from_secs(60);
 
 /// One TCP connection in a slot.
 pub(super) struct Conn {
@@ -63,30 +68,57 @@ impl Agent {
                     return;
                 }
             };
-            if self.is_banned(addr.ip(), now) {
+            if self.bans.is_banned(addr.ip(), now) {
                 log::debug!("refused {addr}: banned");
                 continue;
             }
-            let Some(slot) = self.free_slot().or_else(|| self.evict_oldest_pending(now)) else {
-                log::debug!("refused {addr}: all {} connection slots taken", self.conns.len());
+            let key = address_key(addr.ip());
+            if self.conns.iter().flatten().filter(|c| address_key(c.addr.ip()) == key).count() >= MAX_PER_ADDRESS {
+                log::debug!("refused {addr}: {MAX_PER_ADDRESS} connections from its address already");
+                continue;
+            }
+            let inbound = self.conns.iter().flatten().filter(|c| c.dial.is_none()).count();
+            let room = inbound < self.inbound_slots() && self.free_slot().is_some();
+            let slot = if room { self.free_slot() } else { self.evict_least_useful(now) };
+            let Some(slot) = slot else {
+                log::debug!("refused {addr}: every inbound slot is held by a useful peer");
                 continue;
             };
             self.open_slot(slot, stream, addr, None, now);
         }
     }
 
-    /// With every slot taken, frees the one held longest by an inbound connection that has not
-    /// said which swarm it wants. An honest peer sends its Hello at once, so under a flood of
-    /// idle or trickling connections (slowloris) it still gets in, and the flood only evicts
-    /// itself; established peers are never evicted.
-    fn evict_oldest_pending(&mut self, now: Instant) -> Option<usize> {
+    /// Slots inbound connections may hold: the rest are kept for our own dials, so that
+    /// strangers filling every slot cannot stop us fetching.
+    fn inbound_slots(&self) -> usize {
+        let reserved = (self.conns.len() / 4).max(1).min(self.conns.len() - 1);
+        self.conns.len() - reserved
+    }
+
+    /// With the inbound slots full, frees the one held by the least useful inbound connection:
+    /// first one that has not said which swarm it wants, then one whose handshake is not done,
+    /// then one that has exchanged no block for `IDLE_EVICTABLE`; the oldest in each tier. An
+    /// honest peer says hello, authenticates and trades at once, so a flood of idle, trickling
+    /// or merely polite connections (valid Hellos and keepalives) only evicts itself.
+    fn evict_least_useful(&mut self, now: Instant) -> Option<usize> {
+        let tier = |slot: usize, c: &Conn| -> Option<u8> {
+            if c.dial.is_some() {
+                return None;
+            }
+            let Some(r) = c.release else { return Some(0) };
+            let session = self.releases[r].release.swarm().session(slot)?;
+            if !session.is_active() {
+                return Some(1);
+            }
+            (now.saturating_duration_since(session.last_data()) >= IDLE_EVICTABLE).then_some(2)
+        };
         let (slot, _) = self
             .conns
             .iter()
             .enumerate()
-            .filter_map(|(i, c)| c.as_ref().filter(|c| c.release.is_none()).map(|c| (i, c.opened_at)))
-            .min_by_key(|&(_, t)| t)?;
-        self.close(slot, Err("evicted: every slot taken and it had not said hello"), now);
+            .filter_map(|(i, c)| c.as_ref().and_then(|c| Some((i, (tier(i, c)?, c.opened_at)))))
+            .min_by_key(|&(_, rank)| rank)?;
+        self.close(slot, Err("evicted: every inbound slot taken, and it was the least useful"), now);
         Some(slot)
     }
 
@@ -294,8 +326,11 @@ impl Agent {
         let _ = self.poll.registry().deregister(&mut conn.stream);
         match why {
             Ok(reason) if reason.is_offence() => {
-                log::warn!("dropping {}: {reason}; banned for {} s", conn.addr, dial::BAN_TIME.as_secs());
-                self.ban(conn.addr.ip(), now);
+                log::warn!("dropping {}: {reason}; banned for {} s", conn.addr, BAN_TIME.as_secs());
+                self.bans.ban(conn.addr.ip(), now);
+            }
+            Ok(CloseReason::HandshakeTimeout) if self.bans.strike(conn.addr.ip(), now) => {
+                log::warn!("dropping {}: its third handshake timeout; banned for {} s", conn.addr, BAN_TIME.as_secs());
             }
             Ok(reason) => log::info!("closed {}: {reason}", conn.addr),
             Err(e) => log::debug!("closed {}: {e}", conn.addr),

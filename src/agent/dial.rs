@@ -1,17 +1,13 @@
-//! Whom to dial for each release, and whom never to: the dial tables and the ban list.
+//! Whom to dial for each release: the dial tables.
 //!
 //! Each release keeps a bounded table of addresses (from `--peer`, LAN announcements and peer
-//! exchange), each redialled with back-off while the release is incomplete. Addresses that
-//! committed an offence are refused and not dialled for `BAN_TIME`.
+//! exchange), each redialled with back-off while the release is incomplete. Banned addresses
+//! (`guard.rs`) are not dialled.
 
 use super::{sys, Agent, Held};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-/// How long an address that misbehaved is refused and not dialled.
-pub(super) const BAN_TIME: Duration = Duration::from_secs(600);
-/// Addresses remembered as offenders; the oldest entry is forgotten first.
-pub(super) const MAX_BANS: usize = 64;
 /// How often a dial that cannot go now (banned, already connected, no free slot) is looked at.
 const REDIAL_CHECK: Duration = Duration::from_secs(2);
 /// Addresses kept per release to dial (from `--peer` and peer exchange).
@@ -49,12 +45,6 @@ impl Dial {
     }
 }
 
-/// An address banned until `until`.
-pub(super) struct Offender {
-    ip: IpAddr,
-    until: Instant,
-}
-
 /// Adds `addr` to the release's dial table unless it is us, known already, or the table is full.
 pub(super) fn add_dial(h: &mut Held, addr: SocketAddr, me: Option<SocketAddr>, now: Instant) {
     if Some(addr) == me || h.dials.iter().any(|d| d.addr == addr) || h.dials.len() >= MAX_DIALS {
@@ -65,17 +55,6 @@ pub(super) fn add_dial(h: &mut Held, addr: SocketAddr, me: Option<SocketAddr>, n
 }
 
 impl Agent {
-    pub(super) fn is_banned(&self, ip: IpAddr, now: Instant) -> bool {
-        self.bans.iter().any(|b| b.ip == ip && b.until > now)
-    }
-
-    pub(super) fn ban(&mut self, ip: IpAddr, now: Instant) {
-        if self.bans.is_full() {
-            self.bans.pop_front();
-        }
-        let _ = self.bans.push_back(Offender { ip, until: now + BAN_TIME });
-    }
-
     /// We accepted our own dial: the address it reached is ours, learnt from a peer. Only this
     /// end sees the reason (the dialling end sees the close), so it is here that the dial is put
     /// to rest.
@@ -97,7 +76,8 @@ impl Agent {
                     continue;
                 }
                 let addr = dial.addr;
-                let skip = self.is_banned(addr.ip(), now) || self.releases[r].release.swarm().is_connected_to(addr);
+                let skip =
+                    self.bans.is_banned(addr.ip(), now) || self.releases[r].release.swarm().is_connected_to(addr);
                 let slot = self.free_slot();
                 let dial = &mut self.releases[r].dials[d];
                 // Looked at again later, not at every turn: a due dial is a wakeup deadline.

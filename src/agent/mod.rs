@@ -19,6 +19,7 @@ mod config;
 mod conn;
 mod datadir;
 mod dial;
+mod guard;
 mod hooks;
 mod lan;
 pub mod status;
@@ -36,7 +37,8 @@ use crate::core::swarm::SwarmConfig;
 use crate::store::file::FileStore;
 use crate::store::history::History;
 use conn::Conn;
-use dial::{Dial, Offender};
+use dial::Dial;
+use guard::Bans;
 use hooks::Hook;
 use lan::Lan;
 use mio::net::TcpListener;
@@ -102,7 +104,7 @@ pub struct Agent {
     lan: Option<Lan>,
     conns: Vec<Option<Conn>>,
     releases: Vec<Held>,
-    bans: heapless::Deque<Offender, { dial::MAX_BANS }>,
+    bans: Bans,
     config: AgentConfig,
     /// Our random node number: peers use it to spot a connection to themselves or a duplicate.
     node: u64,
@@ -140,7 +142,7 @@ impl Agent {
             rereading: Vec::with_capacity(conns.len()),
             conns,
             releases: Vec::new(),
-            bans: heapless::Deque::new(),
+            bans: Bans::new(config.max_peers),
             config,
             node: rng.next_u64(),
             rng,

@@ -12,6 +12,7 @@ pub mod manifest;
 pub mod rate;
 pub mod release;
 pub mod rng;
+pub mod scope;
 pub mod session;
 pub mod storage;
 pub mod swarm;

@@ -179,6 +179,11 @@ pub struct Session {
     pub(crate) last_send: Instant,
     /// When the front request last made progress (sent, or a block of it arrived).
     pub(crate) progress_at: Instant,
+    /// When the front request must be whole: a peer that trickles a block just often enough to
+    /// look alive must not hold its chunks forever.
+    pub(crate) head_deadline: Option<Instant>,
+    /// When a block last went either way: how useful the connection is to keep.
+    pub(crate) last_data: Instant,
     /// Chunks from this peer that failed their hash.
     pub(crate) bad_chunks: u8,
     /// Times this peer left our requests unanswered past the timeout.
@@ -218,6 +223,8 @@ impl Session {
             last_recv: now,
             last_send: now,
             progress_at: now,
+            last_data: now,
+            head_deadline: None,
             bad_chunks: 0,
             stalls: 0,
             offered: heapless::Vec::new(),
@@ -229,6 +236,11 @@ impl Session {
     /// True once the handshake is done and until the session is closing.
     pub fn is_active(&self) -> bool {
         self.phase == Phase::Active
+    }
+
+    /// When a block last went either way (or when the session started).
+    pub fn last_data(&self) -> Instant {
+        self.last_data
     }
 
     /// Where the session is in its life.
@@ -331,6 +343,9 @@ impl Session {
         }
         if self.requested.iter().any(|r| !r.cancelled) {
             at = at.min(self.progress_at + t.request);
+            if let Some(head) = self.head_deadline {
+                at = at.min(head);
+            }
         }
         at
     }
@@ -347,6 +362,9 @@ pub struct Timeouts {
     pub keepalive: std::time::Duration,
     /// Close after hearing nothing for this long.
     pub idle: std::time::Duration,
+    /// Slowest rate, in bytes per second, at which a requested chunk may arrive: a chunk must be
+    /// whole within `request` plus its length at this rate, or its requests are re-routed.
+    pub min_chunk_rate: u32,
 }
 
 impl Default for Timeouts {
@@ -357,6 +375,9 @@ impl Default for Timeouts {
             request: Duration::from_secs(30),
             keepalive: Duration::from_secs(20),
             idle: Duration::from_secs(75),
+            // 256 KiB then has 94 s: far slower than any link we serve, far faster than a peer
+            // that sends one block every 29 s to look alive (464 s).
+            min_chunk_rate: 4096,
         }
     }
 }

@@ -54,6 +54,8 @@ impl Swarm {
             return Ok(Received::Nothing);
         };
         s.progress_at = now;
+        self.restart_head_clock(id, now);
+        let s = self.session_mut(id);
         if r.cancelled {
             // The acknowledgement of our Cancel frees a pipeline place.
             self.fill_requests(id, now);
@@ -98,15 +100,20 @@ impl Swarm {
             self.stats.wasted += data.len() as u64;
             if finished {
                 self.finish_head(id, head);
+                self.restart_head_clock(id, now);
                 self.fill_requests(id, now);
             }
             return Ok(Received::Nothing);
         };
         hasher.update(data);
         s.bytes_down += data.len() as u64;
+        s.last_data = now;
         self.stats.downloaded += data.len() as u64;
         let file_offset = self.geometry.chunk_offset(chunk) + offset as u64;
         let verdict = if finished { Some(self.complete_chunk(id, head, now)?) } else { None };
+        if finished {
+            self.restart_head_clock(id, now);
+        }
         Ok(Received::Write { offset: file_offset, verdict })
     }
 
@@ -125,6 +132,17 @@ impl Swarm {
         } else {
             self.session_mut(id).hasher = Some(Sha256::new());
         }
+    }
+
+    /// Starts the clock of the front request (if any): it must be whole by
+    /// `request + chunk_len / min_chunk_rate` from now.
+    pub(super) fn restart_head_clock(&mut self, id: PeerId, now: Instant) {
+        let t = self.config.timeouts;
+        let Some(s) = self.peers.get_mut(id).and_then(Option::as_mut) else { return };
+        s.head_deadline = s.requested.front().map(|r| {
+            let len = self.geometry.chunk_len(r.chunk) as u64;
+            now + t.request + Duration::from_millis(len * 1000 / t.min_chunk_rate.max(1) as u64)
+        });
     }
 
     /// Pops the front request once its last block is in.
@@ -274,11 +292,17 @@ impl Swarm {
             };
             self.download_bucket.refund(want - self.geometry.chunk_len(chunk) as u64);
             let s = self.session_mut(id);
-            if s.requested.is_empty() {
+            let was_empty = s.requested.is_empty();
+            let clock_stopped = s.head_deadline.is_none();
+            if was_empty {
                 s.progress_at = now;
             }
             // Cannot fail: checked not full above.
             let _ = s.requested.push_back(Outstanding { chunk, cancelled: false });
+            if was_empty || clock_stopped {
+                self.restart_head_clock(id, now);
+            }
+            let s = self.session_mut(id);
             s.push_control(Control::Request(chunk));
             self.in_flight[chunk as usize] += 1;
         }

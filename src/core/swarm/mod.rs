@@ -379,7 +379,7 @@ impl Swarm {
             Message::Reject(c) => self.on_reject(id, c, now),
             Message::Block { chunk, offset, data } => self.on_block(id, chunk, offset, data.0, now),
             Message::KeepAlive => Ok(Received::Nothing),
-            Message::Peers(Bytes(b)) => self.on_peers(b),
+            Message::Peers(Bytes(b)) => self.on_peers(id, b),
             Message::Auth(_) if self.config.fleet_keys.is_empty() => {
                 Err(CloseReason::Protocol("the peer requires a fleet secret (--fleet-secret)"))
             }
@@ -489,7 +489,9 @@ impl Swarm {
                 s.close(CloseReason::HandshakeTimeout);
             } else if now >= s.last_recv + t.idle {
                 s.close(CloseReason::Idle);
-            } else if s.live_requests() > 0 && now >= s.progress_at + t.request {
+            } else if s.live_requests() > 0
+                && (now >= s.progress_at + t.request || s.head_deadline.is_some_and(|d| now >= d))
+            {
                 // Re-route: the chunks go back to the pool; a second stall closes the peer.
                 let chunks: heapless::Vec<u32, MAX_REQUESTS> = s.requested.iter().map(|r| r.chunk).collect();
                 for chunk in chunks {
@@ -499,6 +501,7 @@ impl Swarm {
                 }
                 s.stalls += 1;
                 s.progress_at = now;
+                s.head_deadline = None;
                 if s.stalls >= 2 {
                     s.close(CloseReason::Stalled);
                 }

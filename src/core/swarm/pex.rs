@@ -13,9 +13,15 @@ impl Swarm {
         self.discovered.pop_front()
     }
 
-    pub(super) fn on_peers(&mut self, bytes: &[u8]) -> Result<Received, CloseReason> {
+    /// Takes a peer list from the active session `id`: only addresses that peer may name to us
+    /// (`core::scope::may_name`), so a lying peer cannot aim our dials at loopback, a private
+    /// range from outside, or anything it likes from a LAN.
+    pub(super) fn on_peers(&mut self, id: PeerId, bytes: &[u8]) -> Result<Received, CloseReason> {
         let addrs = wire::decode_peers(bytes).ok_or(CloseReason::Protocol("bad peer list"))?;
-        for a in addrs.filter(|a| a.port() != 0 && !a.ip().is_unspecified()) {
+        let Some(sender) = self.session(id).and_then(|s| s.remote).map(|r| r.ip()) else {
+            return Ok(Received::Nothing);
+        };
+        for a in addrs.filter(|&a| crate::core::scope::may_name(sender, a)) {
             if self.discovered.is_full() {
                 break;
             }

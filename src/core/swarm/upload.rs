@@ -116,6 +116,7 @@ impl Swarm {
         let s = self.session_mut(id);
         s.last_send = now;
         s.bytes_up += len as u64;
+        s.last_data = now;
         s.serve_offset += len;
         self.stats.uploaded += len as u64;
         if offset + len == chunk_len {
