@@ -656,6 +656,53 @@ fn agents_find_each_other_on_the_lan_and_ignore_junk_datagrams() {
     assert!(seed_log.contains("ignored a malformed announcement"), "junk was not seen and ignored:\n{seed_log}");
 }
 
+/// Announcements count only when sent to the group: a valid announcement of the very swarm a
+/// fetcher wants, naming a decoy, sent to the discovery port by unicast (a reflection attempt)
+/// makes it dial nothing; the same datagram sent to the group is heard (the control).
+#[test]
+fn a_unicast_announcement_is_not_heard_and_the_same_to_the_group_is() {
+    let tmp = TempDir::new("spoof");
+    let dir = tmp.path();
+    let rel = make_release(dir, MIB as usize, "64K", 0x7a);
+    let mut procs = Procs::default();
+    let group = format!("239.255.70.70:{}", free_addr(74).port());
+    let port: u16 = group.rsplit(':').next().unwrap().parse().unwrap();
+    let listen = free_addr(74).to_string();
+    let out = tmp.sub("f").join("fw.img");
+    let args = ["-v", "fetch", rel.manifest_arg(), "--trust", &rel.key, "--out", out.to_str().unwrap()];
+    let f = procs.spawn(dir, "f", &[&args[..], &["--listen", &listen, "--discovery-group", &group]].concat());
+    // Its discovery socket opens as it starts; datagrams before that are simply lost, and the
+    // loop below sends for two seconds.
+    std::thread::sleep(Duration::from_millis(300));
+
+    let decoy = TcpListener::bind("127.0.0.78:0").unwrap();
+    decoy.set_nonblocking(true).unwrap();
+    let swarm = flotilla::core::manifest::SignedManifest::read_file(Path::new(rel.manifest_arg())).unwrap().swarm_id;
+    let mut datagram = [0u8; flotilla::core::discovery::MAX_DATAGRAM];
+    let decoy_port = decoy.local_addr().unwrap().port();
+    let n = flotilla::core::discovery::encode(false, decoy_port, 0x5eed, [&swarm].into_iter(), &mut datagram);
+    let spoofer = std::net::UdpSocket::bind("127.0.0.78:0").unwrap();
+    let dialled = |decoy: &TcpListener| decoy.accept().is_ok();
+    for _ in 0..20 {
+        spoofer.send_to(&datagram[..n], (ip(74), port)).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!dialled(&decoy), "a unicast announcement made the fetcher dial what it named");
+    }
+    let log = procs.stderr(f);
+    assert!(log.contains("not sent to the group"), "the unicast datagrams were not seen and refused:\n{log}");
+    // The control: to the group, the same bytes are heard and the decoy is dialled.
+    spoofer.set_multicast_loop_v4(true).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        spoofer.send_to(&datagram[..n], &group).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        if dialled(&decoy) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "an announcement to the group was not heard:\n{}", procs.stderr(f));
+    }
+}
+
 /// With a fleet secret, a fetch holding it completes and one without it gets nothing.
 #[test]
 fn fleet_secret_admits_members_only() {

@@ -97,7 +97,8 @@ impl Agent {
 
     /// With the inbound slots full, frees the one held by the least useful inbound connection:
     /// first one that has not said which swarm it wants, then one whose handshake is not done,
-    /// then one that has exchanged no block for `IDLE_EVICTABLE`; the oldest in each tier. An
+    /// then one that has exchanged no block for `IDLE_EVICTABLE` (or none at all, once past the
+    /// handshake's time); the oldest in each tier. An
     /// honest peer says hello, authenticates and trades at once, so a flood of idle, trickling
     /// or merely polite connections (valid Hellos and keepalives) only evicts itself.
     fn evict_least_useful(&mut self, now: Instant) -> Option<usize> {
@@ -110,7 +111,10 @@ impl Agent {
             if !session.is_active() {
                 return Some(1);
             }
-            (now.saturating_duration_since(session.last_data()) >= IDLE_EVICTABLE).then_some(2)
+            let idle = now.saturating_duration_since(session.last_data()) >= IDLE_EVICTABLE;
+            // Polite but useless: a valid Hello and keepalives, and never a block either way.
+            let never_traded = session.bytes_up + session.bytes_down == 0 && now >= c.opened_at + HANDSHAKE_TIMEOUT;
+            (idle || never_traded).then_some(2)
         };
         let (slot, _) = self
             .conns

@@ -18,6 +18,9 @@ pub(super) struct Lan {
     sender: std::net::UdpSocket,
     group: std::net::SocketAddrV4,
     pub(super) schedule: discovery::Schedule,
+    /// This host's IPv4 subnets, refreshed at each announcement: announcements count only from
+    /// a source on one of them.
+    subnets: Vec<(std::net::Ipv4Addr, std::net::Ipv4Addr)>,
 }
 
 impl Agent {
@@ -31,6 +34,7 @@ impl Agent {
                 sender: sys::multicast_sender(*me.ip())?,
                 group,
                 schedule: discovery::Schedule::new(Instant::now()),
+                subnets: sys::local_subnets().unwrap_or_default(),
             })
         });
         match opened {
@@ -45,6 +49,10 @@ impl Agent {
         let Some(lan) = self.lan.as_mut() else { return };
         if !lan.schedule.due(now) {
             return;
+        }
+        match sys::local_subnets() {
+            Ok(subnets) => lan.subnets = subnets,
+            Err(e) => log::debug!("cannot list this host's subnets: {e}"),
         }
         let query = self.releases.iter().any(|h| !h.release.is_complete());
         let mut buf = [0u8; discovery::MAX_DATAGRAM];
@@ -62,11 +70,18 @@ impl Agent {
         let mut buf = [0u8; discovery::MAX_DATAGRAM + 1];
         for _ in 0..MAX_DATAGRAMS_PER_TURN {
             let Some(lan) = self.lan.as_mut() else { return };
-            let (n, from) = match lan.listener.recv_from(&mut buf) {
+            let (n, from, to) = match sys::recv_datagram(&lan.listener, &mut buf) {
                 Ok(x) => x,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => return log::debug!("discovery receive failed: {e}"),
             };
+            // Only what was sent to the group, from a host on one of our links: a unicast
+            // datagram to the port, or a spoofed source from afar, names no peer to dial.
+            if to != Some(*lan.group.ip()) || !sys::on_link(*from.ip(), &lan.subnets) {
+                log::debug!("ignored a datagram from {from} to {to:?}: not sent to the group from our link");
+                continue;
+            }
+            let from = SocketAddr::V4(from);
             let Some(a) = Announcement::decode(&buf[..n]) else {
                 log::debug!("ignored a malformed announcement from {from}");
                 continue;

@@ -74,6 +74,8 @@ pub fn multicast_listener(group: SocketAddrV4, iface: Ipv4Addr) -> io::Result<Ud
         }
         let sock = std::net::UdpSocket::from_raw_fd(fd);
         set_option(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, &(1 as libc::c_int))?;
+        // Tells each datagram's destination address, so unicast sent to the port is told apart.
+        set_option(fd, libc::IPPROTO_IP, libc::IP_PKTINFO, &(1 as libc::c_int))?;
         let (addr, len) = sockaddr(SocketAddr::from(([0, 0, 0, 0], group.port())));
         if libc::bind(fd, &addr as *const _ as *const libc::sockaddr, len) != 0 {
             return Err(io::Error::last_os_error());
@@ -160,4 +162,78 @@ pub fn random_nonce() -> io::Result<[u8; crate::core::auth::NONCE_LEN]> {
     let mut nonce = [0u8; crate::core::auth::NONCE_LEN];
     os_random(&mut nonce)?;
     Ok(nonce)
+}
+
+/// Receives one datagram on a socket with `IP_PKTINFO` on: its length, its source, and the
+/// destination address its IP header named (`None` if the kernel did not say).
+pub fn recv_datagram(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<(usize, SocketAddrV4, Option<Ipv4Addr>)> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: recvmsg writes at most `buf.len()` bytes into `buf`, a sockaddr_in into `from` and
+    // at most `control.len()` bytes of control messages into `control`, all ours; the CMSG
+    // macros walk only what the kernel reported in `msg_controllen`.
+    unsafe {
+        let mut from: libc::sockaddr_in = std::mem::zeroed();
+        let mut iov = libc::iovec { iov_base: buf.as_mut_ptr() as *mut libc::c_void, iov_len: buf.len() };
+        let mut control = [0u64; 16];
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_name = &mut from as *mut _ as *mut libc::c_void;
+        msg.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
+        msg.msg_controllen = std::mem::size_of_val(&control) as _;
+        let n = libc::recvmsg(sock.as_raw_fd(), &mut msg, 0);
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut dst = None;
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::IPPROTO_IP && (*cmsg).cmsg_type == libc::IP_PKTINFO {
+                let info = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const libc::in_pktinfo);
+                dst = Some(Ipv4Addr::from(u32::from_be(info.ipi_addr.s_addr)));
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+        let source = SocketAddrV4::new(Ipv4Addr::from(u32::from_be(from.sin_addr.s_addr)), u16::from_be(from.sin_port));
+        Ok((n as usize, source, dst))
+    }
+}
+
+/// The IPv4 subnets (address, netmask) of this host's interfaces that are up: what "on-link"
+/// means for a LAN announcement's source.
+pub fn local_subnets() -> io::Result<Vec<(Ipv4Addr, Ipv4Addr)>> {
+    let mut out = Vec::new();
+    // SAFETY: getifaddrs hands us a list we walk read-only and free once with freeifaddrs;
+    // every address pointer is checked for null and its family before it is read as IPv4.
+    unsafe {
+        let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+        if libc::getifaddrs(&mut list) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut at = list;
+        while !at.is_null() {
+            let ifa = &*at;
+            let up = ifa.ifa_flags & libc::IFF_UP as libc::c_uint != 0;
+            if up && !ifa.ifa_addr.is_null() && !ifa.ifa_netmask.is_null() {
+                if (*ifa.ifa_addr).sa_family as libc::c_int == libc::AF_INET {
+                    let addr = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                    let mask = &*(ifa.ifa_netmask as *const libc::sockaddr_in);
+                    out.push((
+                        Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr)),
+                        Ipv4Addr::from(u32::from_be(mask.sin_addr.s_addr)),
+                    ));
+                }
+            }
+            at = ifa.ifa_next;
+        }
+        libc::freeifaddrs(list);
+    }
+    Ok(out)
+}
+
+/// True if `ip` lies in one of `subnets`.
+pub fn on_link(ip: Ipv4Addr, subnets: &[(Ipv4Addr, Ipv4Addr)]) -> bool {
+    let ip = u32::from(ip);
+    subnets.iter().any(|&(addr, mask)| ip & u32::from(mask) == u32::from(addr) & u32::from(mask))
 }
