@@ -215,15 +215,17 @@ pub fn local_subnets() -> io::Result<Vec<(Ipv4Addr, Ipv4Addr)>> {
         while !at.is_null() {
             let ifa = &*at;
             let up = ifa.ifa_flags & libc::IFF_UP as libc::c_uint != 0;
-            if up && !ifa.ifa_addr.is_null() && !ifa.ifa_netmask.is_null() {
-                if (*ifa.ifa_addr).sa_family as libc::c_int == libc::AF_INET {
-                    let addr = &*(ifa.ifa_addr as *const libc::sockaddr_in);
-                    let mask = &*(ifa.ifa_netmask as *const libc::sockaddr_in);
-                    out.push((
-                        Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr)),
-                        Ipv4Addr::from(u32::from_be(mask.sin_addr.s_addr)),
-                    ));
-                }
+            let v4 = up
+                && !ifa.ifa_addr.is_null()
+                && !ifa.ifa_netmask.is_null()
+                && (*ifa.ifa_addr).sa_family as libc::c_int == libc::AF_INET;
+            if v4 {
+                let addr = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                let mask = &*(ifa.ifa_netmask as *const libc::sockaddr_in);
+                out.push((
+                    Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr)),
+                    Ipv4Addr::from(u32::from_be(mask.sin_addr.s_addr)),
+                ));
             }
             at = ifa.ifa_next;
         }
