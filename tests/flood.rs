@@ -168,3 +168,165 @@ fn floods_and_slowloris_leave_memory_and_descriptors_bounded_and_honest_fetches_
     assert!(peak_fds <= 32 + 16, "descriptors grew with the flood: {peak_fds}");
     assert!(peak_rss <= RSS_CAP_KIB, "RSS {peak_rss} KiB over the cap {RSS_CAP_KIB} KiB");
 }
+
+/// A TCP connection to `to` from source address `from` (bind before connect).
+fn connect_from(from: std::net::Ipv4Addr, to: SocketAddr) -> std::io::Result<TcpStream> {
+    use std::os::fd::FromRawFd;
+    let SocketAddr::V4(to) = to else { panic!("IPv4 only") };
+    let sin = |ip: std::net::Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from(ip).to_be() },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: a socket we own, closed through the TcpStream (or on error, explicitly).
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let stream = TcpStream::from_raw_fd(fd);
+        let local = sin(from, 0);
+        if libc::bind(fd, &local as *const _ as *const libc::sockaddr, len) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let remote = sin(*to.ip(), to.port());
+        if libc::connect(fd, &remote as *const _ as *const libc::sockaddr, len) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(stream)
+    }
+}
+
+/// Connections that say a valid Hello for the swarm and then only keep alive: they hold slots
+/// politely and never trade. Runs until `stop`; reconnects what the agent closes.
+fn polite_flood(
+    seed: SocketAddr,
+    sources: Vec<std::net::Ipv4Addr>,
+    swarm: [u8; 32],
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<usize> {
+    use flotilla::core::wire::{encode_frame, Message, MAX_FRAME, VERSION};
+    std::thread::spawn(move || {
+        let frame = |m: &Message| {
+            let mut buf = vec![0u8; MAX_FRAME];
+            let n = encode_frame(m, &mut buf).unwrap();
+            buf.truncate(n);
+            buf
+        };
+        let keepalive = frame(&Message::KeepAlive);
+        let mut opened = 0;
+        let mut conns: Vec<Option<TcpStream>> = sources.iter().map(|_| None).collect();
+        let mut sink = vec![0u8; 65536];
+        while !stop.load(Ordering::Relaxed) {
+            for (i, c) in conns.iter_mut().enumerate() {
+                if c.is_none() {
+                    let Ok(mut s) = connect_from(sources[i], seed) else { continue };
+                    let hello = Message::Hello {
+                        version: VERSION,
+                        swarm,
+                        listen_port: 0,
+                        node: 0xbad0 + i as u64,
+                        nonce: [i as u8; 16],
+                    };
+                    if s.write_all(&frame(&hello)).is_ok() && s.set_nonblocking(true).is_ok() {
+                        opened += 1;
+                        *c = Some(s);
+                    }
+                }
+                let Some(s) = c.as_mut() else { continue };
+                let alive = match s.read(&mut sink) {
+                    Ok(0) => false,
+                    Ok(_) => true,
+                    Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
+                };
+                if !alive || s.write_all(&keepalive).is_err() {
+                    *c = None;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        opened
+    })
+}
+
+/// One honest fetch of the seed's release from 127.0.0.`x`; returns how long it took.
+fn honest_fetch(dir: &Path, manifest: &Path, key: &str, seed: &str, x: u8) -> Duration {
+    let out = dir.join(format!("honest-{x}.img"));
+    let listen = TcpListener::bind(format!("127.0.0.{x}:0")).unwrap().local_addr().unwrap().to_string();
+    let started = Instant::now();
+    let mut fetch = Command::new(BIN)
+        .args(["fetch", manifest.to_str().unwrap(), "--trust", key, "--out", out.to_str().unwrap()])
+        .args(["--listen", &listen, "--peer", seed, "--no-discovery"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = loop {
+        if let Some(s) = fetch.try_wait().unwrap() {
+            break s;
+        }
+        assert!(started.elapsed() < Duration::from_secs(120), "the honest fetch was starved");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    let _ = fetch.stderr.take().unwrap().read_to_string(&mut err);
+    assert!(status.success(), "the honest fetch failed ({status}):\n{err}");
+    std::fs::remove_file(&out).unwrap();
+    started.elapsed()
+}
+
+/// Strangers that complete valid Hellos and keep alive cannot starve an agent of connections:
+/// 40 of them from one address hold at most 4 slots, and 40 from 40 addresses (no fleet
+/// secret) are evicted for a newcomer once past the handshake's time, since they never trade.
+/// An honest fetch through the same agent completes in both cases; the times are printed
+/// against the same fetch unattacked.
+#[test]
+fn polite_floods_with_valid_hellos_cannot_starve_an_honest_fetch() {
+    let dir = std::env::temp_dir().join(format!("flotilla-polite-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (key, data_dir, _) = write_release(&dir);
+    let manifest = data_dir.join("fw.img.flotilla");
+    let swarm = flotilla::core::manifest::SignedManifest::read_file(&manifest).unwrap().swarm_id;
+    let mut guard = Kill(Vec::new(), dir.clone());
+    let seed: SocketAddr = TcpListener::bind("127.0.0.190:0").unwrap().local_addr().unwrap();
+    let seed_s = seed.to_string();
+    let child = Command::new(BIN)
+        .args(["serve", "--data", data_dir.to_str().unwrap(), "--listen", &seed_s, "--no-discovery"])
+        .args(["--trust", &key, "--max-upload-rate", "4M"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    guard.0.push(child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(seed).is_err() {
+        assert!(Instant::now() < deadline, "the seed never listened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let quiet = honest_fetch(&dir, &manifest, &key, &seed_s, 191);
+
+    let mut report = format!("unattacked {:.1} s", quiet.as_secs_f64());
+    let one_address = vec![std::net::Ipv4Addr::new(127, 0, 0, 192); 40];
+    let many_addresses: Vec<_> = (0..40).map(|i| std::net::Ipv4Addr::new(127, 0, 1, 10 + i)).collect();
+    for (name, sources, x) in [("40 from one address", one_address, 193), ("40 from 40 addresses", many_addresses, 194)]
+    {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flood = polite_flood(seed, sources, swarm, stop.clone());
+        std::thread::sleep(Duration::from_secs(2));
+        let attacked = honest_fetch(&dir, &manifest, &key, &seed_s, x);
+        stop.store(true, Ordering::Relaxed);
+        let opened = flood.join().unwrap();
+        assert!(opened >= 4, "{name}: the flood never got in ({opened} connections)");
+        report += &format!(
+            "; {name}: {:.1} s ({:.2}x, {opened} flood connections opened)",
+            attacked.as_secs_f64(),
+            attacked.as_secs_f64() / quiet.as_secs_f64()
+        );
+    }
+    eprintln!("polite floods, honest fetch of 6 MiB: {report}");
+}

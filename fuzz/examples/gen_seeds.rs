@@ -9,7 +9,9 @@ use std::path::{Path, PathBuf};
 
 use flotilla::core::discovery;
 use flotilla::core::manifest::{SecretKey, SignedManifest, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
-use flotilla::core::wire::{self, Bytes, Message, RefuseReason, BLOCK_SIZE, HEADER_LEN, MAX_FRAME, PEER_ENTRY, VERSION};
+use flotilla::core::wire::{
+    self, Bytes, Message, RefuseReason, BLOCK_SIZE, HEADER_LEN, MAX_FRAME, PEER_ENTRY, VERSION,
+};
 use flotilla_fuzz::{MANIFEST_HEADER, SIGNATURE_LEN};
 
 fn main() {
@@ -17,6 +19,7 @@ fn main() {
     wire_seeds(&seeds);
     manifest_seeds(&seeds);
     announcement_seeds(&seeds);
+    session_seeds(&seeds);
     println!("seeds written under {}", seeds.display());
 }
 
@@ -120,5 +123,17 @@ fn announcement_seeds(seeds: &Path) {
         let mut out = [0u8; discovery::MAX_DATAGRAM];
         let n = discovery::encode(query, port, node, ids[..count].iter(), &mut out);
         write(&seeds.join("announcement"), &format!("{name}.bin"), &out[..n]);
+    }
+}
+
+/// Sessions in every setting (fleet secret or not, who dials, who seeds): honest traffic, time
+/// passing past the keepalive and stall timers, an injected Have and a raw frame, then traffic.
+fn session_seeds(seeds: &Path) {
+    let have = frame_of(&Message::Have(2))[wire::HEADER_LEN..].to_vec();
+    for flags in 0u8..8 {
+        let mut steps = vec![flags, 0, 0, 1, 25, 0, 2, have.len() as u8];
+        steps.extend_from_slice(&have);
+        steps.extend_from_slice(&[3, 3, 9, 9, 9, 0, 1, 100, 0]);
+        write(&seeds.join("session"), &format!("flags{flags}.bin"), &steps);
     }
 }

@@ -287,3 +287,136 @@ pub fn state(data: &[u8]) {
         assert_eq!(bits.as_bytes(), &body[body.len() - bits.as_bytes().len()..]);
     }
 }
+
+/// Target `session`: a whole connection, handshake first, as a peer drives it.
+///
+/// The first byte chooses the setting (bit 0: both ends hold a fleet secret; bit 1: the agent
+/// under test dialled; bit 2: it is the seed, else the fetcher). A real peer (a `Swarm`) and the
+/// agent under test (a `Release` over `MemStore`) are joined; the rest of the input is a
+/// sequence of steps: let the honest traffic flow both ways, let time pass, or inject a message
+/// the input spells (postcard bytes), sealed under the peer's channel when there is one so that
+/// it reaches the session's logic past the tag check, or a raw frame. Whatever happens, nothing
+/// may panic, every frame the agent sends must decode, and a fetcher must never hold bytes that
+/// are not the release's in a chunk it counts as ours.
+pub fn session(data: &[u8]) {
+    use flotilla::core::auth::{fleet_key, FleetKeys};
+    use flotilla::core::bitfield::Bitfield;
+    use flotilla::core::manifest::Manifest;
+    use flotilla::core::release::{Release, ReleaseConfig};
+    use flotilla::core::swarm::{NewPeer, Swarm, SwarmConfig, Transmit};
+    use flotilla::store::memory::MemStore;
+    use std::time::{Duration, Instant};
+
+    let Some((&flags, mut rest)) = data.split_first() else { return };
+    let (fleet, we_dial, we_seed) = (flags & 1 != 0, flags & 2 != 0, flags & 4 != 0);
+    const CHUNK: u32 = 16 * 1024;
+    let image: Vec<u8> = (0..4 * CHUNK as usize + 100).map(|i| (i * 31 % 251) as u8).collect();
+    let m = Manifest {
+        name: "fuzz.img".into(),
+        release: 1,
+        file_size: image.len() as u64,
+        chunk_size: CHUNK,
+        file_hash: Sha256::digest(&image).into(),
+        chunk_hashes: image.chunks(CHUNK as usize).map(|c| Sha256::digest(c).into()).collect(),
+        signer: [0; 32],
+    };
+    let n = m.chunk_count();
+    let signed = SignedManifest { manifest: m.clone(), bytes: Vec::new(), swarm_id: [3; 32] };
+    let mut keys = FleetKeys::default();
+    if fleet {
+        keys.push(fleet_key(b"the fuzzed fleet's secret, 32 b."));
+    }
+    let config = |node| SwarmConfig { node, fleet_keys: keys, ..SwarmConfig::default() };
+    let now0 = Instant::now();
+    let (store, present) = match we_seed {
+        true => (MemStore::with_data("fuzz.img", image.clone(), true), Bitfield::full(n)),
+        false => (MemStore::new("fuzz.img", image.len() as u64), Bitfield::new(n)),
+    };
+    let mut us =
+        Release::new(&signed, store, &present, ReleaseConfig { swarm: config(1), ..Default::default() }, 1, now0);
+    let peer_have = if we_seed { Bitfield::new(n) } else { Bitfield::full(n) };
+    let mut peer = Swarm::new(&m, [3; 32], &peer_have, config(2), 2);
+    us.add_peer(0, NewPeer { outbound: we_dial, remote: None, nonce: [1; 16] }, now0);
+    peer.add_peer(0, NewPeer { outbound: !we_dial, remote: None, nonce: [2; 16] }, now0);
+
+    let mut now = now0;
+    let mut frame = vec![0u8; MAX_FRAME];
+    let deliver_to_us = |us: &mut Release<MemStore>, f: &mut [u8], now| us.handle_frame(0, f, now);
+    for _ in 0..64 {
+        let Some((&op, tail)) = rest.split_first() else { break };
+        rest = tail;
+        match op % 4 {
+            // Honest traffic both ways, a few rounds.
+            0 => {
+                for _ in 0..4 {
+                    while let Some(len) = us.poll_transmit(0, now, true, &mut frame) {
+                        let mut sent = frame[..len].to_vec();
+                        if let Ok(payload) = peer.open_frame(0, &mut sent) {
+                            let msg = wire::decode_message(payload).expect("the agent sent an undecodable frame");
+                            let _ = peer.handle_message(0, &msg, now);
+                        }
+                    }
+                    while let Some(t) = peer.poll_transmit(0, now, true) {
+                        let (len, hello) = match t {
+                            Transmit::Message(msg) => {
+                                (wire::encode_frame(&msg, &mut frame).unwrap(), matches!(msg, Message::Hello { .. }))
+                            }
+                            Transmit::Block { chunk, offset, len, file_offset } => {
+                                let start = wire::begin_block(chunk, offset, len, &mut frame).unwrap();
+                                let end = start + len as usize;
+                                frame[start..end]
+                                    .copy_from_slice(&image[file_offset as usize..file_offset as usize + len as usize]);
+                                wire::seal_frame(&mut frame[..end]);
+                                (end, false)
+                            }
+                        };
+                        let len = peer.seal_frame(0, &mut frame, len, hello);
+                        deliver_to_us(&mut us, &mut frame[..len], now);
+                    }
+                }
+            }
+            // Time passes: 0 to 255 s.
+            1 => {
+                let Some((&secs, tail)) = rest.split_first() else { break };
+                rest = tail;
+                now += Duration::from_secs(secs as u64);
+                us.handle_timeout(now);
+                peer.handle_timeout(now);
+            }
+            // A message spelled by the input, sealed like the peer's own.
+            2 => {
+                let Some((&len, tail)) = rest.split_first() else { break };
+                let take = (len as usize).min(tail.len());
+                let (spelled, tail) = tail.split_at(take);
+                rest = tail;
+                let Ok(msg) = wire::decode_message(spelled) else { continue };
+                let Ok(len) = wire::encode_frame(&msg, &mut frame) else { continue };
+                let len = peer.seal_frame(0, &mut frame, len, matches!(msg, Message::Hello { .. }));
+                deliver_to_us(&mut us, &mut frame[..len], now);
+            }
+            // Raw bytes as one frame, length header filled in.
+            _ => {
+                let Some((&len, tail)) = rest.split_first() else { break };
+                let take = (len as usize).min(tail.len());
+                let (raw, tail) = tail.split_at(take);
+                rest = tail;
+                let mut f = vec![0u8; HEADER_LEN + raw.len()];
+                f[HEADER_LEN..].copy_from_slice(raw);
+                wire::seal_frame(&mut f);
+                deliver_to_us(&mut us, &mut f, now);
+            }
+        }
+        while us.poll_event(now).is_some() {}
+    }
+    // Whatever the peer did, what we count as ours is the release's bytes.
+    if let Some(committed) = us.store().committed() {
+        for c in committed.iter_ones() {
+            let (off, len) = (m.chunk_offset(c) as usize, m.chunk_len(c) as usize);
+            assert_eq!(
+                &us.store().data()[off..off + len],
+                &image[off..off + len],
+                "chunk {c} committed with wrong bytes"
+            );
+        }
+    }
+}

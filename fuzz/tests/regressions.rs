@@ -13,13 +13,14 @@ use flotilla::core::wire;
 
 type Check = fn(&[u8]);
 
-const TARGETS: [(&str, Check); 6] = [
+const TARGETS: [(&str, Check); 7] = [
     ("frame", flotilla_fuzz::frame),
     ("message", flotilla_fuzz::message),
     ("manifest", flotilla_fuzz::manifest),
     ("manifest_resigned", flotilla_fuzz::manifest_resigned),
     ("announcement", flotilla_fuzz::announcement),
     ("state", flotilla_fuzz::state),
+    ("session", flotilla_fuzz::session),
 ];
 
 /// The files in `fuzz/<kind>/<target>/`, sorted, with their names; none if the directory is absent.

@@ -30,6 +30,9 @@ const UNSENT_MARK: usize = 64 * 1024;
 const MAX_PER_ADDRESS: usize = 4;
 /// An inbound peer that exchanged no block for this long may give its slot to a newcomer.
 const IDLE_EVICTABLE: Duration = Duration::from_secs(60);
+/// ... and one that has traded no block at all, this long after it connected: an honest peer
+/// asks for or is asked for a chunk within milliseconds of the handshake.
+const NEVER_TRADED_GRACE: Duration = Duration::from_secs(3);
 
 /// One TCP connection in a slot.
 pub(super) struct Conn {
@@ -41,6 +44,8 @@ pub(super) struct Conn {
     pub(super) release: Option<usize>,
     /// The entry of the release's dial table this connection came from.
     dial: Option<usize>,
+    /// Its session finished the handshake at some point.
+    was_active: bool,
     pub(super) opened_at: Instant,
     rbuf: Box<[u8]>,
     rlen: usize,
@@ -97,8 +102,8 @@ impl Agent {
 
     /// With the inbound slots full, frees the one held by the least useful inbound connection:
     /// first one that has not said which swarm it wants, then one whose handshake is not done,
-    /// then one that has exchanged no block for `IDLE_EVICTABLE` (or none at all, once past the
-    /// handshake's time); the oldest in each tier. An
+    /// then one that has exchanged no block for `IDLE_EVICTABLE` (or none at all for
+    /// `NEVER_TRADED_GRACE`); the oldest in each tier. An
     /// honest peer says hello, authenticates and trades at once, so a flood of idle, trickling
     /// or merely polite connections (valid Hellos and keepalives) only evicts itself.
     fn evict_least_useful(&mut self, now: Instant) -> Option<usize> {
@@ -113,7 +118,7 @@ impl Agent {
             }
             let idle = now.saturating_duration_since(session.last_data()) >= IDLE_EVICTABLE;
             // Polite but useless: a valid Hello and keepalives, and never a block either way.
-            let never_traded = session.bytes_up + session.bytes_down == 0 && now >= c.opened_at + HANDSHAKE_TIMEOUT;
+            let never_traded = session.bytes_up + session.bytes_down == 0 && now >= c.opened_at + NEVER_TRADED_GRACE;
             (idle || never_traded).then_some(2)
         };
         let (slot, _) = self
@@ -122,6 +127,13 @@ impl Agent {
             .enumerate()
             .filter_map(|(i, c)| c.as_ref().and_then(|c| Some((i, (tier(i, c)?, c.opened_at)))))
             .min_by_key(|&(_, rank)| rank)?;
+        // Being evicted as useless counts like a handshake timeout: an address whose connections
+        // keep ending up so is banned at the third, or a flood would only recycle its slots.
+        if let Some(c) = self.conns[slot].as_ref() {
+            if self.bans.strike(c.addr.ip(), now) {
+                log::warn!("{}: evicted as useless for the third time; banned for {} s", c.addr, BAN_TIME.as_secs());
+            }
+        }
         self.close(slot, Err("evicted: every inbound slot taken, and it was the least useful"), now);
         Some(slot)
     }
@@ -151,6 +163,7 @@ impl Agent {
             connecting: dial.is_some(),
             release: dial.map(|d| d.0),
             dial: dial.map(|d| d.1),
+            was_active: false,
             opened_at: now,
             rbuf: vec![0; RECV_BUF].into_boxed_slice(),
             rlen: 0,
@@ -246,6 +259,7 @@ impl Agent {
                 }
             };
             open = releases[r].release.handle_frame(slot, frame, now);
+            conn.was_active |= releases[r].release.swarm().session(slot).is_some_and(|s| s.is_active());
             pos += len;
         }
         conn.rbuf.copy_within(pos..conn.rlen, 0);
@@ -349,7 +363,7 @@ impl Agent {
         self.releases[r].release.remove_peer(slot, now);
         if let Some(d) = conn.dial {
             let stalled = matches!(why, Ok(CloseReason::Stalled | CloseReason::Idle));
-            self.releases[r].dials[d].closed(stalled, now);
+            self.releases[r].dials[d].closed(conn.was_active, stalled, now);
         }
     }
 }

@@ -8,6 +8,8 @@ use super::{sys, Agent, Held};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+/// Dials in a row that fail (no finished handshake) before a learnt address is shed.
+const MAX_FAILURES: u8 = 3;
 /// How often a dial that cannot go now (banned, already connected, no free slot) is looked at.
 const REDIAL_CHECK: Duration = Duration::from_secs(2);
 /// Addresses kept per release to dial (from `--peer` and peer exchange).
@@ -24,19 +26,40 @@ pub(super) struct Dial {
     pub(super) slot: Option<usize>,
     pub(super) next_try: Instant,
     backoff: Duration,
+    /// Given with `--peer`: kept whatever happens. Learnt addresses are shed after `MAX_FAILURES`.
+    configured: bool,
+    /// Dials in a row that never reached a finished handshake.
+    failures: u8,
 }
 
 impl Dial {
-    pub(super) fn new(addr: SocketAddr, now: Instant) -> Dial {
-        Dial { addr, slot: None, next_try: now, backoff: FIRST_BACKOFF }
+    fn new(addr: SocketAddr, configured: bool, now: Instant) -> Dial {
+        Dial { addr, slot: None, next_try: now, backoff: FIRST_BACKOFF, configured, failures: 0 }
     }
 
-    /// Its connection closed; a peer that stalled or went silent is not worth an instant redial.
-    pub(super) fn closed(&mut self, stalled: bool, now: Instant) {
+    /// An address from `--peer`.
+    pub(super) fn configured(addr: SocketAddr, now: Instant) -> Dial {
+        Dial::new(addr, true, now)
+    }
+
+    /// Its connection closed, after a finished handshake (`worked`) or not; a peer that stalled
+    /// or went silent is not worth an instant redial.
+    pub(super) fn closed(&mut self, worked: bool, stalled: bool, now: Instant) {
         self.slot = None;
+        self.failures = if worked { 0 } else { self.failures.saturating_add(1) };
         if stalled {
             self.back_off(now);
         }
+    }
+
+    /// Waiting to be dialled again (not connected, not shed).
+    pub(super) fn is_due_later(&self) -> bool {
+        self.slot.is_none() && !self.is_shed()
+    }
+
+    /// A learnt address that kept failing: not dialled again, and its entry may be reused.
+    fn is_shed(&self) -> bool {
+        !self.configured && self.failures >= MAX_FAILURES && self.slot.is_none()
     }
 
     fn back_off(&mut self, now: Instant) {
@@ -45,13 +68,22 @@ impl Dial {
     }
 }
 
-/// Adds `addr` to the release's dial table unless it is us, known already, or the table is full.
+/// Adds `addr` to the release's dial table unless it is us or known already. A full table takes
+/// it only in the place of an entry shed for failing; an address that was shed is not taken
+/// back until its entry has been reused, so a liar repeating it gains nothing.
 pub(super) fn add_dial(h: &mut Held, addr: SocketAddr, me: Option<SocketAddr>, now: Instant) {
-    if Some(addr) == me || h.dials.iter().any(|d| d.addr == addr) || h.dials.len() >= MAX_DIALS {
+    if Some(addr) == me || h.dials.iter().any(|d| d.addr == addr) {
+        return;
+    }
+    let learnt = Dial::new(addr, false, now);
+    if h.dials.len() < MAX_DIALS {
+        h.dials.push(learnt);
+    } else if let Some(shed) = h.dials.iter_mut().find(|d| d.is_shed()) {
+        *shed = learnt;
+    } else {
         return;
     }
     log::debug!("{}: learnt peer {addr}", h.release.name());
-    h.dials.push(Dial::new(addr, now));
 }
 
 impl Agent {
@@ -72,7 +104,7 @@ impl Agent {
             }
             for d in 0..self.releases[r].dials.len() {
                 let dial = &self.releases[r].dials[d];
-                if dial.slot.is_some() || dial.next_try > now {
+                if dial.slot.is_some() || dial.next_try > now || dial.is_shed() {
                     continue;
                 }
                 let addr = dial.addr;
@@ -91,9 +123,38 @@ impl Agent {
                         dial.slot = Some(slot);
                         self.open_slot(slot, stream, addr, Some((r, d)), now);
                     }
-                    Err(e) => log::debug!("cannot connect to {addr}: {e}"),
+                    Err(e) => {
+                        dial.failures = dial.failures.saturating_add(1);
+                        log::debug!("cannot connect to {addr}: {e}");
+                    }
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_learnt_address_that_keeps_failing_is_shed_and_a_configured_one_never_is() {
+        let now = Instant::now();
+        let addr: SocketAddr = "192.0.2.1:7070".parse().unwrap();
+        let mut learnt = Dial::new(addr, false, now);
+        let mut given = Dial::configured(addr, now);
+        for _ in 0..MAX_FAILURES {
+            assert!(!learnt.is_shed());
+            learnt.closed(false, false, now);
+            given.closed(false, false, now);
+        }
+        assert!(learnt.is_shed() && !learnt.is_due_later(), "three failures in a row shed it");
+        assert!(!given.is_shed(), "--peer addresses stay");
+        let mut recovers = Dial::new(addr, false, now);
+        recovers.closed(false, false, now);
+        recovers.closed(false, false, now);
+        recovers.closed(true, false, now);
+        recovers.closed(false, false, now);
+        assert!(!recovers.is_shed(), "a finished handshake resets the count");
     }
 }

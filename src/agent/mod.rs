@@ -204,7 +204,7 @@ impl Agent {
         let (store, present) = FileStore::open(path, m)?;
         let now = Instant::now();
         let release = Release::new(m, store, &present, self.release_config(), self.rng.next_u64(), now);
-        let dials = self.config.peers.iter().map(|&addr| Dial::new(addr, now)).collect();
+        let dials = self.config.peers.iter().map(|&addr| Dial::configured(addr, now)).collect();
         self.releases.push(Held {
             completed_at: release.is_complete().then_some(now),
             release,
@@ -336,7 +336,7 @@ impl Agent {
                 None => h.release.poll_timeout(now).into_iter().for_each(&mut consider),
             }
             if !h.release.is_complete() {
-                h.dials.iter().filter(|d| d.slot.is_none()).for_each(|d| consider(d.next_try));
+                h.dials.iter().filter(|d| d.is_due_later()).for_each(|d| consider(d.next_try));
             }
         }
         if let Some(lan) = &self.lan {

@@ -659,4 +659,24 @@ mod tests {
         assert_eq!(send_blocks(&mut s, 1, now), 1);
         assert!(s.wants_block(0), "and gets the slot back for its second chunk");
     }
+
+    #[test]
+    fn a_peer_list_yields_only_addresses_the_sender_may_name() {
+        let now = Instant::now();
+        let mut s = swarm(&[], 2);
+        let lan_peer = "192.168.1.5:7070".parse().unwrap();
+        assert!(s.add_peer(0, NewPeer { outbound: true, remote: Some(lan_peer), nonce: [0; 16] }, now));
+        let hello = Message::Hello { version: VERSION, swarm: [9; 32], listen_port: 0, node: 100, nonce: [0; 16] };
+        s.handle_message(0, &hello, now).unwrap();
+        let named = ["127.0.0.1:22", "169.254.0.1:80", "239.255.70.70:7071", "192.168.1.6:7070", "203.0.113.9:7070"];
+        let mut list = Vec::new();
+        for a in named {
+            let mut entry = [0u8; PEER_ENTRY];
+            wire::encode_peer(a.parse().unwrap(), &mut entry);
+            list.extend_from_slice(&entry);
+        }
+        s.handle_message(0, &Message::Peers(Bytes(&list)), now).unwrap();
+        let learnt: Vec<_> = std::iter::from_fn(|| s.poll_discovered()).map(|a| a.to_string()).collect();
+        assert_eq!(learnt, ["192.168.1.6:7070", "203.0.113.9:7070"], "loopback, link-local and multicast refused");
+    }
 }
