@@ -679,4 +679,30 @@ mod tests {
         let learnt: Vec<_> = std::iter::from_fn(|| s.poll_discovered()).map(|a| a.to_string()).collect();
         assert_eq!(learnt, ["192.168.1.6:7070", "203.0.113.9:7070"], "loopback, link-local and multicast refused");
     }
+
+    #[test]
+    fn five_hundred_named_peers_leave_at_most_the_discovered_cap() {
+        let now = Instant::now();
+        let mut s = swarm(&[], 2);
+        let lan_peer = "192.168.1.5:7070".parse().unwrap();
+        assert!(s.add_peer(0, NewPeer { outbound: true, remote: Some(lan_peer), nonce: [0; 16] }, now));
+        let hello = Message::Hello { version: VERSION, swarm: [9; 32], listen_port: 0, node: 100, nonce: [0; 16] };
+        s.handle_message(0, &hello, now).unwrap();
+        let mut named = 0u32;
+        while named < 512 {
+            let mut list = Vec::new();
+            for _ in 0..MAX_PEX_PEERS {
+                let mut entry = [0u8; PEER_ENTRY];
+                wire::encode_peer(
+                    std::net::SocketAddr::from(([192, 168, 2, (named % 250) as u8], 7000 + named as u16)),
+                    &mut entry,
+                );
+                list.extend_from_slice(&entry);
+                named += 1;
+            }
+            s.handle_message(0, &Message::Peers(Bytes(&list)), now).unwrap();
+        }
+        let learnt = std::iter::from_fn(|| s.poll_discovered()).count();
+        assert_eq!(learnt, DISCOVERED_CAPACITY, "512 named, at most the cap kept until the caller takes them");
+    }
 }
