@@ -93,9 +93,13 @@ impl Agent {
         }
     }
 
-    /// Slots inbound connections may hold: the rest are kept for our own dials, so that
-    /// strangers filling every slot cannot stop us fetching.
+    /// Slots inbound connections may hold: while a release is still to fetch, a quarter are kept
+    /// for our own dials, so that strangers filling every slot cannot stop us fetching; an agent
+    /// with everything dials nobody and lends them all.
     fn inbound_slots(&self) -> usize {
+        if self.releases.iter().all(|h| h.release.is_complete()) {
+            return self.conns.len();
+        }
         let reserved = (self.conns.len() / 4).max(1).min(self.conns.len() - 1);
         self.conns.len() - reserved
     }
