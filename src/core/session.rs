@@ -158,9 +158,6 @@ pub struct Session {
     pub(crate) peer_nonce: [u8; crate::core::auth::NONCE_LEN],
     /// The sealed channel, once settled (with a fleet secret).
     pub(crate) channel: Option<crate::core::auth::Channel>,
-    /// An acceptor's channels, one per fleet key, until the dialler's first sealed frame shows
-    /// which key it holds.
-    pub(crate) candidates: heapless::Vec<crate::core::auth::Channel, { crate::core::auth::MAX_FLEET_KEYS }>,
     /// When to next tell this peer about our other peers.
     pub(crate) pex_at: Instant,
     pub(crate) bits: Bitfield,
@@ -209,7 +206,6 @@ impl Session {
             nonce: [0; crate::core::auth::NONCE_LEN],
             peer_nonce: [0; crate::core::auth::NONCE_LEN],
             channel: None,
-            candidates: heapless::Vec::new(),
             pex_at: now,
             bits: Bitfield::new(chunks),
             got_bitfield: false,

@@ -49,10 +49,10 @@ impl Swarm {
         Ok(())
     }
 
-    /// Derives the session's fleet channel from both Hellos. The dialler seals with the first
-    /// fleet key and proves at once; the acceptor keeps one candidate per key it accepts, learns
-    /// which one the dialler used from the first sealed frame that opens, and proves only after
-    /// checking the dialler's proof, so a stranger that dials us learns nothing sealed.
+    /// Derives the dialler's fleet channel from both Hellos: it seals with the first fleet key
+    /// and proves at once. The acceptor waits: it learns which of its keys the dialler used from
+    /// the first sealed frame that opens (`accept_channel`), and proves only after checking the
+    /// dialler's proof, so a stranger that dials us learns nothing sealed.
     fn open_channel(&mut self, id: PeerId) {
         let keys = self.config.fleet_keys;
         let t = self.transcript_of(id);
@@ -60,11 +60,23 @@ impl Swarm {
         if s.outbound {
             s.channel = Some(Channel::derive(&keys.as_slice()[0], Role::Dialler, &t.as_transcript()));
             s.push_control(Control::Auth);
-            return;
         }
+    }
+
+    /// An acceptor's first sealed frame: derives the channel under each accepted key in turn
+    /// (a few HMACs each, once per connection) and keeps the one that opens it. `None` if none
+    /// does; `frame` is then unchanged.
+    pub(super) fn accept_channel(&mut self, id: PeerId, frame: &mut [u8]) -> Option<()> {
+        let t = self.transcript_of(id);
+        let keys = self.config.fleet_keys;
         for key in keys.as_slice() {
-            let _ = s.candidates.push(Channel::derive(key, Role::Acceptor, &t.as_transcript()));
+            let mut c = Channel::derive(key, Role::Acceptor, &t.as_transcript());
+            if wire::open_with(&mut c, frame).is_ok() {
+                self.session_mut(id).channel = Some(c);
+                return Some(());
+            }
         }
+        None
     }
 
     /// The handshake transcript of session `id`, named by role.

@@ -442,12 +442,12 @@ impl Swarm {
     /// sealed frame from a dialler also settles which of our fleet keys its channel uses.
     pub fn open_frame<'f>(&mut self, id: PeerId, frame: &'f mut [u8]) -> Result<&'f [u8], CloseReason> {
         let s = self.peers.get_mut(id).and_then(Option::as_mut).ok_or(CloseReason::Protocol("no session"))?;
-        if s.channel.is_none() && !s.candidates.is_empty() {
-            let found = s.candidates.iter_mut().position(|c| wire::open_with(c, frame).is_ok());
-            let Some(i) = found else { return Err(unsealed(frame)) };
-            s.channel = Some(s.candidates.swap_remove(i));
-            s.candidates.clear();
-            return Ok(wire::opened_payload(frame));
+        let awaiting_proof = s.channel.is_none() && !s.outbound && s.phase == Phase::Proving;
+        if awaiting_proof && !self.config.fleet_keys.is_empty() {
+            return match self.accept_channel(id, frame) {
+                Some(()) => Ok(wire::opened_payload(frame)),
+                None => Err(unsealed(frame)),
+            };
         }
         let handshaking = !s.is_active();
         match s.channel.as_mut() {
