@@ -145,9 +145,15 @@ impl Swarm {
         let me = self.config.node;
         let dialler = |s: &Session, peer: u64| if s.outbound { me } else { peer };
         let Some(mine) = self.peers[id].as_ref().map(|s| dialler(s, node)) else { return false };
+        // Both dialled by the same agent: it never dials one address twice at once, so the older
+        // connection is one it has given up on (its close lost on the way). With a fleet secret
+        // the new one is authenticated and replaces it; without, an unproven claim never closes
+        // an established session, and the new one goes.
+        let newest_wins = !self.config.fleet_keys.is_empty();
         for (p, s) in self.peers.iter_mut().enumerate() {
             let Some(s) = s.as_mut().filter(|s| p != id && s.is_active() && s.node == node) else { continue };
-            if dialler(s, s.node) <= mine {
+            let theirs = dialler(s, s.node);
+            if theirs < mine || (theirs == mine && !newest_wins) {
                 return true;
             }
             s.close(CloseReason::Duplicate);
