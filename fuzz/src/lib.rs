@@ -13,6 +13,7 @@
 
 use std::sync::OnceLock;
 
+use flotilla::core::auth::TAG_LEN;
 use flotilla::core::discovery::{self, Announcement, MAX_DATAGRAM, MAX_IDS};
 use flotilla::core::manifest::{
     self, PublicKey, SignedManifest, MAX_CHUNKS, MAX_CHUNK_SIZE, MAX_MANIFEST_BYTES, MIN_CHUNK_SIZE,
@@ -149,7 +150,8 @@ fn walk_frames(mut buf: &[u8]) -> usize {
             }
             Ok(None) => {
                 if let Some(len) = declared_len(buf) {
-                    assert!(len <= MAX_PAYLOAD, "waits for more bytes of an oversize frame ({len})");
+                    // A sealed frame may carry a full payload and its tag; no frame may be longer.
+                    assert!(len <= MAX_PAYLOAD + TAG_LEN, "waits for more bytes of an oversize frame ({len})");
                     assert!(buf.len() < HEADER_LEN + len, "a whole frame is reported incomplete");
                 }
                 return consumed;
