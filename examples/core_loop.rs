@@ -22,10 +22,11 @@ fn main() {
         chunk_size: 256 * 1024,
         file_hash: Sha256::digest(&image).into(),
         chunk_hashes: image.chunks(256 * 1024).map(|c| Sha256::digest(c).into()).collect(),
-        signer: [0; 32],
+        expires: None,
+        targets: Vec::new(),
     };
     // Unsigned here for brevity; a device takes it from `SignedManifest::read_file` + `check_trust`.
-    let m = SignedManifest { manifest, bytes: Vec::new(), swarm_id: [1; 32] };
+    let m = SignedManifest { manifest, bytes: Vec::new(), swarm_id: [1; 32], signers: Vec::new() };
     let (n, mut now) = (m.manifest.chunk_count(), Instant::now());
     let seed_store = MemStore::with_data("seed/fw.img", image.clone(), true);
     let config = |node| ReleaseConfig {

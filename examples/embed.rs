@@ -3,6 +3,8 @@
 
 use flotilla::agent::{Agent, AgentConfig};
 use flotilla::core::manifest::{PublicKey, SignedManifest};
+use flotilla::core::trust::{Acceptor, TrustPolicy};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -10,7 +12,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Err("usage: embed MANIFEST PUBKEY OUT PEER_ADDR".into());
     };
     let manifest = SignedManifest::read_file(manifest.as_ref())?;
-    manifest.check_trust(&[PublicKey::parse_arg(key)?])?;
+    let policy = TrustPolicy::new(vec![PublicKey::parse_arg(key)?], 1)?;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    Acceptor { policy, targets: Vec::new() }.check(&manifest, now)?; // signatures, expiry, target
     let config = AgentConfig { listen: None, peers: vec![peer.parse()?], ..AgentConfig::default() };
     let mut agent = Agent::new(config)?;
     agent.add_release(&manifest, out.as_ref())?;

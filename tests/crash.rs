@@ -129,10 +129,20 @@ fn check_disk(out: &Path, rel: &Release, when: &str) -> Vec<bool> {
 }
 
 /// Asserts that `out` holds exactly the release, that `verify` agrees, and that no side file
-/// is left behind (the shared check, plus `.state.tmp`, which only the kill loop can leave).
+/// is left behind (the shared check, plus temporary states, which only the kill loop can leave).
 fn assert_release(dir: &Path, out: &Path, rel: &Release) {
     common::assert_release(dir, out, rel);
-    assert!(!side(out, ".state.tmp").exists(), "{}.state.tmp left behind", out.display());
+    assert!(tmp_state(out).is_none(), "{:?} left behind", tmp_state(out));
+}
+
+/// The temporary state file (`FILE.state.tmp.RANDOM`) in `out`'s directory, if there is one.
+fn tmp_state(out: &Path) -> Option<PathBuf> {
+    let prefix = format!("{}.state.tmp.", out.file_name()?.to_str()?);
+    let entries = fs::read_dir(out.parent()?).ok()?;
+    entries
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&prefix)))
 }
 
 /// The "X MiB received" figure of fetch's completion line, in bytes.
@@ -344,7 +354,7 @@ enum Plan {
     Startup(Duration),
     /// This long after the fetch connected (through the proxy): lands during the transfer.
     Transfer(Duration),
-    /// As soon as the fetch opens `FILE.state.tmp`: lands during a state write.
+    /// As soon as the fetch opens a temporary state file: lands during a state write.
     StateWrite,
     /// As soon as a new `FILE.state` is renamed into place: lands during the directory sync
     /// after a commit, or just after it.
@@ -401,10 +411,10 @@ fn state_is_full(out: &Path, rel: &Release) -> bool {
 /// Between looks at a process that is to be killed after a delay.
 const NAP: Duration = Duration::from_micros(500);
 
-/// Identifies the current `FILE.state.tmp` (inode, mtime), if there is one.
+/// Identifies the current temporary state file (inode, mtime), if there is one.
 fn tmp_stamp(out: &Path) -> Option<(u64, std::time::SystemTime)> {
     use std::os::unix::fs::MetadataExt;
-    let m = fs::metadata(side(out, ".state.tmp")).ok()?;
+    let m = fs::metadata(tmp_state(out)?).ok()?;
     Some((m.ino(), m.modified().ok()?))
 }
 
@@ -422,7 +432,7 @@ fn execute(procs: &mut Procs, i: usize, plan: Plan, t: &Target, conns_before: us
     let Target { proxy, watch, out, rel } = *t;
     let started = Instant::now();
     let name = out.file_name().unwrap().to_str().unwrap().to_owned();
-    let (state_name, tmp_name) = (format!("{name}.state"), format!("{name}.state.tmp"));
+    let (state_name, tmp_prefix) = (format!("{name}.state"), format!("{name}.state.tmp."));
     let connected = |procs: &mut Procs| poll_until(procs, i, NAP, || proxy.accepted() > conns_before);
     let exited = match plan {
         Plan::Finish => Some(procs.wait(i)),
@@ -437,7 +447,7 @@ fn execute(procs: &mut Procs, i: usize, plan: Plan, t: &Target, conns_before: us
             // No nap: the watch itself waits (1 ms at most), and the kill follows the event at once.
             poll_until(procs, i, Duration::ZERO, || {
                 let hit = watch.next(Duration::from_millis(1)).into_iter().any(|(mask, n)| match plan {
-                    Plan::StateWrite => mask & libc::IN_OPEN != 0 && n == tmp_name,
+                    Plan::StateWrite => mask & libc::IN_OPEN != 0 && n.starts_with(&tmp_prefix),
                     _ => mask & libc::IN_MOVED_TO != 0 && n == state_name,
                 });
                 hit || Instant::now() >= fallback

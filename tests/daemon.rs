@@ -201,7 +201,17 @@ fn status_socket_edges() {
     fs::write(&file, "keep me").unwrap();
     let serve = |path: &Path| {
         let mut procs = Procs::in_dir();
-        let args = ["serve", "--data", data, "--no-listen", "--no-discovery", "--status", path.to_str().unwrap()];
+        let args = [
+            "serve",
+            "--data",
+            data,
+            "--trust",
+            &rel.key,
+            "--no-listen",
+            "--no-discovery",
+            "--status",
+            path.to_str().unwrap(),
+        ];
         let i = procs.spawn(dir, "serve", &args);
         (procs, i)
     };
@@ -380,13 +390,17 @@ fn serve_refuses_to_roll_back_to_an_older_release() {
     let s = serve(&mut procs, "old-seed", &old_dir, &old_seed, &[]);
     procs.wait_for_log(s, "serving fw.img #5");
     let second = serve(&mut procs, "device2", &device, &dev, &["--peer", &old_seed, "--rescan", "1"]);
-    procs.wait_for_log(second, "release 5 of fw.img is older than release 7 already served here");
+    procs.wait_for_log(second, "refusing release 5 of fw.img: release 7 was already accepted here (no rollback)");
     std::thread::sleep(Duration::from_millis(2500));
     assert!(procs.running(second), "serve exited:\n{}", procs.stderr(second));
     assert!(!device.join("fw.img").exists(), "the older release was fetched");
     assert!(!device.join("fw.img.part").exists(), "a fetch of the older release began");
     let log = procs.stderr(second);
-    assert_eq!(log.matches("older than release 7").count(), 1, "refusal logged once, not every rescan:\n{log}");
+    assert_eq!(
+        log.matches("release 7 was already accepted").count(),
+        1,
+        "refusal logged once, not every rescan:\n{log}"
+    );
 }
 
 /// A read error while serving (here the file was cut short underneath the daemon) is logged,

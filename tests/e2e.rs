@@ -613,7 +613,18 @@ fn agents_find_each_other_on_the_lan_and_ignore_junk_datagrams() {
     let s = procs.spawn(
         dir,
         "seed",
-        &["-v", "serve", "--data", rel.data_dir.to_str().unwrap(), "--listen", &seed, "--discovery-group", &group],
+        &[
+            "-v",
+            "serve",
+            "--data",
+            rel.data_dir.to_str().unwrap(),
+            "--listen",
+            &seed,
+            "--discovery-group",
+            &group,
+            "--trust",
+            &rel.key,
+        ],
     );
     wait_for_log(&mut procs, s, "listening on");
 
@@ -725,7 +736,18 @@ fn fleet_secret_admits_members_only() {
     let s = procs.spawn(
         dir,
         "seed",
-        &["serve", "--data", data, "--listen", &seed, "--no-discovery", "--fleet-secret", secret.to_str().unwrap()],
+        &[
+            "serve",
+            "--data",
+            data,
+            "--listen",
+            &seed,
+            "--no-discovery",
+            "--fleet-secret",
+            secret.to_str().unwrap(),
+            "--trust",
+            &rel.key,
+        ],
     );
     wait_for_log(&mut procs, s, "listening on");
     let fetch = |procs: &mut Procs, name: &str, x: u8, extra: &[&str]| {
@@ -836,8 +858,18 @@ fn a_relay_sees_only_ciphertext_and_cannot_alter_a_frame() {
 
     let seed = free_addr(91);
     let data = rel.data_dir.to_str().unwrap();
-    let seed_args =
-        ["serve", "--data", data, "--listen", &seed.to_string(), "--no-discovery", "--fleet-secret", secret];
+    let seed_args = [
+        "serve",
+        "--data",
+        data,
+        "--listen",
+        &seed.to_string(),
+        "--no-discovery",
+        "--fleet-secret",
+        secret,
+        "--trust",
+        &rel.key,
+    ];
     let s = procs.spawn(dir, "seed", &seed_args);
     wait_for_log(&mut procs, s, "listening on");
     // Past the handshake (two Hellos and the proofs are well under 2 KB), inside the data.

@@ -100,7 +100,8 @@ fn manifest_for(data: &[u8], chunk_size: u32) -> Manifest {
         chunk_size,
         file_hash: Sha256::digest(data).into(),
         chunk_hashes: data.chunks(chunk_size as usize).map(|c| Sha256::digest(c).into()).collect(),
-        signer: [0; 32],
+        expires: None,
+        targets: Vec::new(),
     }
 }
 
@@ -135,7 +136,8 @@ impl Sim {
         let seed = 1000 + self.nodes.len() as u64;
         let swarm = SwarmConfig { max_peers: 600, node: seed, listen_port: 7070, ..config };
         let config = ReleaseConfig { swarm, ..ReleaseConfig::default() };
-        let signed = SignedManifest { manifest: self.manifest.clone(), bytes: Vec::new(), swarm_id: SWARM };
+        let signed =
+            SignedManifest { manifest: self.manifest.clone(), bytes: Vec::new(), swarm_id: SWARM, signers: Vec::new() };
         let release = Release::new(&signed, store, &present, config, seed, self.now);
         self.nodes.push(Node { release, failures: Vec::new(), uplink, up_free: self.now, behaviour, done_at: None });
         self.nodes.len() - 1

@@ -8,11 +8,11 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use flotilla::core::discovery;
-use flotilla::core::manifest::{SecretKey, SignedManifest, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
+use flotilla::core::manifest::{Manifest, SecretKey, SignedManifest, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
 use flotilla::core::wire::{
     self, Bytes, Message, RefuseReason, BLOCK_SIZE, HEADER_LEN, MAX_FRAME, PEER_ENTRY, VERSION,
 };
-use flotilla_fuzz::{MANIFEST_HEADER, SIGNATURE_LEN};
+use flotilla_fuzz::{MANIFEST_HEADER, SIGNATURE_ENTRY};
 
 fn main() {
     let seeds = Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds");
@@ -99,13 +99,22 @@ fn manifest_seeds(seeds: &Path) {
         ("long_name_big_chunk", &long_name, 300, u64::from(MAX_CHUNK_SIZE) + 1, MAX_CHUNK_SIZE),
         ("hundred_chunks", "x", 2, 100 * u64::from(MIN_CHUNK_SIZE), MIN_CHUNK_SIZE),
     ];
-    for (file, name, release, size, chunk_size) in cases {
+    fs::write(dir.join("second.key"), format!("flotilla-secret-key-v1 {}\n", "17".repeat(32))).unwrap();
+    let second = SecretKey::read_file(&dir.join("second.key")).unwrap();
+    for (i, (file, name, release, size, chunk_size)) in cases.into_iter().enumerate() {
         let image: Vec<u8> = (0..size).map(|i| (i * 7 + i / 251) as u8).collect();
         let path: PathBuf = dir.join(file);
         fs::write(&path, &image).unwrap();
-        let signed = SignedManifest::publish(&path, name, release, chunk_size, &key).unwrap();
+        // Some seeds carry an expiry, targets and a second signature, so those fields are reached.
+        let mut draft = Manifest { name: name.into(), release, chunk_size, ..Manifest::default() };
+        let signers: Vec<&SecretKey> = if i % 2 == 1 { vec![&key, &second] } else { vec![&key] };
+        if i % 2 == 1 {
+            draft.expires = Some(1_800_000_000 + i as u64);
+            draft.targets = vec!["rpi4-arm64".into(), format!("board-{i}")];
+        }
+        let signed = SignedManifest::publish_draft(&path, draft, &signers).unwrap();
         write(&seeds.join("manifest"), &format!("{file}.flotilla"), &signed.bytes);
-        let body = &signed.bytes[MANIFEST_HEADER..signed.bytes.len() - SIGNATURE_LEN];
+        let body = &signed.bytes[MANIFEST_HEADER..signed.bytes.len() - 1 - SIGNATURE_ENTRY * signers.len()];
         write(&seeds.join("manifest_resigned"), &format!("{file}.body"), body);
     }
     fs::remove_dir_all(&dir).unwrap();

@@ -15,18 +15,17 @@ use std::sync::OnceLock;
 
 use flotilla::core::auth::TAG_LEN;
 use flotilla::core::discovery::{self, Announcement, MAX_DATAGRAM, MAX_IDS};
-use flotilla::core::manifest::{
-    self, PublicKey, SignedManifest, MAX_CHUNKS, MAX_CHUNK_SIZE, MAX_MANIFEST_BYTES, MIN_CHUNK_SIZE,
-};
+use flotilla::core::manifest::{self, SignedManifest, MAX_CHUNKS, MAX_CHUNK_SIZE, MAX_MANIFEST_BYTES, MIN_CHUNK_SIZE};
+use flotilla::core::trust::{TrustPolicy, MAX_SIGNATURES, MAX_TARGETS};
 use flotilla::core::wire::{self, Message, WireError, HEADER_LEN, MAX_FRAME, MAX_PAYLOAD, MAX_PEX_PEERS, PEER_ENTRY};
 use sha2::{Digest, Sha256};
 
 /// First bytes of a manifest file (`manifest.rs`, "File format").
-pub const MANIFEST_MAGIC: &[u8; 8] = b"FLOTMAN1";
+pub const MANIFEST_MAGIC: &[u8; 8] = b"FLOTMAN2";
 /// Magic and body length precede a manifest body.
 pub const MANIFEST_HEADER: usize = 12;
-/// Bytes of the ed25519 signature that ends a manifest file.
-pub const SIGNATURE_LEN: usize = 64;
+/// A signature entry after the body: public key (32) and ed25519 signature (64).
+pub const SIGNATURE_ENTRY: usize = 96;
 /// Bytes of an announcement before its swarm ids (`discovery.rs`, "Datagram").
 const ANNOUNCE_HEADER: usize = 21;
 
@@ -75,11 +74,10 @@ pub fn manifest(data: &[u8]) {
 ///
 /// A mutation of a signed manifest never carries a valid signature, so through [`manifest`] the
 /// fuzzer cannot reach the field checks that run after verification. Here the input is the
-/// postcard body; its last 32 bytes (where the `signer` field of a well-formed body lies) are
-/// overwritten with the fixed key's public key, and the result is sealed and signed, so every
-/// body that parses is verified and then checked field by field.
+/// postcard body, sealed and signed with the fixed key, so every body that parses is verified
+/// and then checked field by field.
 pub fn manifest_resigned(body: &[u8]) {
-    if body.len() < 32 || MANIFEST_HEADER + body.len() + SIGNATURE_LEN > MAX_MANIFEST_BYTES {
+    if MANIFEST_HEADER + body.len() + 1 + SIGNATURE_ENTRY > MAX_MANIFEST_BYTES {
         return;
     }
     manifest(&resign(body));
@@ -88,13 +86,13 @@ pub fn manifest_resigned(body: &[u8]) {
 /// Wraps `body` as a manifest file signed by the fixed fuzzing key (see [`manifest_resigned`]).
 pub fn resign(body: &[u8]) -> Vec<u8> {
     let key = fuzz_key();
-    let mut file = Vec::with_capacity(MANIFEST_HEADER + body.len() + SIGNATURE_LEN);
+    let mut file = Vec::with_capacity(MANIFEST_HEADER + body.len() + 1 + SIGNATURE_ENTRY);
     file.extend_from_slice(MANIFEST_MAGIC);
     file.extend_from_slice(&(body.len() as u32).to_le_bytes());
     file.extend_from_slice(body);
-    let n = file.len();
-    file[n - 32..].copy_from_slice(&key.pk[..]);
     let signature = key.sk.sign(&file, None);
+    file.push(1);
+    file.extend_from_slice(&key.pk[..]);
     file.extend_from_slice(&signature[..]);
     file
 }
@@ -243,7 +241,10 @@ fn check_peers(bytes: &[u8]) {
 fn check_manifest(signed: &SignedManifest, data: &[u8]) {
     assert!(data.len() <= MAX_MANIFEST_BYTES);
     assert_eq!(signed.bytes, data, "bytes are not the input");
-    assert_eq!(signed.swarm_id, <[u8; 32]>::from(Sha256::digest(data)), "swarm id is not SHA-256 of the file");
+    let signers = signed.signers.len();
+    assert!((1..=MAX_SIGNATURES).contains(&signers), "{signers} signatures");
+    let signed_part = &data[..data.len() - 1 - SIGNATURE_ENTRY * signers];
+    assert_eq!(signed.swarm_id, <[u8; 32]>::from(Sha256::digest(signed_part)), "swarm id is not SHA-256 of the signed part");
     let again = SignedManifest::decode(&signed.bytes).expect("re-decoding the accepted bytes fails");
     assert_eq!((&again.manifest, again.swarm_id), (&signed.manifest, signed.swarm_id));
     let m = &signed.manifest;
@@ -257,7 +258,9 @@ fn check_manifest(signed: &SignedManifest, data: &[u8]) {
     assert!((1..=m.chunk_size).contains(&m.chunk_len(last)));
     assert_eq!(m.chunk_offset(last) + u64::from(m.chunk_len(last)), m.file_size);
     assert_eq!(m.chunk_len(count), 0);
-    signed.check_trust(&[PublicKey(m.signer)]).expect("its own signer is not trusted");
+    assert!(m.targets.len() <= MAX_TARGETS && m.targets.iter().all(|t| manifest::valid_name(t)), "{:?}", m.targets);
+    let all = TrustPolicy::new(signed.signers.clone(), signers).expect("distinct signers");
+    all.check(signed).expect("its own signers do not meet a threshold of all of them");
 }
 
 /// The fixed key `manifest_resigned` signs with; the seed is arbitrary but never all zero.
@@ -324,12 +327,13 @@ pub fn session(data: &[u8]) {
             chunk_size: CHUNK,
             file_hash: Sha256::digest(&image).into(),
             chunk_hashes: image.chunks(CHUNK as usize).map(|c| Sha256::digest(c).into()).collect(),
-            signer: [0; 32],
+            expires: None,
+            targets: Vec::new(),
         };
         (image, m)
     });
     let n = m.chunk_count();
-    let signed = SignedManifest { manifest: m.clone(), bytes: Vec::new(), swarm_id: [3; 32] };
+    let signed = SignedManifest { manifest: m.clone(), bytes: Vec::new(), swarm_id: [3; 32], signers: Vec::new() };
     let image = image.as_slice();
     let mut keys = FleetKeys::default();
     if fleet {

@@ -79,6 +79,10 @@ pub enum AgentError {
     TooManyReleases(usize),
     /// The kernel's random source failed.
     Random(io::Error),
+    /// The no-rollback history could not be read or written.
+    History(io::Error),
+    /// A release older than one already accepted under its name.
+    Rollback { name: String, release: u64, highest: u64 },
 }
 
 impl std::fmt::Display for AgentError {
@@ -89,6 +93,11 @@ impl std::fmt::Display for AgentError {
             AgentError::Store(e) => write!(f, "{e}"),
             AgentError::Status(p, e) => write!(f, "cannot open the status socket {}: {e}", p.display()),
             AgentError::Random(e) => write!(f, "cannot read random bytes from the kernel: {e}"),
+            AgentError::History(e) => write!(f, "no-rollback history: {e}"),
+            AgentError::Rollback { name, release, highest } => write!(
+                f,
+                "refusing release {release} of {name}: release {highest} was already accepted here (no rollback)"
+            ),
             AgentError::TooManyReleases(n) => {
                 write!(f, "already holding {n} releases, the most allowed (--max-releases)")
             }

@@ -2,9 +2,9 @@
 //! at again on request so that an operator can drop in a manifest, and the no-rollback history.
 
 use super::{Agent, AgentError};
-use crate::core::manifest::{ManifestError, PublicKey, SignedManifest};
+use crate::core::manifest::{ManifestError, SignedManifest};
 use crate::core::storage::Storage;
-use crate::store::history::History;
+use crate::core::trust::{format_rfc3339, Acceptor, Deferred};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -30,23 +30,25 @@ impl Refused {
 }
 
 impl Agent {
-    /// Adds the releases in a `--data` directory that are not held yet: each `NAME.flotilla` that
-    /// decodes and is signed by a trusted key (any key when `trust` is empty), its data at `NAME`.
-    /// A release held already (same path or swarm id) is passed over quietly; one refused is
-    /// logged once and not read again until its manifest or data file changes. Returns how many
-    /// were added. Called at start and then now and then, it lets an operator drop in a manifest.
-    pub fn rescan(&mut self, dir: &Path, trust: &[PublicKey]) -> io::Result<usize> {
+    /// Adds the releases in a `--data` directory that are not held yet: each `*.flotilla` that
+    /// decodes and is signed by a trusted key, its data at `DIR/NAME` where NAME is the name it
+    /// signs (not the manifest's file name, which anyone who can rename a file controls). A
+    /// manifest held already is passed over quietly; one refused is logged once and not read
+    /// again until its manifest or data file changes. Returns how many were added. Called at
+    /// start and then now and then, it lets an operator drop in a manifest.
+    pub fn rescan(&mut self, dir: &Path, acceptor: &Acceptor) -> io::Result<usize> {
         let mut added = 0;
-        self.history.get_or_insert_with(|| History::load(dir));
-        for (manifest, data) in manifests_in(dir)? {
-            if self.releases.iter().any(|h| h.release.store().path() == data) {
+        self.drop_expired(wall_clock());
+        for manifest in manifests_in(dir)? {
+            if self.releases.iter().any(|h| h.manifest.as_deref() == Some(manifest.as_path())) {
                 continue;
             }
-            let seen = Refused::new(&manifest, &data);
+            // Until it is read, the data file's likely name is the manifest's stem.
+            let seen = Refused::new(&manifest, &manifest.with_extension(""));
             if self.refused.iter().any(|r| *r == seen) {
                 continue;
             }
-            if self.load(&manifest, &data, trust) {
+            if self.load(dir, &manifest, acceptor) {
                 added += 1;
             } else {
                 if self.refused.is_full() {
@@ -59,37 +61,37 @@ impl Agent {
     }
 
     /// Reads, checks and adds one release of a data directory; false (logged) if refused.
-    fn load(&mut self, manifest: &Path, data: &Path, trust: &[PublicKey]) -> bool {
-        let m = match load_manifest(manifest, trust) {
+    fn load(&mut self, dir: &Path, manifest: &Path, acceptor: &Acceptor) -> bool {
+        let (m, deferred) = match load_manifest(manifest, acceptor) {
             Ok(m) => m,
             Err(e) => {
                 log::error!("skipping {}: {e}", manifest.display());
                 return false;
             }
         };
+        let (name, release) = (&m.manifest.name, m.manifest.release);
+        let data = dir.join(name);
         if let Some(h) = self.releases.iter().find(|h| *h.release.id() == m.swarm_id) {
             let held = h.release.store().path().display();
             log::warn!("skipping {}: the same release as {held}", manifest.display());
             return false;
         }
-        let (name, release) = (&m.manifest.name, m.manifest.release);
-        if let Some(highest) = self.history.as_ref().and_then(|h| h.highest(name)).filter(|&h| h > release) {
-            log::warn!(
-                "refusing {}: release {release} of {name} is older than release {highest} already served here (no rollback)",
-                manifest.display()
-            );
-            return false;
+        if let Some(r) = self.releases.iter().position(|h| h.release.name() == name.as_str()) {
+            if !self.supersede(r, &m, manifest) {
+                return false;
+            }
         }
-        match self.add_release(&m, data) {
-            Ok(_) => {
-                // Durable before it is said: a kill right after the log line must not lose it.
-                if let Some(Err(e)) = self.history.as_mut().map(|h| h.record(name, release)) {
-                    log::warn!("cannot record {name} #{release} in {}: {e}", History::FILE);
+        match self.add_release(&m, &data) {
+            Ok(i) => {
+                if manifest.file_stem().and_then(|s| s.to_str()) != Some(name) {
+                    log::warn!("{} signs the name {name}: its data is {}", manifest.display(), data.display());
                 }
+                self.releases[i].manifest = Some(manifest.to_owned());
+                self.releases[i].deferred = deferred;
                 log::info!("serving {name} #{release} from {}", data.display());
                 true
             }
-            Err(e @ AgentError::TooManyReleases(_)) => {
+            Err(e @ (AgentError::TooManyReleases(_) | AgentError::Rollback { .. } | AgentError::History(_))) => {
                 log::warn!("skipping {}: {e}", manifest.display());
                 false
             }
@@ -99,27 +101,74 @@ impl Agent {
             }
         }
     }
+
+    /// Drops the releases whose manifest expired by wall-clock time `now`: the operator said
+    /// they stop here. A clock still unset judges nothing.
+    fn drop_expired(&mut self, now: u64) {
+        if now < crate::core::trust::CLOCK_FLOOR {
+            return;
+        }
+        while let Some(r) = self.releases.iter().position(|h| h.release.expires().is_some_and(|at| now >= at)) {
+            let h = &self.releases[r].release;
+            let at = h.expires().map(format_rfc3339).unwrap_or_default();
+            log::warn!("{} #{}: its manifest expired at {at}; no longer served", h.name(), h.number());
+            self.remove_release(r, std::time::Instant::now());
+        }
+    }
+
+    /// A manifest `m` names the same release name as held release `r`. An older `m` is refused
+    /// (no rollback); a newer one replaces a held release still incomplete, which must never
+    /// complete now. A complete one keeps its file until the operator replaces it. True if `m`
+    /// may be added.
+    fn supersede(&mut self, r: usize, m: &SignedManifest, manifest: &Path) -> bool {
+        let held = &self.releases[r].release;
+        let (name, release, old) = (&m.manifest.name, m.manifest.release, held.number());
+        if release <= old {
+            log::warn!(
+                "skipping {}: release {release} of {name} is not newer than the #{old} held",
+                manifest.display()
+            );
+            return false;
+        }
+        if held.is_complete() {
+            log::warn!(
+                "skipping {}: release {release} of {name} would replace the complete #{old} at {}; remove that file to take it",
+                manifest.display(),
+                held.store().path().display()
+            );
+            return false;
+        }
+        log::info!("{name}: release {release} supersedes the incomplete #{old}, which is dropped");
+        self.remove_release(r, std::time::Instant::now());
+        true
+    }
 }
 
-/// The `(NAME.flotilla, NAME)` pairs in `dir`, sorted by name.
-fn manifests_in(dir: &Path) -> io::Result<Vec<(PathBuf, PathBuf)>> {
+/// The `*.flotilla` files in `dir`, sorted by name.
+fn manifests_in(dir: &Path) -> io::Result<Vec<PathBuf>> {
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)?.filter_map(|e| e.ok().map(|e| e.path())).collect();
     entries.sort();
-    Ok(entries
-        .into_iter()
-        .filter_map(|path| {
-            let stem = path.file_name()?.to_str()?.strip_suffix(".flotilla").filter(|s| !s.is_empty())?;
-            let data = dir.join(stem);
-            Some((path, data))
-        })
-        .collect())
+    entries.retain(|path| {
+        path.file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".flotilla"))
+            .is_some_and(|s| !s.is_empty())
+    });
+    Ok(entries)
 }
 
-/// Reads a manifest and checks it is signed by a trusted key (any key when `trust` is empty).
-fn load_manifest(path: &Path, trust: &[PublicKey]) -> Result<SignedManifest, ManifestError> {
+/// Reads a manifest and checks that this device may act on it now.
+fn load_manifest(path: &Path, acceptor: &Acceptor) -> Result<(SignedManifest, Deferred), ManifestError> {
     let m = SignedManifest::read_file(path)?;
-    if !trust.is_empty() {
-        m.check_trust(trust)?;
+    let deferred = acceptor.check(&m, wall_clock())?;
+    if deferred == Deferred::Expiry {
+        let at = m.manifest.expires.map(format_rfc3339).unwrap_or_default();
+        log::warn!("{}: the clock is unset, so its expiry ({at}) is not checked", path.display());
     }
-    Ok(m)
+    Ok((m, deferred))
+}
+
+/// Seconds since the Unix epoch by the system clock (0 if it is before 1970).
+pub(super) fn wall_clock() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }

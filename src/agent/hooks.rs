@@ -13,7 +13,8 @@ pub(super) const MAX_HOOKS: usize = 4;
 /// A running install hook.
 pub(super) struct Hook {
     child: Child,
-    release: usize,
+    /// The release's name, for the log: the release itself may be gone by the time it ends.
+    name: String,
 }
 
 impl Agent {
@@ -21,7 +22,7 @@ impl Agent {
     pub(super) fn run_hooks(&mut self) {
         self.reap_hooks();
         let Agent { hooks, releases, config, hooks_failed, .. } = self;
-        for (i, r) in releases.iter_mut().enumerate().filter(|(_, r)| r.hook_due) {
+        for r in releases.iter_mut().filter(|r| r.hook_due) {
             if hooks.len() >= MAX_HOOKS {
                 return;
             }
@@ -29,7 +30,7 @@ impl Agent {
             let (name, path) = (r.release.name(), r.release.store().path());
             log::info!("{name}: running the install hook: {} {path:?}", config.on_complete.join(" "));
             match spawn_hook(&config.on_complete, path) {
-                Ok(child) => hooks.push(Hook { child, release: i }),
+                Ok(child) => hooks.push(Hook { child, name: name.to_owned() }),
                 Err(e) => {
                     *hooks_failed += 1;
                     log::error!("{name}: cannot run the install hook {:?}: {e}", config.on_complete[0]);
@@ -40,9 +41,9 @@ impl Agent {
 
     /// Logs how each finished install hook ended and forgets it.
     fn reap_hooks(&mut self) {
-        let Agent { hooks, releases, hooks_failed, .. } = self;
+        let Agent { hooks, hooks_failed, .. } = self;
         hooks.retain_mut(|h| {
-            let name = releases[h.release].release.name();
+            let name = &h.name;
             match h.child.try_wait() {
                 Ok(None) => true,
                 Ok(Some(status)) => {
@@ -63,7 +64,7 @@ impl Agent {
         loop {
             self.run_hooks();
             let Some(mut h) = self.hooks.pop() else { return self.hooks_ok() };
-            let name = self.releases[h.release].release.name();
+            let name = &h.name;
             match h.child.wait() {
                 Ok(status) => self.hooks_failed += !hook_finished(name, status) as usize,
                 Err(e) => log::warn!("{name}: cannot wait for the install hook: {e}"),

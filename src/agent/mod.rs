@@ -68,6 +68,10 @@ pub struct Held {
     hook_due: bool,
     /// After a storage failure (when the agent does not stop for it): left alone until then.
     paused_until: Option<Instant>,
+    /// The manifest file in a data directory it was read from (`serve`).
+    manifest: Option<std::path::PathBuf>,
+    /// What could not be checked when it was accepted (an unset clock defers expiry).
+    pub deferred: crate::core::trust::Deferred,
 }
 
 impl Held {
@@ -114,7 +118,7 @@ pub struct Agent {
     hooks: Vec<Hook>,
     hooks_failed: usize,
     refused: heapless::Deque<datadir::Refused, { datadir::MAX_REFUSED }>,
-    /// The data directory's record of the highest release served per name (`serve` only).
+    /// The record of the highest release accepted per name ([`Agent::keep_history`]).
     history: Option<History>,
     started: Instant,
     /// Slots that used up their read budget with bytes possibly left: read again next turn.
@@ -196,10 +200,32 @@ impl Agent {
         }
     }
 
+    /// Keeps the no-rollback history in `dir` (`--state-dir`): from now on a release older than
+    /// one accepted before under its name is refused, and each one added is recorded first.
+    pub fn keep_history(&mut self, dir: &Path) -> Result<(), AgentError> {
+        self.history = Some(History::load(dir).map_err(AgentError::History)?);
+        Ok(())
+    }
+
+    /// The highest release of `name` accepted here, by the history or held now.
+    pub fn highest_known(&self, name: &str) -> Option<u64> {
+        let held = self.releases.iter().filter(|h| h.release.name() == name).map(|h| h.release.number()).max();
+        self.history.as_ref().and_then(|h| h.highest(name)).max(held)
+    }
+
     /// Adds a release whose data lives at `path` (complete, partial or absent); returns its index.
+    /// With a history, a release older than one accepted before is refused and a newer one is
+    /// recorded, durably, before anything else happens.
     pub fn add_release(&mut self, m: &SignedManifest, path: &Path) -> Result<usize, AgentError> {
+        let (name, number) = (&m.manifest.name, m.manifest.release);
+        if let Some(highest) = self.highest_known(name).filter(|&h| h > number) {
+            return Err(AgentError::Rollback { name: name.clone(), release: number, highest });
+        }
         if self.releases.len() >= self.config.max_releases {
             return Err(AgentError::TooManyReleases(self.config.max_releases));
+        }
+        if let Some(h) = &mut self.history {
+            h.record(name, number).map_err(AgentError::History)?;
         }
         let (store, present) = FileStore::open(path, m)?;
         let now = Instant::now();
@@ -212,8 +238,27 @@ impl Agent {
             rates: Rates::default(),
             hook_due: false,
             paused_until: None,
+            manifest: None,
+            deferred: crate::core::trust::Deferred::Nothing,
         });
         Ok(self.releases.len() - 1)
+    }
+
+    /// Drops release `r`: its connections are closed and it is forgotten; its files stay as they
+    /// are (a `.part` is taken over by the next release stored at the same path). For a release
+    /// superseded by a newer one of the same name, which must then never complete.
+    fn remove_release(&mut self, r: usize, now: Instant) {
+        for slot in 0..self.conns.len() {
+            if self.conns[slot].as_ref().is_some_and(|c| c.release == Some(r)) {
+                self.close(slot, Err("its release was superseded"), now);
+            }
+        }
+        self.releases.remove(r);
+        for c in self.conns.iter_mut().flatten() {
+            if let Some(i) = c.release.filter(|&i| i > r) {
+                c.release = Some(i - 1);
+            }
+        }
     }
 
     fn release_config(&self) -> ReleaseConfig {

@@ -137,25 +137,7 @@ pub fn unsent_bytes(stream: &TcpStream) -> usize {
     n.max(0) as usize
 }
 
-/// Fills `buf` from the kernel's CSPRNG (`getrandom(2)`); an error if it cannot, never a weaker
-/// source in its place.
-pub fn os_random(buf: &mut [u8]) -> io::Result<()> {
-    let mut filled = 0;
-    while filled < buf.len() {
-        let rest = &mut buf[filled..];
-        // SAFETY: writes at most `rest.len()` bytes into `rest`, which we own.
-        let n = unsafe { libc::getrandom(rest.as_mut_ptr() as *mut libc::c_void, rest.len(), 0) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        filled += n as usize;
-    }
-    Ok(())
-}
+pub use crate::store::safe_fs::os_random;
 
 /// A fresh nonce for one connection's Hello.
 pub fn random_nonce() -> io::Result<[u8; crate::core::auth::NONCE_LEN]> {

@@ -77,7 +77,7 @@ pub fn run(mut p: lexopt::Parser) -> Result<(), Failure> {
     let start = Instant::now();
     let seed_dir = dir.join("seed");
     let mut seed = Command::new(&exe);
-    seed.args(["-q", "serve", "--data"]).arg(&seed_dir);
+    seed.args(["-q", "serve", "--data"]).arg(&seed_dir).args(["--trust", &key]);
     seed.args(["--listen", &format!("127.0.0.1:{port}"), "--max-upload-rate", &rate]);
     cleanup.children.push(spawn(seed)?);
     let mut outs = Vec::new();

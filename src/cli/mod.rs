@@ -5,9 +5,14 @@ mod demo;
 
 use flotilla::agent::status::fixed;
 use flotilla::agent::{Agent, AgentConfig, Held};
-use flotilla::core::manifest::{self, ManifestError, PublicKey, SecretKey, SignedManifest, DEFAULT_CHUNK_SIZE};
+use flotilla::core::manifest::{
+    self, Manifest, ManifestError, PublicKey, SecretKey, SignedManifest, DEFAULT_CHUNK_SIZE,
+};
 use flotilla::core::storage::Storage;
 use flotilla::core::storage::StoreError;
+use flotilla::core::trust::{
+    format_rfc3339, parse_rfc3339, valid_target, Acceptor, Deferred, TrustPolicy, CLOCK_FLOOR,
+};
 use flotilla::store::atomic::{replace_file, with_suffix};
 use lexopt::prelude::*;
 use std::ffi::OsString;
@@ -51,7 +56,12 @@ impl From<StoreError> for Failure {
 
 impl From<flotilla::agent::AgentError> for Failure {
     fn from(e: flotilla::agent::AgentError) -> Self {
-        runtime(e)
+        use flotilla::agent::AgentError::{Rollback, Store};
+        match e {
+            Store(e) => e.into(),
+            e @ Rollback { .. } => usage(e),
+            e => runtime(e),
+        }
     }
 }
 
@@ -167,41 +177,57 @@ fn keygen(mut p: lexopt::Parser) -> Result<(), Failure> {
 }
 
 const PUBLISH_HELP: &str = "\
-Usage: flotilla publish FILE --secret KEYFILE [--name NAME] [--release N] [--chunk-size BYTES] [--out MANIFEST]
+Usage: flotilla publish FILE --secret KEYFILE... [--name NAME] [--release N] [--chunk-size BYTES]
+                        [--expires TIME] [--target NAME]... [--out MANIFEST]
 
-Hashes FILE chunk by chunk and signs the result with KEYFILE. Writes MANIFEST (default
+Hashes FILE chunk by chunk and signs the result with each KEYFILE. Writes MANIFEST (default
 FILE.flotilla) and prints the swarm id, the release's name on the wire.
 
+  --secret KEYFILE     a signing key (repeatable, up to 8: devices may require a threshold)
   --name NAME          release name, [A-Za-z0-9._-]{1,64} (default: FILE's base name)
   --release N          release number, higher is newer (default 1)
   --chunk-size BYTES   a power of two from 16K to 4M, suffixes K and M allowed (default 256K)
+  --expires TIME       RFC 3339 UTC, e.g. 2027-06-30T00:00:00Z: devices refuse the release
+                       after it, so nobody can hold them on it unnoticed (default: never)
+  --target NAME        hardware the release is for (repeatable, up to 8; e.g. rpi4-arm64):
+                       a device given other --target names refuses it (default: any)
   --out MANIFEST       where to write the manifest
 ";
 
 fn publish(mut p: lexopt::Parser) -> Result<(), Failure> {
-    let (mut file, mut secret, mut name, mut out) = (None, None, None, None);
-    let mut release = 1u64;
-    let mut chunk_size = DEFAULT_CHUNK_SIZE;
+    let (mut file, mut secrets, mut name, mut out) = (None, Vec::new(), None, None);
+    let mut draft = Manifest { release: 1, chunk_size: DEFAULT_CHUNK_SIZE, ..Manifest::default() };
     while let Some(arg) = p.next()? {
         match arg {
             Value(v) if file.is_none() => file = Some(PathBuf::from(v)),
-            Long("secret") => secret = Some(PathBuf::from(p.value()?)),
+            Long("secret") => secrets.push(SecretKey::read_file(&PathBuf::from(p.value()?))?),
             Long("name") => name = Some(p.value()?.string()?),
-            Long("release") => release = p.value()?.parse()?,
-            Long("chunk-size") => chunk_size = parse_size(&p.value()?.string()?)?,
+            Long("release") => draft.release = p.value()?.parse()?,
+            Long("chunk-size") => draft.chunk_size = parse_size(&p.value()?.string()?)?,
+            Long("expires") => {
+                let t = p.value()?.string()?;
+                let at = parse_rfc3339(&t)
+                    .ok_or_else(|| usage(format!("{t:?} is not an RFC 3339 UTC time like 2027-06-30T00:00:00Z")))?;
+                draft.expires = Some(at);
+            }
+            Long("target") => draft.targets.push(p.value()?.string()?),
             Long("out") => out = Some(PathBuf::from(p.value()?)),
             a => help_or(a, PUBLISH_HELP)?,
         }
     }
     let file = required(file, "FILE")?;
-    let secret = SecretKey::read_file(&required(secret, "--secret KEYFILE")?)?;
-    let name = match name {
+    if secrets.is_empty() {
+        return Err(usage("missing --secret KEYFILE (see --help)"));
+    }
+    draft.name = match name {
         Some(n) => n,
         None => file.file_name().and_then(|n| n.to_str()).map(str::to_owned).unwrap_or_default(),
     };
     let out = out.unwrap_or_else(|| with_suffix(&file, ".flotilla"));
-    let m = SignedManifest::publish(&file, &name, release, chunk_size, &secret)?;
-    replace_file(&out, &m.bytes).map_err(|e| runtime(format!("cannot write {}: {e}", out.display())))?;
+    let secrets: Vec<&SecretKey> = secrets.iter().collect();
+    let m = SignedManifest::publish_draft(&file, draft, &secrets)?;
+    replace_file(&out, &m.bytes, flotilla::store::safe_fs::DATA_MODE)
+        .map_err(|e| runtime(format!("cannot write {}: {e}", out.display())))?;
     println!("{}", manifest::to_hex(&m.swarm_id));
     Ok(())
 }
@@ -246,7 +272,17 @@ fn inspect(mut p: lexopt::Parser) -> Result<(), Failure> {
     println!("chunks:      {}", mf.chunk_count());
     println!("file sha256: {}", manifest::to_hex(&mf.file_hash));
     println!("swarm id:    {}", manifest::to_hex(&m.swarm_id));
-    println!("signer:      {}", manifest::to_hex(&mf.signer));
+    match mf.expires {
+        Some(at) => println!("expires:     {}", flotilla::core::trust::format_rfc3339(at)),
+        None => println!("expires:     never"),
+    }
+    match mf.targets.is_empty() {
+        true => println!("targets:     any"),
+        false => println!("targets:     {}", mf.targets.join(" ")),
+    }
+    for signer in &m.signers {
+        println!("signer:      {}", signer.to_hex());
+    }
     Ok(())
 }
 
@@ -256,23 +292,29 @@ fn read_manifest(path: &Path) -> Result<SignedManifest, Failure> {
 }
 
 const VERIFY_HELP: &str = "\
-Usage: flotilla verify MANIFEST FILE --trust PUBKEY...
+Usage: flotilla verify MANIFEST FILE --trust PUBKEY... [--threshold N] [--target NAME]
 
-Exits 0 only if MANIFEST is signed by a trusted key and FILE is exactly the release it
-describes (every chunk and the whole-file hash). PUBKEY is 64 hex digits or a file holding them.
-";
+Exits 0 only if MANIFEST is signed by enough trusted keys, has not expired, is meant for this
+device, and FILE is exactly the release it describes (every chunk and the whole-file hash).
+Exits 2 otherwise, with one line saying why.
+{TRUST_OPTIONS_HELP}";
 
 fn verify(mut p: lexopt::Parser) -> Result<(), Failure> {
-    let (mut mpath, mut file, mut trust) = (None, None, Vec::new());
+    let (mut mpath, mut file, mut trust) = (None, None, TrustOptions::default());
     while let Some(arg) = p.next()? {
         match arg {
             Value(v) if mpath.is_none() => mpath = Some(PathBuf::from(v)),
             Value(v) if file.is_none() => file = Some(PathBuf::from(v)),
-            Long("trust") => trust.push(PublicKey::parse_arg(&p.value()?.string()?)?),
-            a => help_or(a, VERIFY_HELP)?,
+            Long(name) if name != "help" => {
+                let name = name.to_owned();
+                if !trust.parse(&name, &mut p)? {
+                    return Err(usage(format!("invalid option '--{name}' (see --help)")));
+                }
+            }
+            a => help_or(a, &VERIFY_HELP.replace("{TRUST_OPTIONS_HELP}", TRUST_OPTIONS_HELP))?,
         }
     }
-    let m = trusted_manifest(&required(mpath, "MANIFEST")?, &trust)?;
+    let m = accepted_manifest(&required(mpath, "MANIFEST")?, &trust.acceptor()?)?;
     let file = required(file, "FILE")?;
     m.verify_file(&file)?;
     println!(
@@ -285,29 +327,82 @@ fn verify(mut p: lexopt::Parser) -> Result<(), Failure> {
     Ok(())
 }
 
-fn trusted_manifest(path: &Path, trust: &[PublicKey]) -> Result<SignedManifest, Failure> {
-    if trust.is_empty() {
-        return Err(usage("missing --trust PUBKEY: a manifest is only accepted from a key you trust"));
-    }
+/// Reads a manifest named on the command line and checks this device may act on it now.
+fn accepted_manifest(path: &Path, acceptor: &Acceptor) -> Result<SignedManifest, Failure> {
     let m = read_manifest(path)?;
-    m.check_trust(trust)?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    if acceptor.check(&m, now)? == Deferred::Expiry {
+        log::warn!("the clock is unset (before {}): the manifest's expiry is not checked", format_rfc3339(CLOCK_FLOOR));
+    }
     Ok(m)
+}
+
+/// `--trust`, `--threshold` and `--target`: what `verify`, `fetch` and `serve` accept.
+#[derive(Default)]
+struct TrustOptions {
+    keys: Vec<PublicKey>,
+    threshold: Option<usize>,
+    targets: Vec<String>,
+}
+
+const TRUST_OPTIONS_HELP: &str = "
+  --trust PUBKEY            an operator key to accept manifests from (repeatable; 64 hex or a
+                            file holding them). Required
+  --threshold N             how many of the --trust keys must have signed (default 1)
+  --target NAME             this device's hardware (repeatable): a release that names targets is
+                            accepted only if it names one of these (exit 2 otherwise)
+";
+
+impl TrustOptions {
+    /// Takes `--NAME` if it is one of these options; false if it is not.
+    fn parse(&mut self, name: &str, p: &mut lexopt::Parser) -> Result<bool, Failure> {
+        match name {
+            "trust" => self.keys.push(PublicKey::parse_arg(&p.value()?.string()?)?),
+            "threshold" => self.threshold = Some(p.value()?.parse()?),
+            "target" => {
+                let t = p.value()?.string()?;
+                if !valid_target(&t) {
+                    return Err(usage(format!("target {t:?} is invalid: use 1-64 of A-Z a-z 0-9 . _ -")));
+                }
+                self.targets.push(t);
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    fn acceptor(&self) -> Result<Acceptor, Failure> {
+        if self.keys.is_empty() {
+            return Err(usage("missing --trust PUBKEY: a manifest is only accepted from a key you trust"));
+        }
+        let policy = TrustPolicy::new(self.keys.clone(), self.threshold.unwrap_or(1)).map_err(usage)?;
+        Ok(Acceptor { policy, targets: self.targets.clone() })
+    }
 }
 
 /// Options shared by `serve` and `fetch`.
 struct NetOptions {
     config: AgentConfig,
-    trust: Vec<PublicKey>,
+    trust: TrustOptions,
+    /// Where the no-rollback history lives (`--state-dir`); each command has its default.
+    state_dir: Option<PathBuf>,
 }
 
 impl NetOptions {
     fn new() -> Self {
         let listen = Some(SocketAddr::from(([0, 0, 0, 0], 7070)));
-        NetOptions { config: AgentConfig { listen, ..AgentConfig::default() }, trust: Vec::new() }
+        NetOptions {
+            config: AgentConfig { listen, ..AgentConfig::default() },
+            trust: TrustOptions::default(),
+            state_dir: None,
+        }
     }
 
     /// Takes one option common to the agent commands; returns false if `arg` is not one.
     fn parse(&mut self, name: &str, p: &mut lexopt::Parser) -> Result<(), Failure> {
+        if self.trust.parse(name, p)? {
+            return Ok(());
+        }
         let c = &mut self.config;
         match name {
             "listen" => c.listen = Some(parse_addr(p)?),
@@ -324,7 +419,6 @@ impl NetOptions {
                 c.discovery = Some(group);
             }
             "peer" => c.peers.push(parse_addr(p)?),
-            "trust" => self.trust.push(PublicKey::parse_arg(&p.value()?.string()?)?),
             "max-peers" => c.max_peers = p.value()?.parse::<usize>()?.clamp(1, 4096),
             "upload-slots" => c.upload_slots = p.value()?.parse::<usize>()?.max(1),
             "max-upload-rate" => c.max_upload_rate = parse_rate(&p.value()?.string()?)?,
@@ -338,6 +432,7 @@ impl NetOptions {
                 }
             }
             "status" => c.status = Some(PathBuf::from(p.value()?)),
+            "state-dir" => self.state_dir = Some(PathBuf::from(p.value()?)),
             "on-complete" => {
                 let cmd = p.value()?.string()?;
                 c.on_complete = cmd.split_whitespace().map(str::to_owned).collect();
@@ -358,7 +453,6 @@ const NET_OPTIONS_HELP: &str = "
                             learnt from peers
   --no-discovery            do not announce or listen on the LAN multicast group
   --discovery-group ADDR    the LAN discovery group (default 239.255.70.70:7071)
-  --trust PUBKEY            an operator key to accept manifests from (repeatable; 64 hex or a file)
   --max-peers N             connection slots (default 32)
   --upload-slots N          peers uploaded to at once (default 2)
   --max-upload-rate RATE    bytes per second per release, suffixes K and M allowed (default: none)
@@ -367,6 +461,10 @@ const NET_OPTIONS_HELP: &str = "
                             and authenticated (FILE: >= 32 bytes, mode 0600; make one with
                             keygen --fleet-secret). Repeat to roll to a new secret: the first
                             is used to dial, any is accepted
+  --state-dir DIR           keep the no-rollback history (.flotilla-history: the highest release
+                            accepted per name) in DIR; serve: default the --data DIR, fetch:
+                            default the directory of --out. A release older than the one
+                            recorded is refused (exit 2); a damaged history is an error
   --status PATH             answer `flotilla status PATH` on a Unix socket at PATH (a socket
                             left there by an agent that is gone is replaced, any other file is not)
   --on-complete CMD         the install hook: when a release completes and is verified in this run,
@@ -390,10 +488,12 @@ fn parse_rate(s: &str) -> Result<u64, Failure> {
 fn serve_help() -> String {
     format!(
         "\
-Usage: flotilla serve --data DIR [options]
+Usage: flotilla serve --data DIR --trust PUBKEY [options]
 
-Serves every release in DIR (a manifest NAME.flotilla beside its file NAME). A manifest whose
-file is missing or partial is fetched first, from the --peer addresses. DIR is looked at again
+Serves every release in DIR: each manifest *.flotilla signed by a --trust key, its file at DIR/NAME
+where NAME is the name the manifest signs. A manifest whose file is missing or partial is fetched
+first, from the --peer addresses. --trust is required: without it any key could sign a release
+this agent fetches and hands to the install hook. DIR is looked at again
 every --rescan seconds: a manifest dropped in starts serving or fetching its release. Copy the
 file (if any) before its manifest; a manifest that cannot be used is logged once, and looked at
 again only when it or its file changes.
@@ -401,7 +501,7 @@ again only when it or its file changes.
   --data DIR                the releases
   --rescan SECS             look for new manifests this often, 0 for never (default 10)
   --max-releases N          releases held at most; more are refused with a warning (default 16)
-{NET_OPTIONS_HELP}"
+{TRUST_OPTIONS_HELP}{NET_OPTIONS_HELP}"
     )
 }
 
@@ -422,10 +522,12 @@ fn serve(mut p: lexopt::Parser) -> Result<(), Failure> {
         }
     }
     let dir = required(dir, "--data DIR")?;
+    let acceptor = net.trust.acceptor()?;
     // A daemon sets a release with a full or failing disk aside and keeps serving the others.
     net.config.pause_on_disk_error = true;
     let mut agent = Agent::new(net.config)?;
-    agent.rescan(&dir, &net.trust).map_err(|e| usage(format!("cannot read {}: {e}", dir.display())))?;
+    agent.keep_history(net.state_dir.as_deref().unwrap_or(&dir))?;
+    agent.rescan(&dir, &acceptor).map_err(|e| usage(format!("cannot read {}: {e}", dir.display())))?;
     if agent.releases().is_empty() {
         log::warn!("no releases in {} yet: nothing to serve", dir.display());
     }
@@ -439,7 +541,7 @@ fn serve(mut p: lexopt::Parser) -> Result<(), Failure> {
     loop {
         let due = Instant::now() + rescan;
         agent.run_until(|_, now| now >= due)?;
-        if let Err(e) = agent.rescan(&dir, &net.trust) {
+        if let Err(e) = agent.rescan(&dir, &acceptor) {
             log::warn!("cannot read {}: {e}", dir.display());
         }
     }
@@ -458,7 +560,7 @@ an interruption and it resumes. FILE appears only when whole and verified.
   --seed-for SECS           keep serving this long after completing (default 0); an install
                             hook (--on-complete) runs meanwhile, and fetch waits for it to finish
                             and exits 1 if it failed
-{NET_OPTIONS_HELP}"
+{TRUST_OPTIONS_HELP}{NET_OPTIONS_HELP}"
     )
 }
 
@@ -478,9 +580,10 @@ fn fetch(mut p: lexopt::Parser) -> Result<(), Failure> {
             a => help_or(a, &fetch_help())?,
         }
     }
-    let m = trusted_manifest(&required(mpath, "MANIFEST")?, &net.trust)?;
+    let m = accepted_manifest(&required(mpath, "MANIFEST")?, &net.trust.acceptor()?)?;
     let out = required(out, "--out FILE")?;
     let mut agent = Agent::new(net.config)?;
+    agent.keep_history(net.state_dir.as_deref().unwrap_or(flotilla::store::atomic::parent_dir(&out)))?;
     agent.add_release(&m, &out)?;
     let mut progress = Progress::new(m.manifest.file_size);
     // The swarm keeps its own copy of the chunk hashes; the manifest's would be a second one.

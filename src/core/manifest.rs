@@ -7,22 +7,28 @@
 //! may arrive from anyone. This module touches no file and no socket: reading and writing
 //! manifest and key files, and hashing an image from disk, are `store::manifest_file`'s.
 //!
-//! File format (all of it is signed except the signature; the swarm id is SHA-256 of the file):
+//! File format, version 2 (the signed part is magic ‖ body_len ‖ body; the swarm id is its
+//! SHA-256, so a co-signer's signature added later does not change the release's name):
 //!
 //! ```text
-//! magic      8 bytes   "FLOTMAN1"
-//! body_len   u32 LE    length of body
-//! body       postcard  version: u16 (= 1, varint), name: str (varint length + UTF-8),
-//!                      release: u64 (varint), file_size: u64 (varint), chunk_size: u32 (varint),
-//!                      file_hash: 32 bytes, chunk_hashes: bytes (varint length 32*n, then n
-//!                      SHA-256 hashes in chunk order), signer: 32 bytes (ed25519 public key)
-//! signature  64 bytes  ed25519 by `signer` over magic ‖ body_len ‖ body
+//! magic       8 bytes   "FLOTMAN2"
+//! body_len    u32 LE    length of body
+//! body        postcard  version: u16 (= 2, varint), name: str (varint length + UTF-8),
+//!                       release: u64 (varint), file_size: u64 (varint), chunk_size: u32 (varint),
+//!                       file_hash: 32 bytes, chunk_hashes: bytes (varint length 32*n, then n
+//!                       SHA-256 hashes in chunk order), expires: Option<u64> (0, or 1 then Unix
+//!                       seconds UTC), targets: seq of str (varint count <= 8, each a name)
+//! sig_count   u8        1..=8 signatures follow
+//! signatures  96 bytes each: ed25519 public key (32) ‖ ed25519 signature (64) over the signed part
 //! ```
 //!
-//! Nothing may follow the signature. A reader refuses a file over `MAX_MANIFEST_BYTES`, an
-//! unknown version, a bad signature, and any field out of range: name `[A-Za-z0-9._-]{1,64}` but
-//! not `.` or `..`; chunk size a power of two in 16 KiB..=4 MiB; file size at least 1;
-//! n = ceil(file_size / chunk_size) and at most `MAX_CHUNKS`.
+//! Nothing may follow the last signature. A reader refuses a file over `MAX_MANIFEST_BYTES`, an
+//! unknown version, any signature that does not verify or a key that signs twice, and any field
+//! out of range: name and targets `[A-Za-z0-9._-]{1,64}` but not `.` or `..`; chunk size a power
+//! of two in 16 KiB..=4 MiB; file size at least 1; n = ceil(file_size / chunk_size) and at most
+//! `MAX_CHUNKS`. Whose signatures count, expiry and targets are the device's to judge
+//! ([`crate::core::trust`]). Version 1 (one signer inside the body, swarm id over the whole file)
+//! is refused by name: re-publish with this build.
 
 use std::fmt;
 use std::io;
@@ -30,6 +36,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize, Serializer};
 use sha2::{Digest, Sha256};
+
+use crate::core::trust::{MAX_SIGNATURES, MAX_TARGETS};
 
 /// A SHA-256 digest.
 pub type Hash = [u8; 32];
@@ -45,20 +53,25 @@ pub const DEFAULT_CHUNK_SIZE: u32 = 256 * 1024;
 pub const MAX_CHUNKS: u32 = 1 << 17; // bitfield = 16 KiB = one block
 /// Longest release name, in bytes.
 pub const MAX_NAME_LEN: usize = 64;
-/// Largest manifest file. The fields other than chunk hashes take at most 237 bytes
-/// (magic, length, varints at their widest, a 64-byte name, keys, signature); 512 leaves slack.
-pub const MAX_MANIFEST_BYTES: usize = MAX_CHUNKS as usize * 32 + 512;
+/// Largest manifest file. The fields other than chunk hashes take at most 1,484 bytes (magic,
+/// length, varints at their widest, a 64-byte name, expiry, 8 targets of 65, 8 signatures of
+/// 96); 2,048 leaves slack.
+pub const MAX_MANIFEST_BYTES: usize = MAX_CHUNKS as usize * 32 + 2048;
 
-pub(crate) const MAGIC: &[u8; 8] = b"FLOTMAN1";
-pub(crate) const VERSION: u16 = 1;
+pub(crate) const MAGIC: &[u8; 8] = b"FLOTMAN2";
+/// The first format's magic: named in the error, so an old manifest is not called garbage.
+const MAGIC_V1: &[u8; 8] = b"FLOTMAN1";
+pub(crate) const VERSION: u16 = 2;
 pub(crate) const HEADER_LEN: usize = 12;
 pub(crate) const SIGNATURE_LEN: usize = 64;
+/// One signature entry after the body: public key and signature.
+const SIGNATURE_ENTRY: usize = 32 + SIGNATURE_LEN;
 pub(crate) const SECRET_PREFIX: &str = "flotilla-secret-key-v1 ";
 /// Key files are one short line; anything bigger is not one, so it is not read into memory.
 pub(crate) const MAX_KEY_FILE: u64 = 1024;
 
 /// The signed description of one release.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Manifest {
     /// Release name, `[A-Za-z0-9._-]`, 1..=64 bytes, not `.` or `..`.
     pub name: String,
@@ -72,8 +85,11 @@ pub struct Manifest {
     pub file_hash: Hash,
     /// SHA-256 of each chunk, `ceil(file_size / chunk_size)` of them.
     pub chunk_hashes: Vec<Hash>,
-    /// The ed25519 public key that signed the manifest.
-    pub signer: [u8; 32],
+    /// When the release stops being valid (Unix seconds, UTC), if ever: past it a device refuses
+    /// the manifest, so a peer cannot hold a device back on an old release unnoticed forever.
+    pub expires: Option<u64>,
+    /// The hardware it is for (at most `MAX_TARGETS`); empty means any.
+    pub targets: Vec<String>,
 }
 
 impl Manifest {
@@ -148,7 +164,9 @@ pub(crate) struct ManifestBody<'a> {
     // identically, but saying "bytes" makes the format obvious and the encoder fast.
     #[serde(serialize_with = "as_bytes")]
     chunk_hashes: &'a [u8],
-    signer: [u8; 32],
+    expires: Option<u64>,
+    #[serde(borrow)]
+    targets: heapless::Vec<&'a str, MAX_TARGETS>,
 }
 
 fn as_bytes<S: Serializer>(bytes: &&[u8], s: S) -> Result<S::Ok, S::Error> {
@@ -162,36 +180,47 @@ pub struct SignedManifest {
     pub manifest: Manifest,
     /// The exact file contents.
     pub bytes: Vec<u8>,
-    /// SHA-256 of `bytes`.
+    /// SHA-256 of the signed part of `bytes` (all but the signatures).
     pub swarm_id: SwarmId,
+    /// The keys whose signatures it carries, each checked, none twice.
+    pub signers: Vec<PublicKey>,
 }
 
 impl SignedManifest {
-    /// Signs `manifest` with `secret`: the whole manifest file and its swarm id.
-    pub fn sign(manifest: Manifest, secret: &SecretKey) -> Result<SignedManifest, ManifestError> {
-        let bytes = seal(&body_of(&manifest), secret)?;
-        let swarm_id = sha256(&bytes);
-        Ok(SignedManifest { manifest, bytes, swarm_id })
-    }
-
-    /// Parses and checks a manifest file: magic, lengths (before allocating), version, the
-    /// signature by the embedded signer, then every field. Any damage is an error.
-    pub fn decode(bytes: &[u8]) -> Result<SignedManifest, ManifestError> {
-        let (signed, signature) = split(bytes)?;
-        let body = parse_body(&signed[HEADER_LEN..])?;
-        let key = ed25519_compact::PublicKey::new(body.signer);
-        let signature = ed25519_compact::Signature::from_slice(signature).map_err(|_| corrupt("truncated"))?;
-        key.verify(signed, &signature).map_err(|_| corrupt("bad signature"))?;
-        let manifest = check_fields(&body)?;
-        Ok(SignedManifest { manifest, bytes: bytes.to_vec(), swarm_id: sha256(bytes) })
-    }
-
-    /// Ok if the signer is among `trusted`; otherwise `Untrusted`, naming the signer in hex.
-    pub fn check_trust(&self, trusted: &[PublicKey]) -> Result<(), ManifestError> {
-        match trusted.iter().any(|key| key.0 == self.manifest.signer) {
-            true => Ok(()),
-            false => Err(ManifestError::Untrusted(PublicKey(self.manifest.signer))),
+    /// Signs `manifest` with each of `secrets` (1 to `MAX_SIGNATURES` distinct keys): the
+    /// whole manifest file and its swarm id.
+    pub fn sign(manifest: Manifest, secrets: &[&SecretKey]) -> Result<SignedManifest, ManifestError> {
+        if manifest.targets.len() > MAX_TARGETS {
+            return Err(ManifestError::TooManyTargets);
         }
+        check_fields(&body_of(&manifest))?;
+        let mut signers: Vec<PublicKey> = secrets.iter().map(|s| s.public()).collect();
+        signers.sort_by_key(|k| k.0);
+        signers.dedup();
+        if secrets.is_empty() || secrets.len() > MAX_SIGNATURES || signers.len() != secrets.len() {
+            return Err(corrupt("needs 1 to 8 signatures by distinct keys"));
+        }
+        let bytes = seal(&body_of(&manifest), secrets)?;
+        SignedManifest::decode(&bytes)
+    }
+
+    /// Parses and checks a manifest file: magic, lengths (before allocating), version, every
+    /// signature, then every field. Any damage is an error.
+    pub fn decode(bytes: &[u8]) -> Result<SignedManifest, ManifestError> {
+        let (signed, signatures) = split(bytes)?;
+        let body = parse_body(&signed[HEADER_LEN..])?;
+        let mut signers: Vec<PublicKey> = Vec::with_capacity(signatures.len() / SIGNATURE_ENTRY);
+        for entry in signatures.chunks_exact(SIGNATURE_ENTRY) {
+            let key: [u8; 32] = entry[..32].try_into().map_err(|_| corrupt("truncated"))?;
+            let signature = ed25519_compact::Signature::from_slice(&entry[32..]).map_err(|_| corrupt("truncated"))?;
+            ed25519_compact::PublicKey::new(key).verify(signed, &signature).map_err(|_| corrupt("bad signature"))?;
+            if signers.contains(&PublicKey(key)) {
+                return Err(corrupt("a key signs twice"));
+            }
+            signers.push(PublicKey(key));
+        }
+        let manifest = check_fields(&body)?;
+        Ok(SignedManifest { manifest, bytes: bytes.to_vec(), swarm_id: sha256(signed), signers })
     }
 }
 
@@ -204,45 +233,61 @@ fn body_of(m: &Manifest) -> ManifestBody<'_> {
         chunk_size: m.chunk_size,
         file_hash: m.file_hash,
         chunk_hashes: m.chunk_hashes.as_flattened(),
-        signer: m.signer,
+        expires: m.expires,
+        // At most MAX_TARGETS are ever built or decoded; sign() checks the draft first.
+        targets: m.targets.iter().take(MAX_TARGETS).map(String::as_str).collect(),
     }
 }
 
-/// Encodes `body` and appends the signature: the whole manifest file.
-pub(crate) fn seal(body: &ManifestBody, secret: &SecretKey) -> Result<Vec<u8>, ManifestError> {
+/// Encodes `body` and appends a signature by each of `secrets`: the whole manifest file.
+pub(crate) fn seal(body: &ManifestBody, secrets: &[&SecretKey]) -> Result<Vec<u8>, ManifestError> {
     let mut out = Vec::with_capacity(HEADER_LEN + body.chunk_hashes.len() + 256);
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&[0; 4]);
     let mut out = postcard::to_extend(body, out).map_err(|_| corrupt("cannot be encoded"))?;
     let body_len = u32::try_from(out.len() - HEADER_LEN).map_err(|_| corrupt("too large"))?;
     out[8..HEADER_LEN].copy_from_slice(&body_len.to_le_bytes());
-    let signature = secret.keypair.sk.sign(&out, None);
-    out.extend_from_slice(signature.as_ref());
+    let signed_len = out.len();
+    out.push(u8::try_from(secrets.len()).map_err(|_| corrupt("too many signatures"))?);
+    for secret in secrets {
+        let signature = secret.keypair.sk.sign(&out[..signed_len], None);
+        out.extend_from_slice(&*secret.keypair.pk);
+        out.extend_from_slice(signature.as_ref());
+    }
     Ok(out)
 }
 
-/// Splits a manifest file into (signed part, signature) after checking its lengths; the body
-/// is the signed part after the header.
+/// Splits a manifest file into (signed part, signature entries) after checking its lengths;
+/// the body is the signed part after the header.
 fn split(bytes: &[u8]) -> Result<(&[u8], &[u8]), ManifestError> {
     if bytes.len() > MAX_MANIFEST_BYTES {
         return Err(corrupt("too large"));
     }
     let head = &bytes[..bytes.len().min(MAGIC.len())];
+    if head == MAGIC_V1 {
+        return Err(ManifestError::UnsupportedVersion(1));
+    }
     if head != &MAGIC[..head.len()] {
         return Err(ManifestError::BadMagic);
     }
     let Some(len) = bytes.get(8..HEADER_LEN) else {
         return Err(corrupt("truncated"));
     };
-    let body_len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as u64;
-    let total = HEADER_LEN as u64 + body_len + SIGNATURE_LEN as u64;
+    let signed_len = HEADER_LEN as u64 + u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as u64;
+    let Some(&count) = bytes.get(signed_len as usize) else {
+        return Err(corrupt("truncated"));
+    };
+    if count == 0 || usize::from(count) > MAX_SIGNATURES {
+        return Err(corrupt("needs 1 to 8 signatures"));
+    }
+    let total = signed_len + 1 + u64::from(count) * SIGNATURE_ENTRY as u64;
     match (bytes.len() as u64).cmp(&total) {
         std::cmp::Ordering::Less => return Err(corrupt("truncated")),
         std::cmp::Ordering::Greater => return Err(corrupt("trailing bytes")),
         std::cmp::Ordering::Equal => {}
     }
-    let (signed, signature) = bytes.split_at(bytes.len() - SIGNATURE_LEN);
-    Ok((signed, signature))
+    let (signed, rest) = bytes.split_at(signed_len as usize);
+    Ok((signed, &rest[1..]))
 }
 
 fn parse_body(body: &[u8]) -> Result<ManifestBody<'_>, ManifestError> {
@@ -273,6 +318,12 @@ fn check_fields(body: &ManifestBody) -> Result<Manifest, ManifestError> {
     if count > u64::from(MAX_CHUNKS) || body.chunk_hashes.len() as u64 != count * 32 {
         return Err(corrupt("chunk count does not match file size"));
     }
+    if let Some(bad) = body.targets.iter().find(|t| !valid_name(t)) {
+        return Err(ManifestError::InvalidTarget(bad.to_string()));
+    }
+    if body.targets.iter().enumerate().any(|(i, t)| body.targets[..i].contains(t)) {
+        return Err(corrupt("a target is named twice"));
+    }
     Ok(Manifest {
         name: body.name.to_string(),
         release: body.release,
@@ -280,7 +331,8 @@ fn check_fields(body: &ManifestBody) -> Result<Manifest, ManifestError> {
         chunk_size: body.chunk_size,
         file_hash: body.file_hash,
         chunk_hashes: body.chunk_hashes.chunks_exact(32).map(to_hash).collect(),
-        signer: body.signer,
+        expires: body.expires,
+        targets: body.targets.iter().map(|t| t.to_string()).collect(),
     })
 }
 
@@ -370,8 +422,18 @@ pub enum ManifestError {
     Corrupt(&'static str),
     /// The manifest has a format version this build does not know.
     UnsupportedVersion(u16),
-    /// The manifest is signed by a key not given with `--trust`.
+    /// The manifest is signed by no key given with `--trust`.
     Untrusted(PublicKey),
+    /// Fewer trusted keys signed than the threshold asks.
+    BelowThreshold { trusted: usize, threshold: usize },
+    /// The manifest's expiry date (Unix seconds) has passed.
+    Expired(u64),
+    /// The release is for other hardware.
+    WrongTarget { wanted: Vec<String>, ours: Vec<String> },
+    /// A target name is not allowed.
+    InvalidTarget(String),
+    /// More than `MAX_TARGETS` targets.
+    TooManyTargets,
     /// The release name is not allowed.
     InvalidName(String),
     /// The chunk size is not allowed.
@@ -421,6 +483,18 @@ impl fmt::Display for ManifestError {
                 write!(f, "manifest version {v} is not supported by this flotilla")
             }
             Untrusted(key) => write!(f, "manifest is signed by a key you do not trust: {}", key.to_hex()),
+            BelowThreshold { trusted, threshold } => {
+                write!(f, "manifest is signed by {trusted} trusted key(s); {threshold} must sign (--threshold)")
+            }
+            Expired(at) => write!(f, "manifest expired at {}", crate::core::trust::format_rfc3339(*at)),
+            WrongTarget { wanted, ours } if ours.is_empty() => {
+                write!(f, "release is for {}; this device names no --target", wanted.join(", "))
+            }
+            WrongTarget { wanted, ours } => {
+                write!(f, "release is for {}, not for this device ({})", wanted.join(", "), ours.join(", "))
+            }
+            TooManyTargets => write!(f, "at most {MAX_TARGETS} targets"),
+            InvalidTarget(t) => write!(f, "target {t:?} is invalid: use 1-64 of A-Z a-z 0-9 . _ -"),
             InvalidName(name) => write!(f, "release name {name:?} is invalid: use 1-64 of A-Z a-z 0-9 . _ -"),
             InvalidChunkSize(size) => {
                 write!(f, "chunk size {size} is invalid: a power of two from {} to {}", MIN_CHUNK_SIZE, MAX_CHUNK_SIZE)
@@ -474,20 +548,22 @@ mod tests {
             chunk_size: MIN_CHUNK_SIZE,
             file_hash: [1; 32],
             chunk_hashes: &HASHES,
-            signer: key(5).public().0,
+            expires: None,
+            targets: heapless::Vec::from_slice(&["rpi4-arm64"]).unwrap(),
         };
-        let seal_decode = |body| SignedManifest::decode(&seal(&body, &key(5)).unwrap());
+        let seal_decode = |body| SignedManifest::decode(&seal(&body, &[&key(5)]).unwrap());
         seal_decode(good()).unwrap();
         type Edit = fn(&mut ManifestBody<'static>);
-        let cases: [(Edit, &str); 8] = [
+        let cases: [(Edit, &str); 9] = [
             (|b| b.file_size = 3 * 16384, "chunk count does not match"),
             (|b| b.file_size = 100, "chunk count does not match"),
             (|b| b.chunk_hashes = &HASHES[1..], "chunk count does not match"),
             (|b| (b.file_size, b.chunk_hashes) = (0, &[]), "file size is zero"),
             (|b| b.chunk_size = 20000, "chunk size 20000 is invalid"),
             (|b| b.name = "../x", "release name \"../x\" is invalid"),
-            (|b| b.version = 2, "manifest version 2 is not supported"),
-            (|b| b.signer = key(6).public().0, "bad signature"),
+            (|b| b.version = 3, "manifest version 3 is not supported"),
+            (|b| b.targets = heapless::Vec::from_slice(&["a", "a"]).unwrap(), "a target is named twice"),
+            (|b| b.targets = heapless::Vec::from_slice(&["a/b"]).unwrap(), "target \"a/b\" is invalid"),
         ];
         for (edit, want) in cases {
             let mut body = good();

@@ -16,4 +16,5 @@ pub mod scope;
 pub mod session;
 pub mod storage;
 pub mod swarm;
+pub mod trust;
 pub mod wire;

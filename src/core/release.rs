@@ -66,6 +66,7 @@ pub enum Event {
 pub struct Release<S: Storage> {
     name: String,
     release: u64,
+    expires: Option<u64>,
     swarm: Swarm,
     store: S,
     config: ReleaseConfig,
@@ -93,6 +94,7 @@ impl<S: Storage> Release<S> {
         Release {
             name: m.manifest.name.clone(),
             release: m.manifest.release,
+            expires: m.manifest.expires,
             swarm,
             store,
             config,
@@ -113,7 +115,12 @@ impl<S: Storage> Release<S> {
         self.release
     }
 
-    /// The swarm id (SHA-256 of the manifest).
+    /// When the manifest expires (Unix seconds), if ever.
+    pub fn expires(&self) -> Option<u64> {
+        self.expires
+    }
+
+    /// The swarm id (SHA-256 of the manifest's signed part).
     pub fn id(&self) -> &SwarmId {
         self.swarm.id()
     }

@@ -2,8 +2,11 @@
 //!
 //! Write a temporary beside it, sync it, rename it over the old one, then sync the directory so
 //! the rename itself survives a power cut. The resume state, the no-rollback history and the
-//! manifests `publish` writes all go through [`replace_file`].
+//! manifests `publish` writes all go through [`replace_file`]. The temporary has a random name
+//! and is created with `O_EXCL` and `O_NOFOLLOW` ([`safe_fs`]): nothing planted in a shared
+//! directory is written through.
 
+use crate::store::safe_fs::{self, create_fresh};
 use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -16,19 +19,25 @@ pub fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// Replaces `path` with `bytes`: write `path.tmp`, sync it, rename it over `path`, sync the
-/// directory.
-pub fn replace_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    replace_file_via(path, &with_suffix(path, ".tmp"), bytes)
+/// Replaces `path` with `bytes`, leaving it with `mode`: write a fresh temporary beside it, sync
+/// it, rename it over `path`, sync the directory.
+pub fn replace_file(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    replace_file_via(path, &safe_fs::random_temp_name(path)?, bytes, mode)
 }
 
-/// [`replace_file`] through a temporary path the caller computed once, so that a caller
-/// replacing the same file often (the resume state) does not allocate each time.
-pub fn replace_file_via(path: &Path, tmp: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut f = File::create(tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(tmp, path)?;
+/// [`replace_file`] through a temporary path the caller computed once (with
+/// [`safe_fs::random_temp_name`]), so that a caller replacing the same file often (the resume
+/// state) does not allocate each time.
+pub fn replace_file_via(path: &Path, tmp: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    let written = create_fresh(tmp, mode).and_then(|mut f| {
+        f.write_all(bytes)?;
+        f.sync_all()
+    });
+    if let Err(e) = written.and_then(|()| std::fs::rename(tmp, path)) {
+        // A full disk must not leave temporaries behind to fill it further.
+        let _ = std::fs::remove_file(tmp);
+        return Err(e);
+    }
     sync_dir(parent_dir(path))
 }
 
@@ -64,10 +73,13 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("flotilla-atomic-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("f");
-        replace_file(&path, b"old").unwrap();
-        replace_file(&path, b"new").unwrap();
+        replace_file(&path, b"old", 0o600).unwrap();
+        replace_file(&path, b"new", 0o644).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"new");
-        assert!(!with_suffix(&path, ".tmp").exists());
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o644);
+        let left: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left, [std::ffi::OsString::from("f")], "no temporary is left behind");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -8,7 +8,7 @@
 //! re-hashes every chunk the state claims. This module owns those files and their format; which
 //! chunks are present is the release's fact ([`crate::core::release`]), handed in at each commit.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -20,6 +20,7 @@ use crate::core::bitfield::Bitfield;
 use crate::core::manifest::{Geometry, Hash, SignedManifest, SwarmId};
 pub use crate::core::storage::{io_err, Difference, Storage, StoreError};
 use crate::store::atomic::{remove_if_present, replace_file_via, sync_dir, with_suffix};
+use crate::store::safe_fs::{self, DATA_MODE, PRIVATE_MODE};
 
 /// First bytes of a state file; the digit is the format version.
 const STATE_MAGIC: &[u8; 8] = b"FLOTST01";
@@ -72,24 +73,27 @@ impl FileStore {
         }
     }
 
-    fn new(path: &Path, file: File, m: &SignedManifest) -> FileStore {
+    fn new(path: &Path, file: File, m: &SignedManifest) -> Result<FileStore, StoreError> {
         let geometry = m.manifest.geometry();
         let dir = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        FileStore {
+        let state = state_path(path);
+        safe_fs::remove_stale_temps(&state);
+        let state_tmp = safe_fs::random_temp_name(&state).map_err(io_err("name a temporary for", &state))?;
+        Ok(FileStore {
             path: path.to_path_buf(),
             part: part_path(path),
-            state: state_path(path),
-            state_tmp: with_suffix(&state_path(path), ".tmp"),
+            state,
+            state_tmp,
             dir,
             file,
             swarm_id: m.swarm_id,
             geometry,
             finished: false,
             state_buf: Vec::with_capacity(STATE_HEADER + Bitfield::byte_len(geometry.chunk_count()) + 4),
-        }
+        })
     }
 
     fn open_existing(path: &Path, file: File, m: &SignedManifest) -> Result<(FileStore, Bitfield), StoreError> {
@@ -101,7 +105,7 @@ impl FileStore {
         if meta.len() != m.manifest.file_size {
             return Err(differs(Difference::Size(meta.len())));
         }
-        let mut store = Self::new(path, file, m);
+        let mut store = Self::new(path, file, m)?;
         let mut buf = vec![0; HASH_BUF];
         for c in 0..store.geometry.chunk_count() {
             if m.manifest.chunk_hashes.get(c as usize) != Some(&store.hash_with(c, &mut buf)?) {
@@ -117,18 +121,13 @@ impl FileStore {
 
     fn open_part(path: &Path, m: &SignedManifest) -> Result<(FileStore, Bitfield), StoreError> {
         let part = part_path(path);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&part)
-            .map_err(io_err("open", &part))?;
+        // O_NOFOLLOW and an owner check: a `.part` planted in a shared directory is refused.
+        let file = safe_fs::open_own_rw(&part, DATA_MODE).map_err(io_err("open", &part))?;
         let len = file.metadata().map_err(io_err("inspect", &part))?.len();
         if len != m.manifest.file_size {
             file.set_len(m.manifest.file_size).map_err(io_err("resize", &part))?;
         }
-        let store = Self::new(path, file, m);
+        let store = Self::new(path, file, m)?;
         let mut present = Bitfield::new(store.geometry.chunk_count());
         if let Some(claimed) = store.load_state() {
             store.reverify(&claimed, m, &mut present)?;
@@ -151,7 +150,13 @@ impl FileStore {
 
     /// Reads the state file; anything unusable means "start over", which is always safe.
     fn load_state(&self) -> Option<Bitfield> {
-        let bytes = match std::fs::read(&self.state) {
+        // A state file is a header, a bitfield and a crc; anything longer is not one.
+        let cap = (STATE_HEADER + Bitfield::byte_len(self.geometry.chunk_count()) + 4) as u64;
+        let read = safe_fs::open_read(&self.state).and_then(|f| {
+            let mut b = Vec::new();
+            io::Read::read_to_end(&mut io::Read::take(f, cap + 1), &mut b).map(|_| b)
+        });
+        let bytes = match read {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
             Err(e) => {
@@ -218,7 +223,8 @@ impl FileStore {
         buf.extend_from_slice(present.as_bytes());
         let crc = crc32fast::hash(buf);
         buf.extend_from_slice(&crc.to_le_bytes());
-        replace_file_via(&self.state, &self.state_tmp, &self.state_buf).map_err(io_err("replace", &self.state))
+        replace_file_via(&self.state, &self.state_tmp, &self.state_buf, PRIVATE_MODE)
+            .map_err(io_err("replace", &self.state))
     }
 }
 
@@ -316,9 +322,10 @@ mod tests {
             chunk_size: CHUNK,
             file_hash: Sha256::digest(&data).into(),
             chunk_hashes: data.chunks(CHUNK as usize).map(|c| Sha256::digest(c).into()).collect(),
-            signer: [7; 32],
+            expires: None,
+            targets: Vec::new(),
         };
-        let m = SignedManifest { manifest, bytes: Vec::new(), swarm_id: [1; 32] };
+        let m = SignedManifest { manifest, bytes: Vec::new(), swarm_id: [1; 32], signers: Vec::new() };
         (dir.join("fw.img"), data, m)
     }
 
@@ -427,7 +434,7 @@ mod tests {
     fn chunk_changed_underneath_is_dropped() {
         let (path, data, m) = setup("altered");
         committed_state(&path, &data, &m);
-        let part = OpenOptions::new().write(true).open(part_path(&path)).unwrap();
+        let part = std::fs::OpenOptions::new().write(true).open(part_path(&path)).unwrap();
         part.write_all_at(&[!data[CHUNK as usize + 9]], CHUNK as u64 + 9).unwrap();
         assert_eq!(ones(&reopened(&path, &m)), vec![0, 4]);
     }
@@ -465,7 +472,7 @@ mod tests {
         let (mut s, mut present) = FileStore::open(&path, &m).unwrap();
         write_chunk(&mut s, &mut present, &m.manifest, &data, 2);
         // A directory where the temporary state goes makes its creation fail, even for root.
-        let blocker = with_suffix(&state_path(&path), ".tmp");
+        let blocker = s.state_tmp.clone();
         fs::create_dir(&blocker).unwrap();
         let err = s.commit(&present).unwrap_err();
         assert!(err.to_string().starts_with("cannot replace "), "{err}");

@@ -1,20 +1,24 @@
-//! The highest release number served under each release name in a data directory, kept in
-//! `DIR/.flotilla-history` so that no restart, rescan or stale manifest can roll a device back
-//! to an older release it has already moved past.
+//! The highest release number accepted under each release name, kept in
+//! `STATE_DIR/.flotilla-history` so that no restart, rescan or stale manifest can roll a device
+//! back to an older release it has already moved past. `serve` and `fetch` both keep one.
 //!
 //! An old manifest stays validly signed forever; the signature says who made a release, not
 //! whether it is current. This record is what refuses it. The file is small text, one
 //! `NAME RELEASE` line per name, replaced atomically (write, sync, rename) like the state file.
-//! This module owns the record and its file; it does not decide what to serve.
+//! A record that cannot be read is an error, never an empty record: an empty one would accept
+//! every old release again. This module owns the record and its file; it does not decide what
+//! to serve.
 
+use crate::core::manifest::valid_name;
 use crate::store::atomic::replace_file;
-use std::io;
+use crate::store::safe_fs::{self, PRIVATE_MODE};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
-/// Names remembered; far more than a device serves (the agent caps releases at a few dozen).
-const MAX_NAMES: usize = 256;
+/// A history file larger than this is not one of ours (a line per name is ~30 bytes).
+const MAX_FILE: u64 = 1 << 20;
 
-/// Highest release number seen per name.
+/// Highest release number accepted per name.
 #[derive(Debug)]
 pub struct History {
     path: PathBuf,
@@ -22,25 +26,42 @@ pub struct History {
 }
 
 impl History {
-    /// The file name inside a data directory.
+    /// The file name inside a state directory.
     pub const FILE: &'static str = ".flotilla-history";
 
-    /// Reads the record of `dir`; a missing file is an empty record. Unreadable lines are
-    /// skipped with a warning rather than refusing every release.
-    pub fn load(dir: &Path) -> History {
+    /// Reads the record kept in `dir`. A missing file is an empty record (a new device); any
+    /// other failure, a damaged line or a file too large is an error naming the file.
+    pub fn load(dir: &Path) -> io::Result<History> {
         let path = dir.join(Self::FILE);
-        let text = std::fs::read_to_string(&path).unwrap_or_default();
-        let mut entries = Vec::new();
-        for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            let mut parts = line.split_whitespace();
+        safe_fs::remove_stale_temps(&path);
+        let invalid = |why: String| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {why}", path.display()));
+        let mut text = String::new();
+        match safe_fs::open_read(&path) {
+            Ok(f) => {
+                f.take(MAX_FILE + 1).read_to_string(&mut text).map_err(|e| invalid(e.to_string()))?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(invalid(e.to_string())),
+        }
+        if text.len() as u64 > MAX_FILE {
+            return Err(invalid(format!("larger than {MAX_FILE} bytes")));
+        }
+        let mut entries: Vec<(String, u64)> = Vec::new();
+        for (n, line) in text.lines().enumerate() {
+            let mut parts = line.split(' ');
             match (parts.next(), parts.next().and_then(|r| r.parse::<u64>().ok()), parts.next()) {
-                (Some(name), Some(release), None) if entries.len() < MAX_NAMES => {
+                (Some(name), Some(release), None) if valid_name(name) && !entries.iter().any(|(e, _)| e == name) => {
                     entries.push((name.to_owned(), release))
                 }
-                _ => log::warn!("{}: ignoring the line {line:?}", path.display()),
+                _ => return Err(invalid(format!("line {} is damaged: {line:?}", n + 1))),
             }
         }
-        History { path, entries }
+        Ok(History { path, entries })
+    }
+
+    /// Where the record lives.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// The highest release recorded for `name`.
@@ -48,17 +69,19 @@ impl History {
         self.entries.iter().find(|(n, _)| n == name).map(|&(_, r)| r)
     }
 
-    /// Records that release `release` of `name` is served, if it is the highest yet, and makes
-    /// the record durable before returning.
+    /// Records release `release` of `name`, if it is the highest yet, and makes the record
+    /// durable before returning. On error the record in memory is unchanged too.
     pub fn record(&mut self, name: &str, release: u64) -> io::Result<()> {
-        let full = self.entries.len() >= MAX_NAMES;
+        let old = self.entries.clone();
         match self.entries.iter_mut().find(|(n, _)| n == name) {
             Some((_, r)) if *r >= release => return Ok(()),
             Some((_, r)) => *r = release,
-            None if full => return Ok(()),
             None => self.entries.push((name.to_owned(), release)),
         }
-        self.save()
+        self.save().map_err(|e| {
+            self.entries = old;
+            io::Error::new(e.kind(), format!("cannot write {}: {e}", self.path.display()))
+        })
     }
 
     fn save(&self) -> io::Result<()> {
@@ -66,7 +89,7 @@ impl History {
         for (name, release) in &self.entries {
             text.push_str(&format!("{name} {release}\n"));
         }
-        replace_file(&self.path, text.as_bytes())
+        replace_file(&self.path, text.as_bytes(), PRIVATE_MODE)
     }
 }
 
@@ -84,24 +107,40 @@ mod tests {
     #[test]
     fn records_only_increases_and_survives_a_reload() {
         let d = dir("reload");
-        let mut h = History::load(&d);
+        let mut h = History::load(&d).unwrap();
         assert_eq!(h.highest("fw.img"), None);
         h.record("fw.img", 7).unwrap();
         h.record("fw.img", 5).unwrap();
         h.record("boot.img", 2).unwrap();
-        let h = History::load(&d);
+        let h = History::load(&d).unwrap();
         assert_eq!(h.highest("fw.img"), Some(7), "a lower release never lowers the record");
         assert_eq!(h.highest("boot.img"), Some(2));
         let _ = std::fs::remove_dir_all(&d);
     }
 
     #[test]
-    fn junk_lines_are_skipped_not_fatal() {
+    fn a_damaged_record_is_an_error_not_an_empty_one() {
         let d = dir("junk");
-        std::fs::write(d.join(History::FILE), "fw.img 9\nnot a line at all\nx y z\nboot.img nine\n").unwrap();
-        let h = History::load(&d);
-        assert_eq!(h.highest("fw.img"), Some(9));
-        assert_eq!(h.highest("boot.img"), None);
+        for bad in ["fw.img 9\nnot a line at all\n", "fw.img nine\n", "../x 3\n", "fw.img 1\nfw.img 2\n", "\n"] {
+            std::fs::write(d.join(History::FILE), bad).unwrap();
+            let e = History::load(&d).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{bad:?}");
+            assert!(e.to_string().contains(History::FILE), "{e}");
+        }
+        std::fs::write(d.join(History::FILE), vec![b'a'; MAX_FILE as usize + 2]).unwrap();
+        assert!(History::load(&d).is_err(), "an oversized file is refused, not read whole");
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn many_names_are_all_kept() {
+        let d = dir("many");
+        let mut h = History::load(&d).unwrap();
+        for i in 0..300 {
+            h.record(&format!("r{i}.img"), i + 1).unwrap();
+        }
+        let h = History::load(&d).unwrap();
+        assert_eq!(h.highest("r299.img"), Some(300), "no cap on names: the 300th is remembered");
         let _ = std::fs::remove_dir_all(&d);
     }
 }

@@ -28,6 +28,19 @@ impl SignedManifest {
         chunk_size: u32,
         secret: &SecretKey,
     ) -> Result<SignedManifest, ManifestError> {
+        let draft = Manifest { name: name.to_owned(), release, chunk_size, ..Manifest::default() };
+        Self::publish_draft(file, draft, &[secret])
+    }
+
+    /// [`SignedManifest::publish`] with every field the operator chooses: `draft` gives the name,
+    /// release, chunk size, expiry and targets; the file's size and hashes are filled in here.
+    /// Signed by each of `secrets`.
+    pub fn publish_draft(
+        file: &Path,
+        draft: Manifest,
+        secrets: &[&SecretKey],
+    ) -> Result<SignedManifest, ManifestError> {
+        let (name, chunk_size) = (&draft.name, draft.chunk_size);
         if !valid_name(name) {
             return Err(ManifestError::InvalidName(name.to_string()));
         }
@@ -47,16 +60,7 @@ impl SignedManifest {
             Ok(())
         })?;
         check_publishable(file, file_size, chunk_size)?;
-        let manifest = Manifest {
-            name: name.to_string(),
-            release,
-            file_size,
-            chunk_size,
-            file_hash,
-            chunk_hashes,
-            signer: secret.public().0,
-        };
-        SignedManifest::sign(manifest, secret)
+        SignedManifest::sign(Manifest { file_size, file_hash, chunk_hashes, ..draft }, secrets)
     }
 
     /// Reads and decodes a manifest file, refusing one over `MAX_MANIFEST_BYTES` unread.
@@ -205,6 +209,7 @@ fn read_capped(path: &Path, cap: u64) -> Result<Option<Vec<u8>>, ManifestError> 
 mod tests {
     use super::*;
     use crate::core::manifest::*;
+    use crate::core::trust::{parse_rfc3339, Acceptor, Deferred, TrustPolicy};
     use std::path::PathBuf;
     use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -257,10 +262,11 @@ mod tests {
         assert_eq!((m.chunk_offset(3), m.chunk_len(3), m.chunk_len(0)), (3 * 16384, 1000, 16384));
         assert_eq!(m.chunk_hashes[1], sha256(&image()[16384..32768]));
         assert_eq!(m.file_hash, sha256(&image()));
-        assert_eq!(m.signer, key(1).public().0);
+        assert_eq!(signed.signers, [key(1).public()]);
         let decoded = SignedManifest::decode(&signed.bytes).unwrap();
         assert_eq!(decoded.manifest, signed.manifest);
-        assert_eq!(decoded.swarm_id, sha256(&signed.bytes));
+        let signed_part = signed.bytes.len() - 1 - 96;
+        assert_eq!(decoded.swarm_id, sha256(&signed.bytes[..signed_part]), "the swarm id leaves the signatures out");
         assert_eq!(signed.swarm_id, decoded.swarm_id);
         let path = dir.write("fw.img.flotilla", &signed.bytes);
         assert_eq!(SignedManifest::read_file(&path).unwrap().manifest, signed.manifest);
@@ -285,19 +291,22 @@ mod tests {
     fn encoding_matches_the_documented_layout() {
         let dir = TempDir::new();
         let SignedManifest { manifest: m, bytes, .. } = published(&dir).1;
-        let mut body = vec![1, 6]; // version 1, name length 6
+        let mut body = vec![2, 6]; // version 2, name length 6
         body.extend_from_slice(b"fw.img");
         body.extend_from_slice(&[7, 0xe8, 0x87, 0x03, 0x80, 0x80, 0x01]); // varints 7, 50152, 16384
         body.extend_from_slice(&m.file_hash);
         body.extend_from_slice(&[0x80, 0x01]); // 128 = 4 hashes of 32 bytes
         body.extend_from_slice(m.chunk_hashes.as_flattened());
-        body.extend_from_slice(&m.signer);
+        body.extend_from_slice(&[0, 0]); // expires: None; targets: none
         let mut signed = MAGIC.to_vec();
         signed.extend_from_slice(&(body.len() as u32).to_le_bytes());
         signed.extend_from_slice(&body);
         assert_eq!(&bytes[..signed.len()], &signed[..]);
-        let signature = ed25519_compact::Signature::from_slice(&bytes[signed.len()..]).unwrap();
-        ed25519_compact::PublicKey::new(m.signer).verify(&signed, &signature).unwrap();
+        let rest = &bytes[signed.len()..];
+        assert_eq!((rest.len(), rest[0]), (1 + 96, 1), "one signature entry: key, signature");
+        assert_eq!(&rest[1..33], &key(1).public().0);
+        let signature = ed25519_compact::Signature::from_slice(&rest[33..]).unwrap();
+        ed25519_compact::PublicKey::new(key(1).public().0).verify(&signed, &signature).unwrap();
     }
 
     #[test]
@@ -330,13 +339,59 @@ mod tests {
     }
 
     #[test]
-    fn trust_is_checked_against_the_signer() {
+    fn trust_is_checked_against_the_signers_and_the_threshold() {
         let dir = TempDir::new();
         let signed = published(&dir).1;
-        signed.check_trust(&[key(2).public(), key(1).public()]).unwrap();
-        let err = signed.check_trust(&[key(2).public()]).unwrap_err();
+        let policy =
+            |keys: &[u8], threshold| TrustPolicy::new(keys.iter().map(|&k| key(k).public()).collect(), threshold);
+        policy(&[2, 1], 1).unwrap().check(&signed).unwrap();
+        let err = policy(&[2], 1).unwrap().check(&signed).unwrap_err();
         assert!(err.to_string().contains(&key(1).public().to_hex()), "{err}");
         assert!(err.is_bad_input());
+        let err = policy(&[1, 2], 2).unwrap().check(&signed).unwrap_err();
+        assert_eq!(err.to_string(), "manifest is signed by 1 trusted key(s); 2 must sign (--threshold)");
+
+        // Two operators sign: the threshold of two is met, and the swarm id is the same release's.
+        let file = dir.write("fw2.img", &image());
+        let draft = Manifest { name: "fw.img".into(), release: 7, chunk_size: MIN_CHUNK_SIZE, ..Manifest::default() };
+        let both = SignedManifest::publish_draft(&file, draft, &[&key(1), &key(2)]).unwrap();
+        assert_eq!(both.signers, [key(1).public(), key(2).public()]);
+        policy(&[1, 2, 3], 2).unwrap().check(&both).unwrap();
+        assert_eq!(both.swarm_id, signed.swarm_id, "signatures are not part of the swarm id");
+        let draft = Manifest { name: "fw.img".into(), release: 7, chunk_size: MIN_CHUNK_SIZE, ..Manifest::default() };
+        assert!(SignedManifest::publish_draft(&file, draft, &[&key(1), &key(1)]).is_err(), "a key signs once");
+    }
+
+    #[test]
+    fn expiry_and_targets_are_signed_and_judged_by_the_device() {
+        let dir = TempDir::new();
+        let file = dir.write("fw.img", &image());
+        let at = parse_rfc3339("2027-06-30T00:00:00Z").unwrap();
+        let targets = vec!["rpi4-arm64".to_string(), "openwrt-ath79-generic".to_string()];
+        let draft = Manifest {
+            name: "fw.img".into(),
+            release: 3,
+            chunk_size: MIN_CHUNK_SIZE,
+            expires: Some(at),
+            targets,
+            ..Manifest::default()
+        };
+        let m = SignedManifest::publish_draft(&file, draft, &[&key(1)]).unwrap();
+        let m = SignedManifest::decode(&m.bytes).unwrap();
+        assert_eq!(m.manifest.expires, Some(at));
+        let device = |targets: &[&str]| Acceptor {
+            policy: TrustPolicy::new(vec![key(1).public()], 1).unwrap(),
+            targets: targets.iter().map(|t| t.to_string()).collect(),
+        };
+        let rpi = device(&["rpi4-arm64"]);
+        assert_eq!(rpi.check(&m, at - 1).unwrap(), Deferred::Nothing);
+        let err = rpi.check(&m, at).unwrap_err();
+        assert_eq!(err.to_string(), "manifest expired at 2027-06-30T00:00:00Z");
+        assert_eq!(rpi.check(&m, 1000).unwrap(), Deferred::Expiry, "an unset clock defers, not refuses");
+        let err = device(&["x86-64"]).check(&m, at - 1).unwrap_err();
+        assert!(err.to_string().contains("not for this device (x86-64)"), "{err}");
+        let err = device(&[]).check(&m, at - 1).unwrap_err();
+        assert!(err.to_string().contains("names no --target"), "{err}");
     }
 
     #[test]

@@ -11,3 +11,4 @@ pub mod fleet_secret;
 pub mod history;
 pub mod manifest_file;
 pub mod memory;
+pub mod safe_fs;

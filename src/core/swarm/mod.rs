@@ -554,7 +554,8 @@ mod tests {
             chunk_size: CHUNK,
             file_hash: [0; 32],
             chunk_hashes: vec![[0; 32]; 12],
-            signer: [0; 32],
+            expires: None,
+            targets: Vec::new(),
         };
         let mut bits = Bitfield::new(12);
         have.iter().for_each(|&c| _ = bits.set(c));

@@ -1,0 +1,225 @@
+//! Trust and local files (issue 10): what a device refuses to act on, and the files it will
+//! not be tricked into writing. The real binary, on loopback addresses 127.0.0.110..=119.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+mod common;
+use common::*;
+
+/// Publishes `bytes` as release `number` of `name` with the key at `secret`, into `dir/name`
+/// and `dir/name.flotilla`; returns the manifest's path.
+fn publish(dir: &Path, secret: &Path, name: &str, number: u64, bytes: &[u8]) -> PathBuf {
+    fs::create_dir_all(dir).unwrap();
+    let file = dir.join(name);
+    fs::write(&file, bytes).unwrap();
+    let n = number.to_string();
+    run_ok(dir, &["publish", file.to_str().unwrap(), "--secret", secret.to_str().unwrap(), "--release", &n]);
+    dir.join(format!("{name}.flotilla"))
+}
+
+fn keygen(dir: &Path) -> (PathBuf, String) {
+    let secret = dir.join("operator.key");
+    let key = run_ok(dir, &["keygen", "--secret", secret.to_str().unwrap()]).trim().to_owned();
+    (secret, key)
+}
+
+#[test]
+fn serve_refuses_to_start_without_a_trusted_key() {
+    let tmp = TempDir::new("trust-serve");
+    let rel = make_release(tmp.path(), 100_000, "16K", 1);
+    let out = run(tmp.path(), &["serve", "--data", rel.data_dir.to_str().unwrap(), "--no-listen", "--no-discovery"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("--trust"), "the error says what is missing: {}", out.stderr);
+    let help = run_ok(tmp.path(), &["serve", "--help"]);
+    assert!(help.contains("--trust is required"), "--help says so: {help}");
+}
+
+#[test]
+fn a_renamed_manifest_lands_under_its_signed_name() {
+    let tmp = TempDir::new("trust-rename");
+    let dir = tmp.path();
+    let (secret, key) = keygen(dir);
+    let seed_dir = dir.join("seed");
+    let bytes = random_bytes(300_000, 11);
+    let manifest = publish(&seed_dir, &secret, "recovery.img", 1, &bytes);
+    let mut procs = Procs::in_dir();
+    let seed = free_addr(110).to_string();
+    let s =
+        procs.spawn(dir, "seed", &["serve", "--data", seed_dir.to_str().unwrap(), "--listen", &seed, "--trust", &key]);
+    wait_for_log(&mut procs, s, "listening on");
+
+    // The device is given the manifest under another name, as a planted or mistaken file is.
+    let device = dir.join("device");
+    fs::create_dir_all(&device).unwrap();
+    fs::copy(&manifest, device.join("fw.img.flotilla")).unwrap();
+    let listen = free_addr(111).to_string();
+    let args = ["serve", "--data", device.to_str().unwrap(), "--listen", &listen, "--peer", &seed, "--trust", &key];
+    let d = procs.spawn(dir, "device", &[&args[..], &["--no-discovery"]].concat());
+    wait_for_file(&device.join("recovery.img"));
+    assert_eq!(fs::read(device.join("recovery.img")).unwrap(), bytes);
+    assert!(!device.join("fw.img").exists(), "nothing lands under the manifest's file name");
+    assert!(procs.stderr(d).contains("signs the name recovery.img"), "{}", procs.stderr(d));
+}
+
+#[test]
+fn fetch_keeps_a_history_and_refuses_to_roll_back() {
+    let tmp = TempDir::new("trust-rollback");
+    let dir = tmp.path();
+    let (secret, key) = keygen(dir);
+    let (old_bytes, new_bytes) = (random_bytes(50_000, 1), random_bytes(50_000, 2));
+    let old = publish(&dir.join("r1"), &secret, "fw.img", 1, &old_bytes);
+    let new = publish(&dir.join("r2"), &secret, "fw.img", 2, &new_bytes);
+    let device = dir.join("device");
+    fs::create_dir_all(&device).unwrap();
+    let fetch = |manifest: &Path, out: &str, extra: &[&str]| {
+        let out = device.join(out);
+        let mut args = vec!["fetch", manifest.to_str().unwrap(), "--trust", &key, "--out", out.to_str().unwrap()];
+        args.extend(["--no-listen", "--no-discovery"]);
+        args.extend(extra);
+        run(dir, &args)
+    };
+    // Release 2 is installed (its file is in place, so fetch completes at once and records it).
+    fs::write(device.join("fw.img"), &new_bytes).unwrap();
+    let got = fetch(&new, "fw.img", &[]);
+    assert_eq!(got.code, 0, "{}", got.stderr);
+    let history = fs::read_to_string(device.join(".flotilla-history")).unwrap();
+    assert_eq!(history, "fw.img 2\n");
+
+    // Release 1, validly signed, is refused, whatever file it is aimed at.
+    let got = fetch(&old, "other.img", &[]);
+    assert_eq!(got.code, 2, "{}", got.stderr);
+    assert!(got.stderr.contains("no rollback") && got.stderr.contains("release 2"), "{}", got.stderr);
+    assert!(!device.join("other.img.part").exists(), "a refused release writes nothing");
+
+    // --state-dir moves the record; a fresh one there knows nothing yet.
+    let state = dir.join("state");
+    fs::create_dir_all(&state).unwrap();
+    fs::write(device.join("fw.img.1"), &old_bytes).unwrap();
+    let got = fetch(&old, "fw.img.1", &["--state-dir", state.to_str().unwrap()]);
+    assert_eq!(got.code, 0, "{}", got.stderr);
+    assert_eq!(fs::read_to_string(state.join(".flotilla-history")).unwrap(), "fw.img 1\n");
+
+    // A damaged record is an error that names it, never an empty record.
+    fs::write(device.join(".flotilla-history"), "fw.img two\n").unwrap();
+    let got = fetch(&old, "other.img", &[]);
+    assert_eq!(got.code, 1, "{}", got.stderr);
+    assert!(got.stderr.contains(".flotilla-history") && got.stderr.contains("damaged"), "{}", got.stderr);
+}
+
+#[test]
+fn a_planted_symlink_is_never_written_through() {
+    let tmp = TempDir::new("trust-symlink");
+    let dir = tmp.path();
+    let rel = make_release(dir, 400_000, "16K", 3);
+    let shared = dir.join("shared");
+    fs::create_dir_all(&shared).unwrap();
+    let victim = dir.join("victim");
+    fs::write(&victim, b"/etc/shadow stands in here").unwrap();
+    let out = shared.join("fw.img");
+    std::os::unix::fs::symlink(&victim, side(&out, ".part")).unwrap();
+    let args = ["fetch", rel.manifest_arg(), "--trust", &rel.key, "--out", out.to_str().unwrap(), "--no-discovery"];
+    let got = run(dir, &[&args[..], &["--no-listen"]].concat());
+    assert_eq!(got.code, 1, "{}", got.stderr);
+    assert!(got.stderr.contains("fw.img.part"), "the error names the file: {}", got.stderr);
+    assert_eq!(fs::read(&victim).unwrap(), b"/etc/shadow stands in here", "the link's target is untouched");
+
+    // A symlink at FILE.state is neither read nor written through: the fetch completes.
+    fs::remove_file(side(&out, ".part")).unwrap();
+    std::os::unix::fs::symlink(&victim, side(&out, ".state")).unwrap();
+    let mut procs = Procs::in_dir();
+    let seed = free_addr(112);
+    start_seed(&mut procs, dir, &rel, seed, "0", &["--no-discovery"]);
+    let seed = seed.to_string();
+    let got = run(dir, &[&args[..], &["--peer", &seed, "--listen", &free_addr(113).to_string()]].concat());
+    assert_eq!(got.code, 0, "{}", got.stderr);
+    assert_release(dir, &out, &rel);
+    assert_eq!(fs::read(&victim).unwrap(), b"/etc/shadow stands in here", "the link's target is untouched");
+}
+
+#[test]
+fn an_expired_manifest_is_refused_by_verify_fetch_and_serve() {
+    let tmp = TempDir::new("trust-expired");
+    let dir = tmp.path();
+    let (secret, key) = keygen(dir);
+    let data = dir.join("seed");
+    fs::create_dir_all(&data).unwrap();
+    let file = data.join("fw.img");
+    fs::write(&file, random_bytes(40_000, 5)).unwrap();
+    let (s, f) = (secret.to_str().unwrap(), file.to_str().unwrap());
+    // Past, but after the clock floor, so the check is made and not deferred.
+    run_ok(dir, &["publish", f, "--secret", s, "--expires", "2026-12-02T00:00:00Z"]);
+    let manifest = data.join("fw.img.flotilla");
+    let m = manifest.to_str().unwrap();
+    let shown = run_ok(dir, &["inspect", m]);
+    assert!(shown.contains("expires:     2026-12-02T00:00:00Z"), "{shown}");
+
+    let got = run(dir, &["verify", m, f, "--trust", &key]);
+    assert_eq!(got.code, 2, "{}", got.stderr);
+    assert!(got.stderr.contains("manifest expired at 2026-12-02T00:00:00Z"), "{}", got.stderr);
+    let out = dir.join("device").join("fw.img");
+    fs::create_dir_all(out.parent().unwrap()).unwrap();
+    let got = run(dir, &["fetch", m, "--trust", &key, "--out", out.to_str().unwrap(), "--no-listen", "--no-discovery"]);
+    assert_eq!(got.code, 2, "{}", got.stderr);
+    assert!(got.stderr.contains("manifest expired at"), "{}", got.stderr);
+    assert!(!side(&out, ".part").exists(), "nothing was started");
+
+    let mut procs = Procs::in_dir();
+    let listen = free_addr(114).to_string();
+    let i =
+        procs.spawn(dir, "serve", &["serve", "--data", data.to_str().unwrap(), "--listen", &listen, "--trust", &key]);
+    procs.wait_for_log(i, "listening on");
+    let log = procs.stderr(i);
+    assert!(log.contains("manifest expired at 2026-12-02T00:00:00Z"), "{log}");
+    assert!(log.contains("nothing to serve"), "{log}");
+
+    // A bad date is a usage error at publish, not a manifest that never expires.
+    let got = run(dir, &["publish", f, "--secret", s, "--expires", "2027-06-31T00:00:00Z"]);
+    assert_eq!(got.code, 2, "{}", got.stderr);
+}
+
+#[test]
+fn a_release_for_other_hardware_is_refused_and_a_threshold_counts_signers() {
+    let tmp = TempDir::new("trust-target");
+    let dir = tmp.path();
+    let (secret, key) = keygen(dir);
+    let second = dir.join("second.key");
+    let key2 = run_ok(dir, &["keygen", "--secret", second.to_str().unwrap()]).trim().to_owned();
+    let data = dir.join("seed");
+    fs::create_dir_all(&data).unwrap();
+    let file = data.join("fw.img");
+    fs::write(&file, random_bytes(40_000, 6)).unwrap();
+    let (s, f) = (secret.to_str().unwrap(), file.to_str().unwrap());
+    run_ok(dir, &["publish", f, "--secret", s, "--secret", second.to_str().unwrap(), "--target", "rpi4-arm64"]);
+    let m = data.join("fw.img.flotilla");
+    let m = m.to_str().unwrap();
+    let shown = run_ok(dir, &["inspect", m]);
+    assert!(shown.contains("targets:     rpi4-arm64"), "{shown}");
+    assert_eq!(shown.matches("signer:").count(), 2, "{shown}");
+
+    let verify = |extra: &[&str]| run(dir, &[&["verify", m, f, "--trust", &key][..], extra].concat());
+    assert_eq!(verify(&["--target", "rpi4-arm64"]).code, 0);
+    let got = verify(&["--target", "openwrt-ath79-generic"]);
+    assert_eq!(got.code, 2, "{}", got.stderr);
+    assert!(got.stderr.contains("release is for rpi4-arm64, not for this device"), "{}", got.stderr);
+    let got = verify(&[]);
+    assert_eq!(got.code, 2, "{}", got.stderr);
+    assert!(got.stderr.contains("names no --target"), "{}", got.stderr);
+    let out = dir.join("device").join("fw.img");
+    fs::create_dir_all(out.parent().unwrap()).unwrap();
+    let args = ["fetch", m, "--trust", &key, "--out", out.to_str().unwrap(), "--no-listen", "--no-discovery"];
+    let got = run(dir, &[&args[..], &["--target", "x86-64"]].concat());
+    assert_eq!(got.code, 2, "{}", got.stderr);
+    assert!(got.stderr.contains("not for this device (x86-64)"), "{}", got.stderr);
+
+    // Both keys signed: a threshold of two is met; one key alone cannot meet it.
+    let two = ["--trust", &key2, "--threshold", "2", "--target", "rpi4-arm64"];
+    assert_eq!(verify(&two).code, 0, "{}", verify(&two).stderr);
+    fs::remove_file(m).unwrap();
+    run_ok(dir, &["publish", f, "--secret", s, "--target", "rpi4-arm64"]);
+    let got = verify(&two);
+    assert_eq!(got.code, 2, "{}", got.stderr);
+    assert!(got.stderr.contains("signed by 1 trusted key(s); 2 must sign"), "{}", got.stderr);
+    let got = verify(&["--threshold", "3"]);
+    assert_eq!(got.code, 2, "an unreachable threshold is a usage error: {}", got.stderr);
+}
