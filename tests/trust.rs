@@ -223,3 +223,119 @@ fn a_release_for_other_hardware_is_refused_and_a_threshold_counts_signers() {
     let got = verify(&["--threshold", "3"]);
     assert_eq!(got.code, 2, "an unreachable threshold is a usage error: {}", got.stderr);
 }
+
+/// A hook script that logs each start (with the environment it got) and each end; the first
+/// time it writes its pid and hangs, to be killed with its agent as a power cut would.
+fn hanging_hook(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let (log, pid) = (dir.join("hook.log"), dir.join("hook.pid"));
+    let script = dir.join("hook.sh");
+    let body = format!(
+        "echo \"start $FLOTILLA_NAME $FLOTILLA_RELEASE $FLOTILLA_SWARM ${{HOME:-no-home}} $1\" >> {log}\n\
+         if [ ! -e {pid} ]; then echo $$ > {pid}.tmp; mv {pid}.tmp {pid}; sleep 60; fi\n\
+         echo done >> {log}\n",
+        log = log.display(),
+        pid = pid.display()
+    );
+    fs::write(&script, body).unwrap();
+    (script, log, pid)
+}
+
+#[test]
+fn a_hook_killed_mid_run_runs_again_after_a_restart_exactly_once_to_completion() {
+    let tmp = TempDir::new("trust-hook");
+    let dir = tmp.path();
+    let rel = make_release(dir, 200_000, "16K", 9);
+    let mut procs = Procs::in_dir();
+    let seed = free_addr(115);
+    start_seed(&mut procs, dir, &rel, seed, "0", &["--no-discovery"]);
+    let (script, log, pid) = hanging_hook(dir);
+    let out = dir.join("device").join("fw.img");
+    fs::create_dir_all(out.parent().unwrap()).unwrap();
+    let hook = format!("/bin/sh {}", script.display());
+    let seed = seed.to_string();
+    let args = ["fetch", rel.manifest_arg(), "--trust", &rel.key, "--out", out.to_str().unwrap(), "--no-discovery"];
+    let args = [&args[..], &["--peer", &seed, "--no-listen", "--on-complete", &hook]].concat();
+    let f = procs.spawn(dir, "fetch", &args);
+    wait_for_file(&pid);
+    // The power cut: the agent and its hook die together, mid-hook, after the final rename.
+    procs.kill(f);
+    let hook_pid: i32 = fs::read_to_string(&pid).unwrap().trim().parse().unwrap();
+    unsafe { libc::kill(hook_pid, libc::SIGKILL) };
+    assert_eq!(fs::read(&out).unwrap(), rel.bytes, "the release was in place before the hook ran");
+    let owed = fs::read_to_string(out.parent().unwrap().join(".flotilla-hooks")).unwrap();
+    assert!(owed.contains(" fw.img 1"), "the hook is recorded as owed: {owed:?}");
+
+    // The restart finds the release whole and the hook owed: it runs again, to completion.
+    let got = run(dir, &args);
+    assert_eq!(got.code, 0, "{}", got.stderr);
+    assert!(got.stderr.contains("install hook is owed from an earlier run"), "{}", got.stderr);
+    let swarm = flotilla::core::manifest::to_hex(&rel.signed.swarm_id);
+    let start = format!("start fw.img 1 {swarm} no-home {}", out.display());
+    assert_eq!(fs::read_to_string(&log).unwrap(), format!("{start}\n{start}\ndone\n"));
+    // And never again once it succeeded.
+    let got = run(dir, &args);
+    assert_eq!(got.code, 0, "{}", got.stderr);
+    assert_eq!(fs::read_to_string(&log).unwrap(), format!("{start}\n{start}\ndone\n"), "ran once to completion");
+    assert_eq!(fs::read_to_string(out.parent().unwrap().join(".flotilla-hooks")).unwrap(), "");
+}
+
+#[test]
+fn a_hook_past_its_timeout_is_killed_and_stays_owed() {
+    let tmp = TempDir::new("trust-hook-timeout");
+    let dir = tmp.path();
+    let rel = make_release(dir, 100_000, "16K", 10);
+    let mut procs = Procs::in_dir();
+    let seed = free_addr(116);
+    start_seed(&mut procs, dir, &rel, seed, "0", &["--no-discovery"]);
+    let (script, log, pid) = hanging_hook(dir);
+    let out = dir.join("device").join("fw.img");
+    fs::create_dir_all(out.parent().unwrap()).unwrap();
+    let hook = format!("/bin/sh {}", script.display());
+    let seed = seed.to_string();
+    let args = ["fetch", rel.manifest_arg(), "--trust", &rel.key, "--out", out.to_str().unwrap(), "--no-discovery"];
+    let args = [&args[..], &["--peer", &seed, "--no-listen", "--on-complete", &hook, "--hook-timeout", "1"]].concat();
+    let got = run(dir, &args);
+    assert_eq!(got.code, 1, "{}", got.stderr);
+    assert!(got.stderr.contains("ran past --hook-timeout (1 s)"), "{}", got.stderr);
+    // The whole process group went: the script's `sleep` is gone too.
+    let hook_pid: i32 = fs::read_to_string(&pid).unwrap().trim().parse().unwrap();
+    assert_ne!(unsafe { libc::kill(hook_pid, 0) }, 0, "the hook's shell still runs");
+    assert!(!fs::read_to_string(&log).unwrap().contains("done"));
+    let owed = fs::read_to_string(out.parent().unwrap().join(".flotilla-hooks")).unwrap();
+    assert!(owed.contains(" fw.img 1"), "a hook that timed out stays owed: {owed:?}");
+}
+
+#[test]
+fn the_status_socket_is_private_and_status_prints_only_printable_text() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = TempDir::new("trust-status");
+    let dir = tmp.path();
+    let rel = make_release(dir, 50_000, "16K", 12);
+    let data = rel.data_dir.to_str().unwrap();
+    let mut procs = Procs::in_dir();
+    for (mode, want) in [(None, 0o600), (Some("660"), 0o660)] {
+        let sock = dir.join(format!("agent-{want:o}.sock"));
+        let mut args = vec!["serve", "--data", data, "--trust", &rel.key, "--no-listen", "--no-discovery"];
+        args.extend(["--status", sock.to_str().unwrap()]);
+        args.extend(mode.map(|m| ["--status-mode", m]).iter().flatten());
+        let i = procs.spawn(dir, "serve", &args);
+        procs.wait_for_log(i, "status on");
+        let got = fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
+        assert_eq!(got, want, "socket mode {got:o}");
+        procs.kill(i);
+    }
+    let got = run(dir, &["serve", "--data", data, "--trust", &rel.key, "--no-listen", "--status-mode", "999"]);
+    assert_eq!(got.code, 2, "{}", got.stderr);
+
+    // Something else answering at the path cannot drive the terminal through `status`.
+    let sock = dir.join("impostor.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        std::io::Write::write_all(&mut s, b"ok\x1b]0;owned\x07\x1b[2J\nline two\ttab\n").unwrap();
+    });
+    let got = run(dir, &["status", sock.to_str().unwrap()]);
+    server.join().unwrap();
+    assert_eq!(got.code, 0, "{}", got.stderr);
+    assert_eq!(got.stdout, "ok?]0;owned??[2J\nline two\ttab\n");
+}

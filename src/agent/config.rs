@@ -36,11 +36,16 @@ pub struct AgentConfig {
     pub discovery: Option<std::net::SocketAddrV4>,
     /// Releases held at most; [`Agent::add_release`] refuses more.
     pub max_releases: usize,
-    /// The install hook: a program and its arguments, run with the path of each release that
-    /// completes in this run appended as one more argument. Empty for none.
+    /// The install hook: a program and its arguments, run with the path of the release appended
+    /// as one more argument, at least once per release taken on incomplete (see
+    /// `agent::hooks`). Empty for none.
     pub on_complete: Vec<String>,
+    /// Longest an install hook may run before it is killed and counted as failed.
+    pub hook_timeout: Duration,
     /// Where to open the Unix socket that answers status queries, if anywhere.
     pub status: Option<PathBuf>,
+    /// Its permissions (who may connect): 0600, only our user, unless said otherwise.
+    pub status_mode: u32,
 }
 
 impl Default for AgentConfig {
@@ -59,7 +64,9 @@ impl Default for AgentConfig {
             discovery: Some(discovery::DEFAULT_GROUP),
             max_releases: 16,
             on_complete: Vec::new(),
+            hook_timeout: Duration::from_secs(600),
             status: None,
+            status_mode: 0o600,
         }
     }
 }

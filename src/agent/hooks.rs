@@ -1,88 +1,224 @@
-//! The operator's install hook: started when a release completes in this run, a few children
-//! at once, reaped every turn, never waited for inside the loop.
+//! The operator's install hook: run at least once per release, a few children at once, reaped
+//! every turn, never waited for inside the loop.
+//!
+//! Which hooks are owed is [`PendingHooks`]'s record in the state directory, so a crash, a
+//! power cut, a hook killed or failed all end the same way: the hook runs again, on the next
+//! turn after a back-off or at the next start, until it exits 0. A hook that outlives
+//! `hook_timeout` is killed (its whole process group) and counts as failed. It runs with a clean
+//! environment that names the release, so it can check what it installs.
 
-use super::Agent;
+use super::{Agent, AgentError, Held};
+use crate::core::manifest::{to_hex, SwarmId};
 use crate::core::storage::Storage;
+use crate::store::pending_hooks::{PendingHook, PendingHooks};
 use std::io;
-use std::path::Path;
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
 
 /// Install hooks running at once; a completion beyond that waits for one to finish.
 pub(super) const MAX_HOOKS: usize = 4;
+/// Wait before the first retry of a failed hook; it doubles up to `MAX_HOOK_BACKOFF`.
+const FIRST_HOOK_BACKOFF: Duration = Duration::from_secs(30);
+const MAX_HOOK_BACKOFF: Duration = Duration::from_secs(3600);
+/// The hook's whole `PATH`: its environment is cleared, and a script still needs its tools.
+const HOOK_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Where a release stands with its install hook.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HookState {
+    /// Nothing owed (or no hook configured).
+    Idle,
+    /// Owed: to be started at `not_before`; `failures` so far in this run.
+    Due { not_before: Instant, failures: u32 },
+    /// Running now.
+    Running { failures: u32 },
+}
 
 /// A running install hook.
 pub(super) struct Hook {
     child: Child,
+    swarm: SwarmId,
     /// The release's name, for the log: the release itself may be gone by the time it ends.
     name: String,
+    started: Instant,
 }
 
 impl Agent {
-    /// Reaps the install hooks that finished, then starts those that are due, a few at a time.
-    pub(super) fn run_hooks(&mut self) {
-        self.reap_hooks();
-        let Agent { hooks, releases, config, hooks_failed, .. } = self;
-        for r in releases.iter_mut().filter(|r| r.hook_due) {
-            if hooks.len() >= MAX_HOOKS {
+    /// Keeps the hooks owed in `dir` (with the history, `--state-dir`).
+    pub(super) fn load_pending_hooks(&mut self, dir: &std::path::Path) -> Result<(), AgentError> {
+        self.pending_hooks = Some(PendingHooks::load(dir).map_err(AgentError::History)?);
+        Ok(())
+    }
+
+    /// For a release just added: records its hook as owed if it is still to be fetched, or
+    /// makes it due now if an earlier run owed it and the release is whole.
+    pub(super) fn note_hook(&mut self, r: usize, now: Instant) -> Result<(), AgentError> {
+        let (Some(pending), false) = (&mut self.pending_hooks, self.config.on_complete.is_empty()) else {
+            return Ok(());
+        };
+        let h = &mut self.releases[r];
+        let swarm = *h.release.id();
+        if !h.release.is_complete() {
+            let (name, release) = (h.release.name().to_owned(), h.release.number());
+            return pending.add(PendingHook { swarm, name, release }).map_err(AgentError::History);
+        }
+        if pending.is_pending(&swarm) {
+            log::info!("{}: its install hook is owed from an earlier run", h.release.name());
+            h.hook = HookState::Due { not_before: now, failures: 0 };
+        }
+        Ok(())
+    }
+
+    /// A release completed in this run: its hook is due, if one is configured and owed.
+    pub(super) fn hook_after_completion(&mut self, r: usize, now: Instant) {
+        let h = &mut self.releases[r];
+        let owed = match &self.pending_hooks {
+            Some(p) => p.is_pending(h.release.id()),
+            None => true, // no state directory (a library caller): run it once, in this run
+        };
+        if owed && !self.config.on_complete.is_empty() {
+            h.hook = HookState::Due { not_before: now, failures: 0 };
+        }
+    }
+
+    /// Reaps the install hooks that finished (or overran), then starts those that are due, a
+    /// few at a time.
+    pub(super) fn run_hooks(&mut self, now: Instant) {
+        self.reap_hooks(now);
+        for r in 0..self.releases.len() {
+            if self.hooks.len() >= MAX_HOOKS {
                 return;
             }
-            r.hook_due = false;
-            let (name, path) = (r.release.name(), r.release.store().path());
-            log::info!("{name}: running the install hook: {} {path:?}", config.on_complete.join(" "));
-            match spawn_hook(&config.on_complete, path) {
-                Ok(child) => hooks.push(Hook { child, name: name.to_owned() }),
-                Err(e) => {
-                    *hooks_failed += 1;
-                    log::error!("{name}: cannot run the install hook {:?}: {e}", config.on_complete[0]);
+            if let HookState::Due { not_before, failures } = self.releases[r].hook {
+                if now >= not_before {
+                    self.start_hook(r, failures, now);
                 }
             }
         }
     }
 
-    /// Logs how each finished install hook ended and forgets it.
-    fn reap_hooks(&mut self) {
-        let Agent { hooks, hooks_failed, .. } = self;
-        hooks.retain_mut(|h| {
-            let name = &h.name;
-            match h.child.try_wait() {
-                Ok(None) => true,
-                Ok(Some(status)) => {
-                    *hooks_failed += !hook_finished(name, status) as usize;
-                    false
-                }
-                Err(e) => {
-                    log::warn!("{name}: cannot wait for the install hook: {e}");
-                    false
-                }
+    fn start_hook(&mut self, r: usize, failures: u32, now: Instant) {
+        let h = &mut self.releases[r];
+        let name = h.release.name().to_owned();
+        log::info!(
+            "{name}: running the install hook: {} {:?}",
+            self.config.on_complete.join(" "),
+            h.release.store().path()
+        );
+        match spawn_hook(&self.config.on_complete, h) {
+            Ok(child) => {
+                h.hook = HookState::Running { failures };
+                self.hooks.push(Hook { child, swarm: *h.release.id(), name, started: now });
             }
-        });
+            Err(e) => {
+                let swarm = *h.release.id();
+                log::error!("{name}: cannot run the install hook {:?}: {e}", self.config.on_complete[0]);
+                self.hook_ended(swarm, false, now);
+            }
+        }
     }
 
-    /// Starts the install hooks still due and waits for every one still running: for a command
-    /// that exits once its release is complete. Returns [`Agent::hooks_ok`].
+    /// Logs how each finished install hook ended; kills one that overran its time.
+    fn reap_hooks(&mut self, now: Instant) {
+        let timeout = self.config.hook_timeout;
+        let mut i = 0;
+        while i < self.hooks.len() {
+            let h = &mut self.hooks[i];
+            let ended = match h.child.try_wait() {
+                Ok(None) if now < h.started + timeout => None,
+                Ok(None) => Some(kill_overdue(h, timeout)),
+                Ok(Some(status)) => Some(hook_finished(&h.name, status)),
+                Err(e) => {
+                    log::warn!("{}: cannot wait for the install hook: {e}", h.name);
+                    Some(false)
+                }
+            };
+            match ended {
+                Some(ok) => {
+                    let h = self.hooks.swap_remove(i);
+                    self.hook_ended(h.swarm, ok, now);
+                }
+                None => i += 1,
+            }
+        }
+    }
+
+    /// Settles a hook that ended: done for good (the record forgets it), or due again later.
+    fn hook_ended(&mut self, swarm: SwarmId, ok: bool, now: Instant) {
+        let held = self.releases.iter_mut().find(|h| *h.release.id() == swarm);
+        let failures = match held.as_ref().map(|h| h.hook) {
+            Some(HookState::Running { failures } | HookState::Due { failures, .. }) => failures,
+            _ => 0,
+        };
+        if ok {
+            if let Some(Err(e)) = self.pending_hooks.as_mut().map(|p| p.remove(&swarm)) {
+                // The hook ran; at worst it runs once more at the next start.
+                log::warn!("cannot record that the install hook ran: {e}");
+            }
+            if let Some(h) = held {
+                h.hook = HookState::Idle;
+            }
+            return;
+        }
+        self.hooks_failed += 1;
+        let backoff = FIRST_HOOK_BACKOFF.saturating_mul(1 << failures.min(16)).min(MAX_HOOK_BACKOFF);
+        if let Some(h) = held {
+            log::warn!("{}: the install hook will be tried again in {} s", h.release.name(), backoff.as_secs());
+            h.hook = HookState::Due { not_before: now + backoff, failures: failures + 1 };
+        }
+    }
+
+    /// Starts the install hooks due now and waits for every one (each within its timeout): for
+    /// a command that exits once its release is complete. Returns [`Agent::hooks_ok`]. A hook
+    /// that fails is not retried here; it stays owed for the next run.
     pub fn finish_hooks(&mut self) -> bool {
         loop {
-            self.run_hooks();
-            let Some(mut h) = self.hooks.pop() else { return self.hooks_ok() };
-            let name = &h.name;
-            match h.child.wait() {
-                Ok(status) => self.hooks_failed += !hook_finished(name, status) as usize,
-                Err(e) => log::warn!("{name}: cannot wait for the install hook: {e}"),
+            let now = Instant::now();
+            self.run_hooks(now);
+            if self.hooks.is_empty() {
+                return self.hooks_ok();
             }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 
-    /// False once an install hook has failed (exited non-zero, or could not be started).
+    /// False once an install hook has failed (exited non-zero, overran, or could not start).
     pub fn hooks_ok(&self) -> bool {
         self.hooks_failed == 0
     }
 }
 
-/// Starts the install hook: the operator's program and arguments, then `path` as one more
-/// argument. No shell parses anything, so no file name can smuggle in a command.
-fn spawn_hook(command: &[String], path: &Path) -> io::Result<Child> {
+/// Starts the install hook: the operator's program and arguments, then the release's path as
+/// one more argument. No shell parses anything, so no file name can smuggle in a command. The
+/// environment is cleared but for `PATH` and the release's facts; the hook leads its own
+/// process group, so that a timeout can stop everything it started.
+fn spawn_hook(command: &[String], h: &Held) -> io::Result<Child> {
     let Some((program, args)) = command.split_first() else { return Err(io::Error::other("no command")) };
-    Command::new(program).args(args).arg(path).stdin(Stdio::null()).spawn()
+    let r = &h.release;
+    let manifest = h.manifest.as_deref().map(|p| p.as_os_str().to_owned()).unwrap_or_default();
+    Command::new(program)
+        .args(args)
+        .arg(r.store().path())
+        .env_clear()
+        .env("PATH", HOOK_PATH)
+        .env("FLOTILLA_NAME", r.name())
+        .env("FLOTILLA_RELEASE", r.number().to_string())
+        .env("FLOTILLA_FILE", r.store().path())
+        .env("FLOTILLA_MANIFEST", manifest)
+        .env("FLOTILLA_SWARM", to_hex(r.id()))
+        .stdin(Stdio::null())
+        .process_group(0)
+        .spawn()
+}
+
+/// Kills an install hook that overran `timeout`, with everything it started; false (failed).
+fn kill_overdue(h: &mut Hook, timeout: Duration) -> bool {
+    log::warn!("{}: the install hook ran past --hook-timeout ({} s); killing it", h.name, timeout.as_secs());
+    // SAFETY: kill(2) with a negative pid signals the process group the hook leads.
+    unsafe { libc::kill(-(h.child.id() as libc::pid_t), libc::SIGKILL) };
+    let _ = h.child.wait();
+    false
 }
 
 /// Logs how an install hook ended; true if it succeeded.

@@ -64,8 +64,8 @@ pub struct Held {
     pub completed_at: Option<Instant>,
     dials: Vec<Dial>,
     rates: Rates,
-    /// Set when the release completes in this run, until its install hook is started.
-    hook_due: bool,
+    /// Where it stands with its install hook.
+    pub hook: hooks::HookState,
     /// After a storage failure (when the agent does not stop for it): left alone until then.
     paused_until: Option<Instant>,
     /// The manifest file in a data directory it was read from (`serve`).
@@ -118,8 +118,10 @@ pub struct Agent {
     hooks: Vec<Hook>,
     hooks_failed: usize,
     refused: heapless::Deque<datadir::Refused, { datadir::MAX_REFUSED }>,
-    /// The record of the highest release accepted per name ([`Agent::keep_history`]).
+    /// The record of the highest release accepted per name ([`Agent::keep_state`]).
     history: Option<History>,
+    /// The install hooks still owed ([`Agent::keep_state`]).
+    pending_hooks: Option<crate::store::pending_hooks::PendingHooks>,
     started: Instant,
     /// Slots that used up their read budget with bytes possibly left: read again next turn.
     unread: Vec<usize>,
@@ -155,6 +157,7 @@ impl Agent {
             hooks_failed: 0,
             refused: heapless::Deque::new(),
             history: None,
+            pending_hooks: None,
             started: Instant::now(),
             fatal: None,
         })
@@ -200,11 +203,12 @@ impl Agent {
         }
     }
 
-    /// Keeps the no-rollback history in `dir` (`--state-dir`): from now on a release older than
-    /// one accepted before under its name is refused, and each one added is recorded first.
-    pub fn keep_history(&mut self, dir: &Path) -> Result<(), AgentError> {
+    /// Keeps the agent's records in `dir` (`--state-dir`): the no-rollback history (from now on
+    /// a release older than one accepted before under its name is refused, and each one added is
+    /// recorded first) and the install hooks owed (each runs at least once per release).
+    pub fn keep_state(&mut self, dir: &Path) -> Result<(), AgentError> {
         self.history = Some(History::load(dir).map_err(AgentError::History)?);
-        Ok(())
+        self.load_pending_hooks(dir)
     }
 
     /// The highest release of `name` accepted here, by the history or held now.
@@ -236,12 +240,22 @@ impl Agent {
             release,
             dials,
             rates: Rates::default(),
-            hook_due: false,
+            hook: hooks::HookState::Idle,
             paused_until: None,
             manifest: None,
             deferred: crate::core::trust::Deferred::Nothing,
         });
-        Ok(self.releases.len() - 1)
+        let r = self.releases.len() - 1;
+        if let Err(e) = self.note_hook(r, now) {
+            self.releases.pop();
+            return Err(e);
+        }
+        Ok(r)
+    }
+
+    /// Notes the manifest file release `r` was read from, for the install hook's environment.
+    pub fn set_manifest_path(&mut self, r: usize, path: &Path) {
+        self.releases[r].manifest = Some(path.to_owned());
     }
 
     /// Drops release `r`: its connections are closed and it is forgotten; its files stay as they
@@ -326,7 +340,7 @@ impl Agent {
         self.send_all(now);
         // Sending can fail a read from disk; its event is handled in this same turn.
         self.drain_events(now);
-        self.run_hooks();
+        self.run_hooks(now);
         self.sample_rates(now);
         self.announce(now);
         self.dial(now);
@@ -349,8 +363,8 @@ impl Agent {
     fn completed(&mut self, r: usize, now: Instant) {
         let h = &mut self.releases[r];
         h.completed_at = Some(now);
-        h.hook_due = !self.config.on_complete.is_empty();
         log::info!("{}: complete and verified at {}", h.release.name(), h.release.store().path().display());
+        self.hook_after_completion(r, now);
     }
 
     /// Every storage failure, read or write, of any release ends here: it stops the agent, or
@@ -379,6 +393,9 @@ impl Agent {
             match h.paused_until.filter(|&t| now < t) {
                 Some(t) => consider(t),
                 None => h.release.poll_timeout(now).into_iter().for_each(&mut consider),
+            }
+            if let hooks::HookState::Due { not_before, .. } = h.hook {
+                consider(not_before);
             }
             if !h.release.is_complete() {
                 h.dials.iter().filter(|d| d.is_due_later()).for_each(|d| consider(d.next_try));

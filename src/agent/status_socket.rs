@@ -6,7 +6,7 @@ use super::{Agent, AgentError, STATUS};
 use mio::net::UnixListener;
 use mio::Interest;
 use std::io::{self, Write};
-use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -28,7 +28,8 @@ impl Drop for StatusSocket {
 impl Agent {
     pub(super) fn open_status(&mut self) -> Result<(), AgentError> {
         let Some(path) = self.config.status.as_ref().filter(|_| self.status.is_none()) else { return Ok(()) };
-        let mut listener = bind_status(path).map_err(|e| AgentError::Status(path.clone(), e))?;
+        let mode = self.config.status_mode;
+        let mut listener = bind_status(path, mode).map_err(|e| AgentError::Status(path.clone(), e))?;
         self.poll.registry().register(&mut listener, STATUS, Interest::READABLE).map_err(AgentError::Poll)?;
         log::info!("status on {}", path.display());
         self.status = Some(StatusSocket { listener, path: path.clone() });
@@ -63,14 +64,19 @@ impl Agent {
     }
 }
 
-/// Binds the status socket at `path`. A socket file left there by an agent that is gone is
-/// replaced; a live agent's socket, or anything that is not a socket, is left alone.
-fn bind_status(path: &Path) -> io::Result<UnixListener> {
+/// Binds the status socket at `path` with permissions `mode` (who may ask: the report names
+/// peers and paths). A socket file left there by an agent of ours that is gone is replaced; a
+/// live agent's socket, another user's, or anything that is not a socket, is left alone.
+fn bind_status(path: &Path, mode: u32) -> io::Result<UnixListener> {
     match std::fs::symlink_metadata(path) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
         Ok(meta) if !meta.file_type().is_socket() => {
-            return Err(io::Error::other("a file that is not a socket is there"))
+            return Err(io::Error::other("a file that is not a socket is there; remove it or choose another path"))
+        }
+        // SAFETY: geteuid has no preconditions.
+        Ok(meta) if meta.uid() != unsafe { libc::geteuid() } => {
+            return Err(io::Error::other(format!("a socket of user {} is there; refusing to replace it", meta.uid())))
         }
         // A non-blocking connect: refused at once when nobody listens, never waits.
         Ok(_) => match mio::net::UnixStream::connect(path) {
@@ -82,5 +88,13 @@ fn bind_status(path: &Path) -> io::Result<UnixListener> {
             Err(e) => return Err(e),
         },
     }
-    UnixListener::bind(path)
+    // The socket is created under a umask that leaves it ours alone; one thread, so setting
+    // the process's umask for the call races with nothing. Then it gets the mode asked for.
+    // SAFETY: umask has no preconditions and cannot fail.
+    let old = unsafe { libc::umask(0o177) };
+    let bound = UnixListener::bind(path);
+    unsafe { libc::umask(old) };
+    let listener = bound?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    Ok(listener)
 }

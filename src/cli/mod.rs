@@ -432,6 +432,14 @@ impl NetOptions {
                 }
             }
             "status" => c.status = Some(PathBuf::from(p.value()?)),
+            "status-mode" => {
+                let m = p.value()?.string()?;
+                c.status_mode = u32::from_str_radix(&m, 8)
+                    .ok()
+                    .filter(|m| *m <= 0o777)
+                    .ok_or_else(|| usage(format!("--status-mode {m:?} is not an octal mode like 660")))?;
+            }
+            "hook-timeout" => c.hook_timeout = Duration::from_secs(p.value()?.parse::<u64>()?.max(1)),
             "state-dir" => self.state_dir = Some(PathBuf::from(p.value()?)),
             "on-complete" => {
                 let cmd = p.value()?.string()?;
@@ -466,14 +474,24 @@ const NET_OPTIONS_HELP: &str = "
                             default the directory of --out. A release older than the one
                             recorded is refused (exit 2); a damaged history is an error
   --status PATH             answer `flotilla status PATH` on a Unix socket at PATH (a socket
-                            left there by an agent that is gone is replaced, any other file is not)
-  --on-complete CMD         the install hook: when a release completes and is verified in this run,
-                            run CMD with the path of the finished file as one more argument.
-                            CMD is split on whitespace into a program and its arguments; no shell
-                            is involved, so the path reaches the program intact whatever its
-                            characters (for shell syntax, use a script: --on-complete '/bin/sh
-                            /etc/flotilla/install.sh'). Runs once per completion, never for a
-                            release already complete at start; its exit status is logged.
+                            left there by an agent of ours that is gone is replaced, any other file
+                            is not: start fails, saying what is there)
+  --status-mode MODE        who may ask: the socket's permissions in octal (default 600: only
+                            this user; 660 lets its group ask too)
+  --on-complete CMD         the install hook: when a release is complete and verified, run CMD
+                            with the path of the file as one more argument and a clean
+                            environment: PATH, FLOTILLA_NAME, FLOTILLA_RELEASE, FLOTILLA_FILE,
+                            FLOTILLA_MANIFEST, FLOTILLA_SWARM. CMD is split on whitespace into a
+                            program and its arguments; no shell is involved (for shell syntax,
+                            use a script: --on-complete '/bin/sh /etc/flotilla/install.sh').
+                            It runs at least once per release this agent fetched: the hook owed
+                            is recorded in the state directory before the fetch starts and
+                            cleared only when the hook exits 0, so a crash, a power cut or a
+                            failure means it runs again (serve: after 30 s, doubling to 1 h;
+                            fetch: exits 1, and the next run retries). Never for a release that
+                            was already whole when first seen (an operator's seed)
+  --hook-timeout SECS       kill the install hook (and what it started) after SECS and count it
+                            as failed (default 600)
 ";
 
 fn parse_addr(p: &mut lexopt::Parser) -> Result<SocketAddr, Failure> {
@@ -526,7 +544,7 @@ fn serve(mut p: lexopt::Parser) -> Result<(), Failure> {
     // A daemon sets a release with a full or failing disk aside and keeps serving the others.
     net.config.pause_on_disk_error = true;
     let mut agent = Agent::new(net.config)?;
-    agent.keep_history(net.state_dir.as_deref().unwrap_or(&dir))?;
+    agent.keep_state(net.state_dir.as_deref().unwrap_or(&dir))?;
     agent.rescan(&dir, &acceptor).map_err(|e| usage(format!("cannot read {}: {e}", dir.display())))?;
     if agent.releases().is_empty() {
         log::warn!("no releases in {} yet: nothing to serve", dir.display());
@@ -580,11 +598,13 @@ fn fetch(mut p: lexopt::Parser) -> Result<(), Failure> {
             a => help_or(a, &fetch_help())?,
         }
     }
-    let m = accepted_manifest(&required(mpath, "MANIFEST")?, &net.trust.acceptor()?)?;
+    let mpath = required(mpath, "MANIFEST")?;
+    let m = accepted_manifest(&mpath, &net.trust.acceptor()?)?;
     let out = required(out, "--out FILE")?;
     let mut agent = Agent::new(net.config)?;
-    agent.keep_history(net.state_dir.as_deref().unwrap_or(flotilla::store::atomic::parent_dir(&out)))?;
-    agent.add_release(&m, &out)?;
+    agent.keep_state(net.state_dir.as_deref().unwrap_or(flotilla::store::atomic::parent_dir(&out)))?;
+    let r = agent.add_release(&m, &out)?;
+    agent.set_manifest_path(r, &mpath);
     let mut progress = Progress::new(m.manifest.file_size);
     // The swarm keeps its own copy of the chunk hashes; the manifest's would be a second one.
     drop(m);
@@ -629,7 +649,10 @@ fn status(mut p: lexopt::Parser) -> Result<(), Failure> {
     if report.is_empty() {
         return Err(runtime(format!("the agent at {} sent no report", path.display())));
     }
-    print!("{report}");
+    // Whatever answers at PATH might not be an agent: nothing it sends may drive the terminal.
+    let printable: String =
+        report.chars().map(|c| if c.is_control() && c != '\n' && c != '\t' { '?' } else { c }).collect();
+    print!("{printable}");
     Ok(())
 }
 

@@ -37,7 +37,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize, Serializer};
 use sha2::{Digest, Sha256};
 
-use crate::core::trust::{MAX_SIGNATURES, MAX_TARGETS};
+use crate::core::signed;
+use crate::core::trust::MAX_TARGETS;
 
 /// A SHA-256 digest.
 pub type Hash = [u8; 32];
@@ -62,10 +63,7 @@ pub(crate) const MAGIC: &[u8; 8] = b"FLOTMAN2";
 /// The first format's magic: named in the error, so an old manifest is not called garbage.
 const MAGIC_V1: &[u8; 8] = b"FLOTMAN1";
 pub(crate) const VERSION: u16 = 2;
-pub(crate) const HEADER_LEN: usize = 12;
-pub(crate) const SIGNATURE_LEN: usize = 64;
-/// One signature entry after the body: public key and signature.
-const SIGNATURE_ENTRY: usize = 32 + SIGNATURE_LEN;
+
 pub(crate) const SECRET_PREFIX: &str = "flotilla-secret-key-v1 ";
 /// Key files are one short line; anything bigger is not one, so it is not read into memory.
 pub(crate) const MAX_KEY_FILE: u64 = 1024;
@@ -194,33 +192,27 @@ impl SignedManifest {
             return Err(ManifestError::TooManyTargets);
         }
         check_fields(&body_of(&manifest))?;
-        let mut signers: Vec<PublicKey> = secrets.iter().map(|s| s.public()).collect();
-        signers.sort_by_key(|k| k.0);
-        signers.dedup();
-        if secrets.is_empty() || secrets.len() > MAX_SIGNATURES || signers.len() != secrets.len() {
-            return Err(corrupt("needs 1 to 8 signatures by distinct keys"));
-        }
-        let bytes = seal(&body_of(&manifest), secrets)?;
+        let body = postcard::to_extend(&body_of(&manifest), Vec::new()).map_err(|_| corrupt("cannot be encoded"))?;
+        let bytes = signed::seal(MAGIC, &body, secrets).map_err(corrupt)?;
         SignedManifest::decode(&bytes)
     }
 
     /// Parses and checks a manifest file: magic, lengths (before allocating), version, every
     /// signature, then every field. Any damage is an error.
     pub fn decode(bytes: &[u8]) -> Result<SignedManifest, ManifestError> {
-        let (signed, signatures) = split(bytes)?;
-        let body = parse_body(&signed[HEADER_LEN..])?;
-        let mut signers: Vec<PublicKey> = Vec::with_capacity(signatures.len() / SIGNATURE_ENTRY);
-        for entry in signatures.chunks_exact(SIGNATURE_ENTRY) {
-            let key: [u8; 32] = entry[..32].try_into().map_err(|_| corrupt("truncated"))?;
-            let signature = ed25519_compact::Signature::from_slice(&entry[32..]).map_err(|_| corrupt("truncated"))?;
-            ed25519_compact::PublicKey::new(key).verify(signed, &signature).map_err(|_| corrupt("bad signature"))?;
-            if signers.contains(&PublicKey(key)) {
-                return Err(corrupt("a key signs twice"));
-            }
-            signers.push(PublicKey(key));
+        if bytes.len() > MAX_MANIFEST_BYTES {
+            return Err(corrupt("too large"));
         }
-        let manifest = check_fields(&body)?;
-        Ok(SignedManifest { manifest, bytes: bytes.to_vec(), swarm_id: sha256(signed), signers })
+        let head = &bytes[..bytes.len().min(MAGIC.len())];
+        if head == MAGIC_V1 {
+            return Err(ManifestError::UnsupportedVersion(1));
+        }
+        if head != &MAGIC[..head.len()] {
+            return Err(ManifestError::BadMagic);
+        }
+        let opened = signed::open(MAGIC, bytes).map_err(corrupt)?;
+        let manifest = check_fields(&parse_body(opened.body)?)?;
+        Ok(SignedManifest { manifest, bytes: bytes.to_vec(), swarm_id: sha256(opened.signed), signers: opened.signers })
     }
 }
 
@@ -237,57 +229,6 @@ fn body_of(m: &Manifest) -> ManifestBody<'_> {
         // At most MAX_TARGETS are ever built or decoded; sign() checks the draft first.
         targets: m.targets.iter().take(MAX_TARGETS).map(String::as_str).collect(),
     }
-}
-
-/// Encodes `body` and appends a signature by each of `secrets`: the whole manifest file.
-pub(crate) fn seal(body: &ManifestBody, secrets: &[&SecretKey]) -> Result<Vec<u8>, ManifestError> {
-    let mut out = Vec::with_capacity(HEADER_LEN + body.chunk_hashes.len() + 256);
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&[0; 4]);
-    let mut out = postcard::to_extend(body, out).map_err(|_| corrupt("cannot be encoded"))?;
-    let body_len = u32::try_from(out.len() - HEADER_LEN).map_err(|_| corrupt("too large"))?;
-    out[8..HEADER_LEN].copy_from_slice(&body_len.to_le_bytes());
-    let signed_len = out.len();
-    out.push(u8::try_from(secrets.len()).map_err(|_| corrupt("too many signatures"))?);
-    for secret in secrets {
-        let signature = secret.keypair.sk.sign(&out[..signed_len], None);
-        out.extend_from_slice(&*secret.keypair.pk);
-        out.extend_from_slice(signature.as_ref());
-    }
-    Ok(out)
-}
-
-/// Splits a manifest file into (signed part, signature entries) after checking its lengths;
-/// the body is the signed part after the header.
-fn split(bytes: &[u8]) -> Result<(&[u8], &[u8]), ManifestError> {
-    if bytes.len() > MAX_MANIFEST_BYTES {
-        return Err(corrupt("too large"));
-    }
-    let head = &bytes[..bytes.len().min(MAGIC.len())];
-    if head == MAGIC_V1 {
-        return Err(ManifestError::UnsupportedVersion(1));
-    }
-    if head != &MAGIC[..head.len()] {
-        return Err(ManifestError::BadMagic);
-    }
-    let Some(len) = bytes.get(8..HEADER_LEN) else {
-        return Err(corrupt("truncated"));
-    };
-    let signed_len = HEADER_LEN as u64 + u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as u64;
-    let Some(&count) = bytes.get(signed_len as usize) else {
-        return Err(corrupt("truncated"));
-    };
-    if count == 0 || usize::from(count) > MAX_SIGNATURES {
-        return Err(corrupt("needs 1 to 8 signatures"));
-    }
-    let total = signed_len + 1 + u64::from(count) * SIGNATURE_ENTRY as u64;
-    match (bytes.len() as u64).cmp(&total) {
-        std::cmp::Ordering::Less => return Err(corrupt("truncated")),
-        std::cmp::Ordering::Greater => return Err(corrupt("trailing bytes")),
-        std::cmp::Ordering::Equal => {}
-    }
-    let (signed, rest) = bytes.split_at(signed_len as usize);
-    Ok((signed, &rest[1..]))
 }
 
 fn parse_body(body: &[u8]) -> Result<ManifestBody<'_>, ManifestError> {
@@ -388,6 +329,11 @@ impl SecretKey {
     /// The matching public key.
     pub fn public(&self) -> PublicKey {
         PublicKey(*self.keypair.pk)
+    }
+
+    /// An ed25519 signature over `message`.
+    pub(crate) fn sign(&self, message: &[u8]) -> [u8; 64] {
+        *self.keypair.sk.sign(message, None)
     }
 }
 
@@ -551,7 +497,10 @@ mod tests {
             expires: None,
             targets: heapless::Vec::from_slice(&["rpi4-arm64"]).unwrap(),
         };
-        let seal_decode = |body| SignedManifest::decode(&seal(&body, &[&key(5)]).unwrap());
+        let seal_decode = |body: ManifestBody| {
+            let body = postcard::to_extend(&body, Vec::new()).unwrap();
+            SignedManifest::decode(&signed::seal(MAGIC, &body, &[&key(5)]).unwrap())
+        };
         seal_decode(good()).unwrap();
         type Edit = fn(&mut ManifestBody<'static>);
         let cases: [(Edit, &str); 9] = [

@@ -14,6 +14,7 @@ pub mod release;
 pub mod rng;
 pub mod scope;
 pub mod session;
+pub mod signed;
 pub mod storage;
 pub mod swarm;
 pub mod trust;

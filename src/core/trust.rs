@@ -15,8 +15,8 @@ pub const CLOCK_FLOOR: u64 = 1_796_083_200;
 
 /// Most targets a manifest may name.
 pub const MAX_TARGETS: usize = 8;
-/// Most signatures a manifest may carry.
-pub const MAX_SIGNATURES: usize = 8;
+/// Most signatures a manifest or root may carry.
+pub use crate::core::signed::MAX_SIGNATURES;
 
 /// The keys whose signatures count and how many of them must sign.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -11,4 +11,5 @@ pub mod fleet_secret;
 pub mod history;
 pub mod manifest_file;
 pub mod memory;
+pub mod pending_hooks;
 pub mod safe_fs;
