@@ -339,3 +339,121 @@ fn the_status_socket_is_private_and_status_prints_only_printable_text() {
     assert_eq!(got.code, 0, "{}", got.stderr);
     assert_eq!(got.stdout, "ok?]0;owned??[2J\nline two\ttab\n");
 }
+
+/// Keygen into `dir/NAME.key`; returns (secret path, public key hex).
+fn named_key(dir: &Path, name: &str) -> (String, String) {
+    let secret = dir.join(format!("{name}.key"));
+    let public = run_ok(dir, &["keygen", "--secret", secret.to_str().unwrap()]).trim().to_owned();
+    (secret.to_str().unwrap().to_owned(), public)
+}
+
+#[test]
+fn a_root_rotation_across_three_agents_revokes_the_leaked_key() {
+    let tmp = TempDir::new("trust-root");
+    let dir = tmp.path();
+    let ((a_secret, a), (b_secret, b)) = (named_key(dir, "a"), named_key(dir, "b"));
+    let (root_secret, root_key) = named_key(dir, "offline-root");
+    let root1 = dir.join("root1.flotilla-root");
+    let r1 = root1.to_str().unwrap();
+    let args = ["root", "--key", &a, "--root-key", &root_key, "--secret", &root_secret, "--out", r1];
+    run_ok(dir, &args);
+    // Release key a leaks. Root 2, signed with the offline root key, swaps a for b and bounds
+    // release jumps.
+    let root2 = dir.join("root2.flotilla-root");
+    let r2 = root2.to_str().unwrap();
+    let args = ["root", "--previous", r1, "--key", &b, "--root-key", &root_key, "--max-jump", "10"];
+    run_ok(dir, &[&args[..], &["--secret", &root_secret, "--out", r2]].concat());
+    // The thief cannot write a root 2 of its own: a is not a root key.
+    let forged = dir.join("forged.flotilla-root");
+    let args = ["root", "--previous", r1, "--key", &a, "--secret", &a_secret, "--out", forged.to_str().unwrap()];
+    let got = run(dir, &args);
+    assert_eq!(got.code, 2, "root refuses to write an invalid successor: {}", got.stderr);
+    // Written with the library instead: a root 2 signed by the thief alone.
+    let thief = flotilla::core::manifest::SecretKey::read_file(Path::new(&a_secret)).unwrap();
+    let only_a = flotilla::core::trust::TrustPolicy::new(vec![thief.public()], 1).unwrap();
+    let fake = flotilla::core::trust::Root {
+        serial: 2,
+        policy: only_a.clone(),
+        root_policy: only_a,
+        max_jump: None,
+        floors: vec![],
+    };
+    fs::write(&forged, flotilla::core::trust::SignedRoot::sign(&fake, &[&thief]).unwrap().bytes).unwrap();
+    let shown = run_ok(dir, &["inspect", r2]);
+    assert!(shown.contains("root serial: 2") && shown.contains(&format!("key:         {b}")), "{shown}");
+
+    let seed_dir = dir.join("seed");
+    let old = publish(&seed_dir, Path::new(&a_secret), "fw.img", 1, &random_bytes(60_000, 20));
+    let mut procs = Procs::in_dir();
+    let (s, d1) = (free_addr(117).to_string(), free_addr(118).to_string());
+    let args = ["serve", "--data", seed_dir.to_str().unwrap(), "--listen", &s, "--root", r1, "--rescan", "1"];
+    let seed = procs.spawn(dir, "seed", &args);
+    procs.wait_for_log(seed, "serving fw.img #1");
+    let dev_dir = dir.join("device1");
+    fs::create_dir_all(&dev_dir).unwrap();
+    fs::copy(&old, dev_dir.join("fw.img.flotilla")).unwrap();
+    let args = ["serve", "--data", dev_dir.to_str().unwrap(), "--listen", &d1, "--peer", &s, "--root", r1];
+    let dev = procs.spawn(dir, "device1", &[&args[..], &["--rescan", "1", "--no-discovery"]].concat());
+    wait_for_file(&dev_dir.join("fw.img"));
+
+    // The forged root first: refused everywhere.
+    for d in [&seed_dir, &dev_dir] {
+        fs::copy(&forged, d.join("forged.flotilla-root")).unwrap();
+    }
+    procs.wait_for_log(dev, "root 2 refused: trust root refused: root 2 is not signed by 1 of root 1's root keys");
+    // The rotation reaches the seed and the device as a file dropped in their data directories.
+    for d in [&seed_dir, &dev_dir] {
+        fs::remove_file(d.join("forged.flotilla-root")).unwrap();
+        fs::copy(&root2, d.join("root2.flotilla-root")).unwrap();
+    }
+    for p in [dev, seed] {
+        procs.wait_for_log(p, "trust root 2 replaces root 1");
+        procs.wait_for_log(p, "fw.img #1: no longer signed by root 2's keys; dropped");
+    }
+    // A release the thief signs now is refused; one signed by b is served.
+    let stolen = publish(&dir.join("stolen"), Path::new(&a_secret), "app.img", 1, &random_bytes(30_000, 21));
+    fs::copy(&stolen, dev_dir.join("app.img.flotilla")).unwrap();
+    procs.wait_for_log(dev, "app.img.flotilla: manifest is signed by a key you do not trust");
+    let app = random_bytes(70_000, 22);
+    let good = publish(&seed_dir, Path::new(&b_secret), "app.img", 1, &app);
+    procs.wait_for_log(seed, "serving app.img #1");
+    assert_eq!(fs::read(dev_dir.join(".flotilla-root")).unwrap(), fs::read(&root2).unwrap(), "root 2 is kept");
+
+    // The third agent: a fresh device given both roots fetches b's release and refuses a's.
+    let dev2 = dir.join("device2");
+    fs::create_dir_all(&dev2).unwrap();
+    let fetch = |manifest: &Path, out: &str| {
+        let out = dev2.join(out);
+        let args = ["fetch", manifest.to_str().unwrap(), "--root", r1, "--root", r2, "--out", out.to_str().unwrap()];
+        run(dir, &[&args[..], &["--peer", &s, "--no-listen", "--no-discovery"]].concat())
+    };
+    let got = fetch(&stolen, "stolen.img");
+    assert_eq!(got.code, 2, "{}", got.stderr);
+    assert!(got.stderr.contains("signed by a key you do not trust"), "{}", got.stderr);
+    let got = fetch(&good, "app.img");
+    assert_eq!(got.code, 0, "{}", got.stderr);
+    assert_eq!(fs::read(dev2.join("app.img")).unwrap(), app);
+    // Root 2's fast-forward bound: app.img 1 -> 50 is more than 10 at once.
+    let far = publish(&dir.join("far"), Path::new(&b_secret), "app.img", 50, &random_bytes(30_000, 23));
+    let got = fetch(&far, "app50.img");
+    assert_eq!(got.code, 2, "{}", got.stderr);
+    assert!(got.stderr.contains("more than 10 past release 1"), "{}", got.stderr);
+    // Root 3 sets a floor for app.img at 45: the device's record moves, and 50 is within reach.
+    let root3 = dir.join("root3.flotilla-root");
+    let args = ["root", "--previous", r2, "--key", &b, "--root-key", &root_key, "--max-jump", "10"];
+    let args = [&args[..], &["--floor", "app.img=45", "--secret", &root_secret, "--out", root3.to_str().unwrap()]];
+    run_ok(dir, &args.concat());
+    fs::write(dev2.join("app50.img"), fs::read(dir.join("far").join("app.img")).unwrap()).unwrap();
+    let args = ["fetch", far.to_str().unwrap(), "--root", root3.to_str().unwrap(), "--out"];
+    let got =
+        run(dir, &[&args[..], &[dev2.join("app50.img").to_str().unwrap(), "--no-listen", "--no-discovery"]].concat());
+    assert_eq!(got.code, 0, "{}", got.stderr);
+    assert!(got.stderr.contains("root 3: the floor of app.img is now release 45"), "{}", got.stderr);
+    assert_eq!(fs::read_to_string(dev2.join(".flotilla-history")).unwrap(), "app.img 50\n");
+    // A floor applies once, when its root is taken up, not at every start.
+    let got =
+        run(dir, &[&args[..], &[dev2.join("app50.img").to_str().unwrap(), "--no-listen", "--no-discovery"]].concat());
+    assert_eq!(got.code, 0, "{}", got.stderr);
+    assert!(!got.stderr.contains("the floor of"), "{}", got.stderr);
+    assert_eq!(fs::read_to_string(dev2.join(".flotilla-history")).unwrap(), "app.img 50\n");
+}

@@ -90,6 +90,8 @@ pub enum AgentError {
     History(io::Error),
     /// A release older than one already accepted under its name.
     Rollback { name: String, release: u64, highest: u64 },
+    /// A manifest this device may not act on.
+    Manifest(crate::core::manifest::ManifestError),
 }
 
 impl std::fmt::Display for AgentError {
@@ -101,6 +103,7 @@ impl std::fmt::Display for AgentError {
             AgentError::Status(p, e) => write!(f, "cannot open the status socket {}: {e}", p.display()),
             AgentError::Random(e) => write!(f, "cannot read random bytes from the kernel: {e}"),
             AgentError::History(e) => write!(f, "no-rollback history: {e}"),
+            AgentError::Manifest(e) => write!(f, "{e}"),
             AgentError::Rollback { name, release, highest } => write!(
                 f,
                 "refusing release {release} of {name}: release {highest} was already accepted here (no rollback)"

@@ -91,7 +91,12 @@ impl Agent {
                 log::info!("serving {name} #{release} from {}", data.display());
                 true
             }
-            Err(e @ (AgentError::TooManyReleases(_) | AgentError::Rollback { .. } | AgentError::History(_))) => {
+            Err(
+                e @ (AgentError::TooManyReleases(_)
+                | AgentError::Rollback { .. }
+                | AgentError::History(_)
+                | AgentError::Manifest(_)),
+            ) => {
                 log::warn!("skipping {}: {e}", manifest.display());
                 false
             }

@@ -28,7 +28,7 @@ mod sys;
 
 pub use config::{AgentConfig, AgentError};
 
-use crate::core::manifest::SignedManifest;
+use crate::core::manifest::{ManifestError, SignedManifest};
 use crate::core::release::{Event, Release, ReleaseConfig};
 use crate::core::rng::Rng;
 use crate::core::session::HANDSHAKE_TIMEOUT;
@@ -72,6 +72,8 @@ pub struct Held {
     manifest: Option<std::path::PathBuf>,
     /// What could not be checked when it was accepted (an unset clock defers expiry).
     pub deferred: crate::core::trust::Deferred,
+    /// Who signed its manifest: a new trust root may no longer count them.
+    signers: Vec<crate::core::manifest::PublicKey>,
 }
 
 impl Held {
@@ -120,6 +122,8 @@ pub struct Agent {
     refused: heapless::Deque<datadir::Refused, { datadir::MAX_REFUSED }>,
     /// The record of the highest release accepted per name ([`Agent::keep_state`]).
     history: Option<History>,
+    /// The trust root's fast-forward bound ([`Agent::apply_root`]).
+    max_jump: Option<u64>,
     /// The install hooks still owed ([`Agent::keep_state`]).
     pending_hooks: Option<crate::store::pending_hooks::PendingHooks>,
     started: Instant,
@@ -158,6 +162,7 @@ impl Agent {
             refused: heapless::Deque::new(),
             history: None,
             pending_hooks: None,
+            max_jump: None,
             started: Instant::now(),
             fatal: None,
         })
@@ -225,6 +230,13 @@ impl Agent {
         if let Some(highest) = self.highest_known(name).filter(|&h| h > number) {
             return Err(AgentError::Rollback { name: name.clone(), release: number, highest });
         }
+        let recorded = self.history.as_ref().and_then(|h| h.highest(name));
+        if let (Some(max_jump), Some(highest)) = (self.max_jump, recorded) {
+            if number > highest.saturating_add(max_jump) {
+                let (name, release) = (name.clone(), number);
+                return Err(AgentError::Manifest(ManifestError::FastForward { name, release, highest, max_jump }));
+            }
+        }
         if self.releases.len() >= self.config.max_releases {
             return Err(AgentError::TooManyReleases(self.config.max_releases));
         }
@@ -244,6 +256,7 @@ impl Agent {
             paused_until: None,
             manifest: None,
             deferred: crate::core::trust::Deferred::Nothing,
+            signers: m.signers.clone(),
         });
         let r = self.releases.len() - 1;
         if let Err(e) = self.note_hook(r, now) {
@@ -251,6 +264,25 @@ impl Agent {
             return Err(e);
         }
         Ok(r)
+    }
+
+    /// Takes on the trust root: its fast-forward bound from now on, its floors written into the
+    /// no-rollback history if it was just accepted (`fresh`: never again after that, or a
+    /// restart would lower the record anew), and every release its keys no longer sign dropped.
+    pub fn apply_root(&mut self, root: &crate::core::trust::Root, fresh: bool) -> Result<(), AgentError> {
+        self.max_jump = root.max_jump;
+        if let Some(history) = self.history.as_mut().filter(|_| fresh) {
+            for (name, release) in &root.floors {
+                history.set_floor(name, *release).map_err(AgentError::History)?;
+                log::info!("root {}: the floor of {name} is now release {release}", root.serial);
+            }
+        }
+        while let Some(r) = self.releases.iter().position(|h| !root.policy.is_met_by(&h.signers)) {
+            let h = &self.releases[r].release;
+            log::warn!("{} #{}: no longer signed by root {}'s keys; dropped", h.name(), h.number(), root.serial);
+            self.remove_release(r, Instant::now());
+        }
+        Ok(())
     }
 
     /// Notes the manifest file release `r` was read from, for the install hook's environment.

@@ -2,6 +2,7 @@
 //! output path) before it binds a socket or creates a file, and reports one line on failure.
 
 mod demo;
+mod root;
 
 use flotilla::agent::status::fixed;
 use flotilla::agent::{Agent, AgentConfig, Held};
@@ -14,6 +15,7 @@ use flotilla::core::trust::{
     format_rfc3339, parse_rfc3339, valid_target, Acceptor, Deferred, TrustPolicy, CLOCK_FLOOR,
 };
 use flotilla::store::atomic::{replace_file, with_suffix};
+use flotilla::store::root_file::{roots_in, RootKeeper};
 use lexopt::prelude::*;
 use std::ffi::OsString;
 use std::io::{IsTerminal, Read};
@@ -56,9 +58,10 @@ impl From<StoreError> for Failure {
 
 impl From<flotilla::agent::AgentError> for Failure {
     fn from(e: flotilla::agent::AgentError) -> Self {
-        use flotilla::agent::AgentError::{Rollback, Store};
+        use flotilla::agent::AgentError::{Manifest, Rollback, Store};
         match e {
             Store(e) => e.into(),
+            Manifest(e) => e.into(),
             e @ Rollback { .. } => usage(e),
             e => runtime(e),
         }
@@ -73,7 +76,8 @@ Usage: flotilla [-v|-q] COMMAND [ARGS]
 Commands:
   keygen    make a new operator key pair
   publish   hash and sign a file, writing its manifest
-  inspect   show what a manifest describes
+  inspect   show what a manifest (or a trust root) describes
+  root      write a trust root: the release keys and their threshold, or the next root
   verify    check that a file is exactly the release a manifest describes
   serve     serve (and complete) every release in a directory
   fetch     fetch one release from peers, serving it meanwhile
@@ -114,6 +118,7 @@ pub fn run(args: Vec<OsString>) -> Result<(), Failure> {
         "keygen" => keygen(p),
         "publish" => publish(p),
         "inspect" => inspect(p),
+        "root" => root::root(p),
         "verify" => verify(p),
         "serve" => serve(p),
         "fetch" => fetch(p),
@@ -263,7 +268,12 @@ fn inspect(mut p: lexopt::Parser) -> Result<(), Failure> {
             a => help_or(a, INSPECT_HELP)?,
         }
     }
-    let m = read_manifest(&required(path, "MANIFEST")?)?;
+    let path = required(path, "MANIFEST")?;
+    if path.extension().is_some_and(|e| e == "flotilla-root") {
+        root::print_root(&flotilla::store::root_file::read_root(&path).map_err(usage)?);
+        return Ok(());
+    }
+    let m = read_manifest(&path)?;
     let mf = &m.manifest;
     println!("name:        {}", mf.name);
     println!("release:     {}", mf.release);
@@ -314,7 +324,7 @@ fn verify(mut p: lexopt::Parser) -> Result<(), Failure> {
             a => help_or(a, &VERIFY_HELP.replace("{TRUST_OPTIONS_HELP}", TRUST_OPTIONS_HELP))?,
         }
     }
-    let m = accepted_manifest(&required(mpath, "MANIFEST")?, &trust.acceptor()?)?;
+    let m = accepted_manifest(&required(mpath, "MANIFEST")?, &trust.acceptor(None)?.0)?;
     let file = required(file, "FILE")?;
     m.verify_file(&file)?;
     println!(
@@ -337,11 +347,12 @@ fn accepted_manifest(path: &Path, acceptor: &Acceptor) -> Result<SignedManifest,
     Ok(m)
 }
 
-/// `--trust`, `--threshold` and `--target`: what `verify`, `fetch` and `serve` accept.
+/// `--trust`, `--threshold`, `--root` and `--target`: what `verify`, `fetch` and `serve` accept.
 #[derive(Default)]
 struct TrustOptions {
     keys: Vec<PublicKey>,
     threshold: Option<usize>,
+    roots: Vec<PathBuf>,
     targets: Vec<String>,
 }
 
@@ -349,6 +360,11 @@ const TRUST_OPTIONS_HELP: &str = "
   --trust PUBKEY            an operator key to accept manifests from (repeatable; 64 hex or a
                             file holding them). Required
   --threshold N             how many of the --trust keys must have signed (default 1)
+  --root FILE               trust what a trust root says instead (`flotilla root`): its keys,
+                            threshold and fast-forward bound. The first root a device holds is
+                            the lowest-numbered one given; later roots replace it only when
+                            signed by its keys (a *.flotilla-root file in serve's data directory
+                            is taken up too). The newest is kept in the state directory
   --target NAME             this device's hardware (repeatable): a release that names targets is
                             accepted only if it names one of these (exit 2 otherwise)
 ";
@@ -359,6 +375,7 @@ impl TrustOptions {
         match name {
             "trust" => self.keys.push(PublicKey::parse_arg(&p.value()?.string()?)?),
             "threshold" => self.threshold = Some(p.value()?.parse()?),
+            "root" => self.roots.push(PathBuf::from(p.value()?)),
             "target" => {
                 let t = p.value()?.string()?;
                 if !valid_target(&t) {
@@ -371,13 +388,46 @@ impl TrustOptions {
         Ok(true)
     }
 
-    fn acceptor(&self) -> Result<Acceptor, Failure> {
+    /// The acceptor, and the root keeper when a root is in use (kept in `state_dir` if given).
+    fn acceptor(&self, state_dir: Option<&Path>) -> Result<(Acceptor, Option<RootKeeper>), Failure> {
+        let kept_root = state_dir.is_some_and(|d| d.join(".flotilla-root").exists());
+        if !self.roots.is_empty() || kept_root {
+            if !self.keys.is_empty() && self.roots.is_empty() {
+                return Err(usage("this device keeps a trust root (.flotilla-root in its state directory): --trust cannot replace it; give --root"));
+            }
+            if !self.keys.is_empty() {
+                return Err(usage("give --trust keys or --root files, not both"));
+            }
+            let keeper = RootKeeper::open(state_dir, &self.roots).map_err(usage)?;
+            let policy = keeper.current().root.policy.clone();
+            return Ok((Acceptor { policy, targets: self.targets.clone() }, Some(keeper)));
+        }
         if self.keys.is_empty() {
-            return Err(usage("missing --trust PUBKEY: a manifest is only accepted from a key you trust"));
+            return Err(usage(
+                "missing --trust PUBKEY (or --root FILE): a manifest is only accepted from keys you trust",
+            ));
         }
         let policy = TrustPolicy::new(self.keys.clone(), self.threshold.unwrap_or(1)).map_err(usage)?;
-        Ok(Acceptor { policy, targets: self.targets.clone() })
+        Ok((Acceptor { policy, targets: self.targets.clone() }, None))
     }
+}
+
+/// Offers `serve` the roots dropped in its data directory; on a new one, the acceptor and the
+/// agent take it up (its keys, bound and floors; releases it no longer trusts are dropped).
+fn take_new_roots(
+    agent: &mut Agent,
+    keeper: &mut RootKeeper,
+    acceptor: &mut Acceptor,
+    dir: &Path,
+) -> Result<(), Failure> {
+    if keeper.offer(roots_in(dir)) {
+        let fresh = keeper.take_fresh();
+        let root = &keeper.current().root;
+        acceptor.policy = root.policy.clone();
+        agent.apply_root(root, fresh)?;
+        keeper.commit().map_err(runtime)?;
+    }
+    Ok(())
 }
 
 /// Options shared by `serve` and `fetch`.
@@ -540,11 +590,18 @@ fn serve(mut p: lexopt::Parser) -> Result<(), Failure> {
         }
     }
     let dir = required(dir, "--data DIR")?;
-    let acceptor = net.trust.acceptor()?;
+    let state_dir = net.state_dir.clone().unwrap_or_else(|| dir.clone());
+    let (mut acceptor, mut roots) = net.trust.acceptor(Some(&state_dir))?;
     // A daemon sets a release with a full or failing disk aside and keeps serving the others.
     net.config.pause_on_disk_error = true;
     let mut agent = Agent::new(net.config)?;
-    agent.keep_state(net.state_dir.as_deref().unwrap_or(&dir))?;
+    agent.keep_state(&state_dir)?;
+    if let Some(keeper) = &mut roots {
+        let fresh = keeper.take_fresh();
+        agent.apply_root(&keeper.current().root, fresh)?;
+        keeper.commit().map_err(runtime)?;
+        take_new_roots(&mut agent, keeper, &mut acceptor, &dir)?;
+    }
     agent.rescan(&dir, &acceptor).map_err(|e| usage(format!("cannot read {}: {e}", dir.display())))?;
     if agent.releases().is_empty() {
         log::warn!("no releases in {} yet: nothing to serve", dir.display());
@@ -559,6 +616,9 @@ fn serve(mut p: lexopt::Parser) -> Result<(), Failure> {
     loop {
         let due = Instant::now() + rescan;
         agent.run_until(|_, now| now >= due)?;
+        if let Some(keeper) = &mut roots {
+            take_new_roots(&mut agent, keeper, &mut acceptor, &dir)?;
+        }
         if let Err(e) = agent.rescan(&dir, &acceptor) {
             log::warn!("cannot read {}: {e}", dir.display());
         }
@@ -599,10 +659,17 @@ fn fetch(mut p: lexopt::Parser) -> Result<(), Failure> {
         }
     }
     let mpath = required(mpath, "MANIFEST")?;
-    let m = accepted_manifest(&mpath, &net.trust.acceptor()?)?;
     let out = required(out, "--out FILE")?;
+    let state_dir = net.state_dir.clone().unwrap_or_else(|| flotilla::store::atomic::parent_dir(&out).to_owned());
+    let (acceptor, mut roots) = net.trust.acceptor(Some(&state_dir))?;
+    let m = accepted_manifest(&mpath, &acceptor)?;
     let mut agent = Agent::new(net.config)?;
-    agent.keep_state(net.state_dir.as_deref().unwrap_or(flotilla::store::atomic::parent_dir(&out)))?;
+    agent.keep_state(&state_dir)?;
+    if let Some(keeper) = &mut roots {
+        let fresh = keeper.take_fresh();
+        agent.apply_root(&keeper.current().root, fresh)?;
+        keeper.commit().map_err(runtime)?;
+    }
     let r = agent.add_release(&m, &out)?;
     agent.set_manifest_path(r, &mpath);
     let mut progress = Progress::new(m.manifest.file_size);

@@ -380,6 +380,10 @@ pub enum ManifestError {
     InvalidTarget(String),
     /// More than `MAX_TARGETS` targets.
     TooManyTargets,
+    /// A trust root is damaged, or may not follow the current one.
+    BadRoot(String),
+    /// A release number jumps further past the highest accepted than the root allows.
+    FastForward { name: String, release: u64, highest: u64, max_jump: u64 },
     /// The release name is not allowed.
     InvalidName(String),
     /// The chunk size is not allowed.
@@ -440,6 +444,12 @@ impl fmt::Display for ManifestError {
                 write!(f, "release is for {}, not for this device ({})", wanted.join(", "), ours.join(", "))
             }
             TooManyTargets => write!(f, "at most {MAX_TARGETS} targets"),
+            BadRoot(why) => write!(f, "trust root refused: {why}"),
+            FastForward { name, release, highest, max_jump } => write!(
+                f,
+                "refusing release {release} of {name}: more than {max_jump} past release {highest}, the highest accepted \
+                 (a new root may allow it)"
+            ),
             InvalidTarget(t) => write!(f, "target {t:?} is invalid: use 1-64 of A-Z a-z 0-9 . _ -"),
             InvalidName(name) => write!(f, "release name {name:?} is invalid: use 1-64 of A-Z a-z 0-9 . _ -"),
             InvalidChunkSize(size) => {

@@ -49,6 +49,11 @@ impl TrustPolicy {
         self.threshold
     }
 
+    /// True if at least the threshold of trusted keys are among `signers`.
+    pub fn is_met_by(&self, signers: &[PublicKey]) -> bool {
+        signers.iter().filter(|s| self.keys.contains(s)).count() >= self.threshold
+    }
+
     /// Ok if at least the threshold of trusted keys signed `m` (its signatures were all checked
     /// when it was decoded).
     pub fn check(&self, m: &SignedManifest) -> Result<(), ManifestError> {
@@ -95,6 +100,149 @@ impl Acceptor {
             _ => Ok(Deferred::Nothing),
         }
     }
+}
+
+/// Most keys a root lists.
+pub const MAX_ROOT_KEYS: usize = 8;
+/// Most release floors a root sets.
+pub const MAX_FLOORS: usize = 16;
+const ROOT_MAGIC: &[u8; 8] = b"FLOTROOT";
+const ROOT_VERSION: u16 = 1;
+/// A root file larger than this is not one (keys, floors, signatures: a few KiB at most).
+pub const MAX_ROOT_BYTES: usize = 8192;
+
+/// A trust root, in the manner of TUF's root role: the release-signing keys and how many must
+/// sign, and the root keys that sign the next root (kept offline, as TUF's root keys are),
+/// numbered so that each root may only be replaced by the next, signed by a threshold of both
+/// the old and the new root keys. A leaked release key is revoked by a root without it; devices
+/// need no re-flashing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Root {
+    /// 1 for the first root; each successor is one more.
+    pub serial: u64,
+    /// The release-signing keys and their threshold.
+    pub policy: TrustPolicy,
+    /// The keys that sign roots, and their threshold.
+    pub root_policy: TrustPolicy,
+    /// The largest step a release number may take over the highest one a device has accepted
+    /// for its name (fast-forward bound); `None` for no bound.
+    pub max_jump: Option<u64>,
+    /// Per-name floors that replace a device's no-rollback record when this root is accepted:
+    /// after a leaked key signed a huge release number, a new root brings the fleet back down.
+    pub floors: Vec<(String, u64)>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct RootBody<'a> {
+    version: u16,
+    serial: u64,
+    keys: heapless::Vec<[u8; 32], MAX_ROOT_KEYS>,
+    threshold: u8,
+    root_keys: heapless::Vec<[u8; 32], MAX_ROOT_KEYS>,
+    root_threshold: u8,
+    max_jump: Option<u64>,
+    #[serde(borrow)]
+    floors: heapless::Vec<(&'a str, u64), MAX_FLOORS>,
+}
+
+/// A root that decoded, with its exact bytes and who signed it.
+#[derive(Clone, Debug)]
+pub struct SignedRoot {
+    pub root: Root,
+    pub bytes: Vec<u8>,
+    pub signers: Vec<PublicKey>,
+}
+
+impl SignedRoot {
+    /// Encodes and signs `root` with each of `secrets`.
+    pub fn sign(root: &Root, secrets: &[&crate::core::manifest::SecretKey]) -> Result<SignedRoot, ManifestError> {
+        let bad = |why: &str| ManifestError::BadRoot(why.to_string());
+        let keys_of = |p: &TrustPolicy| {
+            heapless::Vec::from_slice(&p.keys().iter().map(|k| k.0).collect::<Vec<_>>())
+                .map_err(|_| bad("more than 8 keys"))
+        };
+        let (keys, root_keys) = (keys_of(&root.policy)?, keys_of(&root.root_policy)?);
+        let floors = root.floors.iter().map(|(n, r)| (n.as_str(), *r)).collect::<Vec<_>>();
+        let floors = heapless::Vec::from_slice(&floors).map_err(|_| bad("more than 16 floors"))?;
+        let threshold = u8::try_from(root.policy.threshold()).map_err(|_| bad("threshold too large"))?;
+        let root_threshold = u8::try_from(root.root_policy.threshold()).map_err(|_| bad("threshold too large"))?;
+        let (serial, max_jump) = (root.serial, root.max_jump);
+        let body =
+            RootBody { version: ROOT_VERSION, serial, keys, threshold, root_keys, root_threshold, max_jump, floors };
+        let body = postcard::to_extend(&body, Vec::new()).map_err(|_| bad("cannot be encoded"))?;
+        let bytes = crate::core::signed::seal(ROOT_MAGIC, &body, secrets).map_err(bad)?;
+        SignedRoot::decode(&bytes)
+    }
+
+    /// Parses a root file and checks its signatures and fields. Whether it is trusted is
+    /// [`Root::check_successor`]'s question (or the operator's, for the first one).
+    pub fn decode(bytes: &[u8]) -> Result<SignedRoot, ManifestError> {
+        let bad = |why: &str| ManifestError::BadRoot(why.to_string());
+        if bytes.len() > MAX_ROOT_BYTES {
+            return Err(bad("too large"));
+        }
+        if bytes.get(..8) != Some(&ROOT_MAGIC[..]) {
+            return Err(bad("not a flotilla root (bad magic)"));
+        }
+        let opened = crate::core::signed::open(ROOT_MAGIC, bytes).map_err(bad)?;
+        let body = match postcard::take_from_bytes::<RootBody>(opened.body) {
+            Ok((body, [])) if body.version == ROOT_VERSION => body,
+            Ok((body, [])) => return Err(bad(&format!("version {} is not supported", body.version))),
+            _ => return Err(bad("undecodable body")),
+        };
+        if body.serial == 0 || body.floors.iter().any(|(n, _)| !crate::core::manifest::valid_name(n)) {
+            return Err(bad("serial 0 or an invalid floor name"));
+        }
+        let policy_of = |keys: &[[u8; 32]], threshold| {
+            TrustPolicy::new(keys.iter().map(|&k| PublicKey(k)).collect(), usize::from(threshold)).map_err(|e| bad(&e))
+        };
+        let policy = policy_of(&body.keys, body.threshold)?;
+        let root_policy = policy_of(&body.root_keys, body.root_threshold)?;
+        let floors = body.floors.iter().map(|(n, r)| (n.to_string(), *r)).collect();
+        let root = Root { serial: body.serial, policy, root_policy, max_jump: body.max_jump, floors };
+        let signed = SignedRoot { root, bytes: bytes.to_vec(), signers: opened.signers };
+        if !signed.root.root_policy.is_met_by(&signed.signers) {
+            return Err(bad("not signed by the threshold of its own root keys"));
+        }
+        Ok(signed)
+    }
+}
+
+impl Root {
+    /// Ok if `next` may replace this root: the next serial, signed by this root's threshold of
+    /// root keys (its own root threshold was checked when it decoded).
+    pub fn check_successor(&self, next: &SignedRoot) -> Result<(), ManifestError> {
+        if next.root.serial != self.serial + 1 {
+            let why = format!(
+                "root {} cannot follow root {}: each root names the one after it",
+                next.root.serial, self.serial
+            );
+            return Err(ManifestError::BadRoot(why));
+        }
+        if self.root_policy.is_met_by(&next.signers) {
+            return Ok(());
+        }
+        let (n, t, s) = (next.root.serial, self.root_policy.threshold, self.serial);
+        Err(ManifestError::BadRoot(format!("root {n} is not signed by {t} of root {s}'s root keys")))
+    }
+}
+
+/// Walks from `current` through `candidates` in serial order, taking each valid successor:
+/// the newest root reachable, and why each other candidate newer than `current` was passed
+/// over. Candidates at or below the current serial are ignored (they are history).
+pub fn advance(mut current: SignedRoot, mut candidates: Vec<SignedRoot>) -> (SignedRoot, Vec<(u64, ManifestError)>) {
+    candidates.sort_by_key(|c| c.root.serial);
+    let mut refused = Vec::new();
+    for c in candidates {
+        if c.root.serial <= current.root.serial {
+            continue; // history, or a second candidate for a serial already taken
+        }
+        match current.root.check_successor(&c) {
+            Ok(()) => current = c,
+            Err(e) => refused.push((c.root.serial, e)),
+        }
+    }
+    (current, refused)
 }
 
 /// True if `t` may name a target: 1-64 of `A-Z a-z 0-9 . _ -`, as release names.
@@ -186,6 +334,39 @@ mod tests {
         ] {
             assert_eq!(parse_rfc3339(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn roots_rotate_only_by_a_threshold_of_old_and_new_keys() {
+        use crate::core::manifest::SecretKey;
+        let k: Vec<SecretKey> = (1..=5).map(|i| SecretKey::from_seed([i; 32]).unwrap()).collect();
+        let policy = |ks: &[usize], t| TrustPolicy::new(ks.iter().map(|&i| k[i].public()).collect(), t).unwrap();
+        // Release keys 4; root keys as given, threshold 2.
+        let root = |serial, ks: &[usize], t| Root {
+            serial,
+            policy: policy(&[4], 1),
+            root_policy: policy(ks, t),
+            max_jump: Some(100),
+            floors: vec![],
+        };
+        let first = SignedRoot::sign(&root(1, &[0, 1, 2], 2), &[&k[0], &k[1]]).unwrap();
+        assert_eq!(SignedRoot::decode(&first.bytes).unwrap().root, first.root);
+        assert!(SignedRoot::sign(&root(1, &[0, 1, 2], 2), &[&k[0]]).is_err(), "below its own threshold");
+        // Root key 0 leaked: root 2 drops it, signed by 2 of root 1 (keys 1, 2) and 2 of its own (1, 3).
+        let second = SignedRoot::sign(&root(2, &[1, 2, 3], 2), &[&k[1], &k[2], &k[3]]).unwrap();
+        first.root.check_successor(&second).unwrap();
+        // The thief cannot rotate alone: key 0 and a new key 4 are one of root 1's keys.
+        let forged = SignedRoot::sign(&root(2, &[0, 4], 2), &[&k[0], &k[4]]).unwrap();
+        let e = first.root.check_successor(&forged).unwrap_err();
+        assert!(e.to_string().contains("not signed by 2 of root 1's root keys"), "{e}");
+        let skip = SignedRoot::sign(&root(3, &[1, 2, 3], 2), &[&k[1], &k[2]]).unwrap();
+        assert!(first.root.check_successor(&skip).is_err(), "a serial cannot be skipped");
+        let (now, refused) = advance(first.clone(), vec![skip.clone(), forged, second.clone()]);
+        assert_eq!(now.root.serial, 3, "1 -> 2 -> 3, whatever order the files came in");
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        let mut bad = second.bytes.clone();
+        bad[20] ^= 1;
+        assert!(SignedRoot::decode(&bad).is_err());
     }
 
     #[test]

@@ -84,6 +84,21 @@ impl History {
         })
     }
 
+    /// Sets the record of `name` to exactly `release`, lower or higher: only a new trust root
+    /// does this (its floors), to bring a fleet back after a leaked key signed a huge number.
+    pub fn set_floor(&mut self, name: &str, release: u64) -> io::Result<()> {
+        let old = self.entries.clone();
+        match self.entries.iter_mut().find(|(n, _)| n == name) {
+            Some((_, r)) if *r == release => return Ok(()),
+            Some((_, r)) => *r = release,
+            None => self.entries.push((name.to_owned(), release)),
+        }
+        self.save().map_err(|e| {
+            self.entries = old;
+            io::Error::new(e.kind(), format!("cannot write {}: {e}", self.path.display()))
+        })
+    }
+
     fn save(&self) -> io::Result<()> {
         let mut text = String::new();
         for (name, release) in &self.entries {

@@ -12,4 +12,5 @@ pub mod history;
 pub mod manifest_file;
 pub mod memory;
 pub mod pending_hooks;
+pub mod root_file;
 pub mod safe_fs;

@@ -1,0 +1,109 @@
+//! Trust root files: the root a device trusts now, kept in `STATE_DIR/.flotilla-root`, and
+//! the candidates it is offered (`--root` files, `*.flotilla-root` dropped in a data directory).
+//!
+//! The first root a device ever holds is the operator's word, like a `--trust` key: the
+//! lowest-numbered root given with `--root`. From then on only a valid successor replaces it
+//! (`core::trust::advance`), and the newest is written back atomically once the agent took it
+//! up, so a restart never falls back to an older root.
+
+use crate::core::manifest::ManifestError;
+use crate::core::trust::{advance, SignedRoot, MAX_ROOT_BYTES};
+use crate::store::atomic::replace_file;
+use crate::store::safe_fs::{self, DATA_MODE};
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+/// Reads and decodes a root file.
+pub fn read_root(path: &Path) -> Result<SignedRoot, ManifestError> {
+    let io_err = |e: io::Error| ManifestError::BadRoot(format!("{}: {e}", path.display()));
+    let mut bytes = Vec::new();
+    safe_fs::open_read(path).and_then(|f| f.take(MAX_ROOT_BYTES as u64 + 1).read_to_end(&mut bytes)).map_err(io_err)?;
+    SignedRoot::decode(&bytes).map_err(|e| ManifestError::BadRoot(format!("{}: {e}", path.display())))
+}
+
+/// The root a device trusts, and where it keeps it.
+#[derive(Debug)]
+pub struct RootKeeper {
+    path: Option<PathBuf>,
+    current: SignedRoot,
+    /// Set when `current` was taken up since it was last kept: its floors are still to apply.
+    fresh: bool,
+}
+
+impl RootKeeper {
+    /// The root trusted now: the one kept in `state_dir` if there is one, else the lowest
+    /// serial among `given`; then advanced through every valid successor among `given`.
+    pub fn open(state_dir: Option<&Path>, given: &[PathBuf]) -> Result<RootKeeper, ManifestError> {
+        let path = state_dir.map(|d| d.join(".flotilla-root"));
+        let mut candidates = given.iter().map(|p| read_root(p)).collect::<Result<Vec<_>, _>>()?;
+        let kept = match &path {
+            Some(p) if p.exists() => Some(read_root(p)?),
+            _ => None,
+        };
+        let fresh = kept.is_none();
+        let anchor = match kept {
+            Some(root) => root,
+            None => {
+                candidates.sort_by_key(|c| c.root.serial);
+                if candidates.is_empty() {
+                    return Err(ManifestError::BadRoot("no root given (--root FILE)".into()));
+                }
+                candidates.remove(0)
+            }
+        };
+        let mut keeper = RootKeeper { path, current: anchor, fresh };
+        keeper.offer(candidates);
+        Ok(keeper)
+    }
+
+    /// The root trusted now.
+    pub fn current(&self) -> &SignedRoot {
+        &self.current
+    }
+
+    /// True once after the root trusted now was taken up (first anchored or advanced): its
+    /// floors apply then and only then, or a restart would lower the no-rollback record again.
+    pub fn take_fresh(&mut self) -> bool {
+        std::mem::take(&mut self.fresh)
+    }
+
+    /// Takes the newest valid successor among `candidates`; true if the root changed. Refused
+    /// candidates are logged. The new root is kept only by [`RootKeeper::commit`], once its
+    /// floors are applied: a crash in between takes it up again at the next start.
+    pub fn offer(&mut self, candidates: Vec<SignedRoot>) -> bool {
+        let serial = self.current.root.serial;
+        let (newest, refused) = advance(self.current.clone(), candidates);
+        for (serial, e) in refused {
+            log::warn!("root {serial} refused: {e}");
+        }
+        if newest.root.serial == serial {
+            return false;
+        }
+        log::info!("trust root {} replaces root {serial}", newest.root.serial);
+        self.current = newest;
+        self.fresh = true;
+        true
+    }
+
+    /// Keeps the root trusted now in the state directory (atomically), if there is one.
+    pub fn commit(&self) -> Result<(), ManifestError> {
+        let Some(path) = &self.path else { return Ok(()) };
+        replace_file(path, &self.current.bytes, DATA_MODE)
+            .map_err(|e| ManifestError::BadRoot(format!("cannot write {}: {e}", path.display())))
+    }
+}
+
+/// The `*.flotilla-root` files in `dir`, decoded; damaged ones are logged and skipped.
+pub fn roots_in(dir: &Path) -> Vec<SignedRoot> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut roots = Vec::new();
+    for path in entries.flatten().map(|e| e.path()) {
+        if path.extension().is_some_and(|e| e == "flotilla-root") {
+            match read_root(&path) {
+                Ok(r) => roots.push(r),
+                Err(e) => log::warn!("{e}"),
+            }
+        }
+    }
+    roots
+}
