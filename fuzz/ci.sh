@@ -12,13 +12,14 @@ command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 echo "== fuzz: replay seeds and regressions (stable)"
 cargo test --quiet
 
-for target in frame message manifest manifest_resigned announcement state session; do
+for target in frame message manifest manifest_resigned announcement state session local_files; do
     case $target in
         frame | message) max_len=20000 ;;
         manifest | manifest_resigned) max_len=4096 ;;
         announcement) max_len=600 ;;
         state) max_len=20000 ;;
         session) max_len=4096 ;;
+        local_files) max_len=9000 ;;
     esac
     echo "== fuzz: $target for ${secs}s"
     mkdir -p "corpus/$target" logs

@@ -20,6 +20,7 @@ fn main() {
     manifest_seeds(&seeds);
     announcement_seeds(&seeds);
     session_seeds(&seeds);
+    local_file_seeds(&seeds);
     println!("seeds written under {}", seeds.display());
 }
 
@@ -145,4 +146,26 @@ fn session_seeds(seeds: &Path) {
         steps.extend_from_slice(&[3, 3, 9, 9, 9, 0, 1, 100, 0]);
         write(&seeds.join("session"), &format!("flags{flags}.bin"), &steps);
     }
+}
+
+/// One valid file of each kind the `local_files` target reads, behind its selector byte.
+fn local_file_seeds(seeds: &Path) {
+    use flotilla::core::trust::{Root, SignedRoot, TrustPolicy};
+    let dir = seeds.join("local_files");
+    let key_text = format!("flotilla-secret-key-v1 {}\n", "42".repeat(32));
+    let key = SecretKey::parse(key_text.as_bytes()).unwrap();
+    let with = |kind: u8, bytes: &[u8]| [&[kind][..], bytes].concat();
+    write(&dir, "history", &with(0, b"fw.img 7\nboot.img 2\n"));
+    write(&dir, "hooks", &with(1, format!("{} fw.img 3\n", "ab".repeat(32)).as_bytes()));
+    write(&dir, "secret_key", &with(2, key_text.as_bytes()));
+    write(&dir, "public_key", &with(3, format!("{}\n", key.public().to_hex()).as_bytes()));
+    let policy = TrustPolicy::new(vec![key.public()], 1).unwrap();
+    let root = Root {
+        serial: 3,
+        policy: policy.clone(),
+        root_policy: policy,
+        max_jump: Some(10),
+        floors: vec![("fw.img".into(), 5)],
+    };
+    write(&dir, "root", &with(4, &SignedRoot::sign(&root, &[&key]).unwrap().bytes));
 }

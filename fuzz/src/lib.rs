@@ -244,7 +244,11 @@ fn check_manifest(signed: &SignedManifest, data: &[u8]) {
     let signers = signed.signers.len();
     assert!((1..=MAX_SIGNATURES).contains(&signers), "{signers} signatures");
     let signed_part = &data[..data.len() - 1 - SIGNATURE_ENTRY * signers];
-    assert_eq!(signed.swarm_id, <[u8; 32]>::from(Sha256::digest(signed_part)), "swarm id is not SHA-256 of the signed part");
+    assert_eq!(
+        signed.swarm_id,
+        <[u8; 32]>::from(Sha256::digest(signed_part)),
+        "swarm id is not SHA-256 of the signed part"
+    );
     let again = SignedManifest::decode(&signed.bytes).expect("re-decoding the accepted bytes fails");
     assert_eq!((&again.manifest, again.swarm_id), (&signed.manifest, signed.swarm_id));
     let m = &signed.manifest;
@@ -430,6 +434,57 @@ pub fn session(data: &[u8]) {
                 &image[off..off + len],
                 "chunk {c} committed with wrong bytes"
             );
+        }
+    }
+}
+
+/// Target `local_files`: the files a device keeps and reads back, as a disk error, a bad copy
+/// or another user could leave them. The first byte picks the reader: 0 the no-rollback history,
+/// 1 the install hooks owed, 2 a secret key file, 3 a public key file, 4 a trust root. Each
+/// either refuses the bytes or returns something that holds its invariants and reads back the same.
+pub fn local_files(data: &[u8]) {
+    use flotilla::core::manifest::{PublicKey, SecretKey};
+    use flotilla::core::trust::SignedRoot;
+    use flotilla::store::history::History;
+    use flotilla::store::pending_hooks::PendingHooks;
+    let Some((&kind, rest)) = data.split_first() else { return };
+    let text = String::from_utf8_lossy(rest);
+    match kind % 5 {
+        0 => {
+            if let Ok(entries) = History::parse(&text) {
+                let again: String = entries.iter().map(|(n, r)| format!("{n} {r}\n")).collect();
+                assert_eq!(History::parse(&again).expect("a history we would write is refused"), entries);
+                for (i, (n, _)) in entries.iter().enumerate() {
+                    assert!(manifest::valid_name(n) && !entries[..i].iter().any(|(m, _)| m == n), "{n:?}");
+                }
+            }
+        }
+        1 => {
+            if let Ok(entries) = PendingHooks::parse(&text) {
+                assert!(entries.iter().all(|e| manifest::valid_name(&e.name)));
+            }
+        }
+        2 => {
+            if let Some(key) = SecretKey::parse(rest) {
+                let public = key.public();
+                assert_eq!(PublicKey::parse(public.to_hex().as_bytes()), Some(public));
+            }
+        }
+        3 => {
+            if let Some(key) = PublicKey::parse(rest) {
+                assert_eq!(PublicKey::parse(key.to_hex().as_bytes()), Some(key));
+            }
+        }
+        _ => {
+            if let Ok(root) = SignedRoot::decode(rest) {
+                let r = &root.root;
+                assert!(r.serial >= 1);
+                assert!((1..=r.policy.keys().len()).contains(&r.policy.threshold()));
+                assert!((1..=r.root_policy.keys().len()).contains(&r.root_policy.threshold()));
+                assert!(r.root_policy.is_met_by(&root.signers), "a root not signed by its own root keys");
+                let again = SignedRoot::decode(&root.bytes).expect("re-decoding accepted bytes fails");
+                assert_eq!(again.root, root.root);
+            }
         }
     }
 }

@@ -13,7 +13,7 @@ use flotilla::core::wire;
 
 type Check = fn(&[u8]);
 
-const TARGETS: [(&str, Check); 7] = [
+const TARGETS: [(&str, Check); 8] = [
     ("frame", flotilla_fuzz::frame),
     ("message", flotilla_fuzz::message),
     ("manifest", flotilla_fuzz::manifest),
@@ -21,6 +21,7 @@ const TARGETS: [(&str, Check); 7] = [
     ("announcement", flotilla_fuzz::announcement),
     ("state", flotilla_fuzz::state),
     ("session", flotilla_fuzz::session),
+    ("local_files", flotilla_fuzz::local_files),
 ];
 
 /// The files in `fuzz/<kind>/<target>/`, sorted, with their names; none if the directory is absent.

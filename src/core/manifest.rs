@@ -306,6 +306,11 @@ pub(crate) fn sha256(bytes: &[u8]) -> Hash {
 pub struct PublicKey(pub [u8; 32]);
 
 impl PublicKey {
+    /// The key in a public key file's contents: 64 hex digits, surrounding whitespace ignored.
+    pub fn parse(text: &[u8]) -> Option<PublicKey> {
+        from_hex32(String::from_utf8_lossy(text).trim()).map(PublicKey)
+    }
+
     /// The key as 64 lowercase hex characters.
     pub fn to_hex(&self) -> String {
         to_hex(&self.0)
@@ -329,6 +334,13 @@ impl SecretKey {
     /// The matching public key.
     pub fn public(&self) -> PublicKey {
         PublicKey(*self.keypair.pk)
+    }
+
+    /// The key in a secret key file's contents: `flotilla-secret-key-v1 <64 hex>`, surrounding
+    /// whitespace ignored; `None` for anything else.
+    pub fn parse(text: &[u8]) -> Option<SecretKey> {
+        let seed = std::str::from_utf8(text).ok()?.trim().strip_prefix(SECRET_PREFIX)?;
+        SecretKey::from_seed(from_hex32(seed)?)
     }
 
     /// An ed25519 signature over `message`.

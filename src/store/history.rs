@@ -46,6 +46,12 @@ impl History {
         if text.len() as u64 > MAX_FILE {
             return Err(invalid(format!("larger than {MAX_FILE} bytes")));
         }
+        let entries = Self::parse(&text).map_err(invalid)?;
+        Ok(History { path, entries })
+    }
+
+    /// The entries of a history file's text, each name once; the error names a damaged line.
+    pub fn parse(text: &str) -> Result<Vec<(String, u64)>, String> {
         let mut entries: Vec<(String, u64)> = Vec::new();
         for (n, line) in text.lines().enumerate() {
             let mut parts = line.split(' ');
@@ -53,10 +59,10 @@ impl History {
                 (Some(name), Some(release), None) if valid_name(name) && !entries.iter().any(|(e, _)| e == name) => {
                     entries.push((name.to_owned(), release))
                 }
-                _ => return Err(invalid(format!("line {} is damaged: {line:?}", n + 1))),
+                _ => return Err(format!("line {} is damaged: {line:?}", n + 1)),
             }
         }
-        Ok(History { path, entries })
+        Ok(entries)
     }
 
     /// Where the record lives.

@@ -105,8 +105,7 @@ impl PublicKey {
             return Err(ManifestError::BadPublicKey(s.to_string()));
         }
         let text = read_capped(path, MAX_KEY_FILE)?.unwrap_or_default();
-        let text = String::from_utf8_lossy(&text);
-        from_hex32(text.trim()).map(PublicKey).ok_or_else(|| ManifestError::BadPublicKey(s.to_string()))
+        PublicKey::parse(&text).ok_or_else(|| ManifestError::BadPublicKey(s.to_string()))
     }
 }
 
@@ -134,9 +133,7 @@ impl SecretKey {
     /// Reads a key file written by `write_file`.
     pub fn read_file(path: &Path) -> Result<SecretKey, ManifestError> {
         let text = read_capped(path, MAX_KEY_FILE)?.unwrap_or_default();
-        let seed =
-            std::str::from_utf8(&text).ok().and_then(|t| t.trim().strip_prefix(SECRET_PREFIX)).and_then(from_hex32);
-        let key = seed.and_then(SecretKey::from_seed).ok_or_else(|| ManifestError::BadSecretKey(path.into()))?;
+        let key = SecretKey::parse(&text).ok_or_else(|| ManifestError::BadSecretKey(path.into()))?;
         if std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o077 != 0) {
             log::warn!("{} is readable by other users; chmod 600 it", path.display());
         }

@@ -55,12 +55,14 @@ impl PendingHooks {
         if text.len() as u64 > MAX_FILE {
             return Err(invalid(format!("larger than {MAX_FILE} bytes")));
         }
-        let mut entries = Vec::new();
-        for (n, line) in text.lines().enumerate() {
-            let entry = parse_line(line).ok_or_else(|| invalid(format!("line {} is damaged: {line:?}", n + 1)))?;
-            entries.push(entry);
-        }
+        let entries = Self::parse(&text).map_err(invalid)?;
         Ok(PendingHooks { path, entries })
+    }
+
+    /// The entries of a record's text; the error names a damaged line.
+    pub fn parse(text: &str) -> Result<Vec<PendingHook>, String> {
+        let damaged = |n: usize, line: &str| format!("line {} is damaged: {line:?}", n + 1);
+        text.lines().enumerate().map(|(n, line)| parse_line(line).ok_or_else(|| damaged(n, line))).collect()
     }
 
     /// True if the hook of release `swarm` is owed.
