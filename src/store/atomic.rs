@@ -4,11 +4,11 @@
 //! the rename itself survives a power cut. The resume state, the no-rollback history and the
 //! manifests `publish` writes all go through [`replace_file`]. The temporary has a random name
 //! and is created with `O_EXCL` and `O_NOFOLLOW` ([`safe_fs`]): nothing planted in a shared
-//! directory is written through.
+//! directory is written through. The `_in` variants take the filesystem ([`Fs`]); the others
+//! are them on the real disk.
 
-use crate::store::safe_fs::{self, create_fresh};
-use std::fs::File;
-use std::io::{self, Write};
+use crate::store::safe_fs::{self, create_fresh_in, Fs, FsFile, RealFs};
+use std::io;
 use std::path::{Path, PathBuf};
 
 /// `path` with `suffix` appended to its file name (`fw.img` -> `fw.img.part`); unlike
@@ -29,16 +29,22 @@ pub fn replace_file(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
 /// [`safe_fs::random_temp_name`]), so that a caller replacing the same file often (the resume
 /// state) does not allocate each time.
 pub fn replace_file_via(path: &Path, tmp: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
-    let written = create_fresh(tmp, mode).and_then(|mut f| {
-        f.write_all(bytes)?;
+    replace_file_via_in(&RealFs, path, tmp, bytes, mode)
+}
+
+/// [`replace_file_via`] on `fs`. The order is the point: the temporary's bytes are durable before
+/// its name can replace the old file's, and the caller hears Ok only once the rename is durable.
+pub fn replace_file_via_in<F: Fs>(fs: &F, path: &Path, tmp: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    let written = create_fresh_in(fs, tmp, mode).and_then(|f| {
+        f.write_all_at(bytes, 0)?;
         f.sync_all()
     });
-    if let Err(e) = written.and_then(|()| std::fs::rename(tmp, path)) {
+    if let Err(e) = written.and_then(|()| fs.rename(tmp, path)) {
         // A full disk must not leave temporaries behind to fill it further.
-        let _ = std::fs::remove_file(tmp);
+        let _ = fs.remove_file(tmp);
         return Err(e);
     }
-    sync_dir(parent_dir(path))
+    fs.sync_dir(parent_dir(path))
 }
 
 /// The directory holding `path` (`.` for a bare file name).
@@ -51,13 +57,18 @@ pub fn parent_dir(path: &Path) -> &Path {
 
 /// Makes a rename or creation in `dir` durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
+    RealFs.sync_dir(dir)
 }
 
 /// Best effort: used for leftovers that are harmless if they stay (a stale state file is
 /// ignored once the final file exists).
 pub fn remove_if_present(path: &Path) {
-    match std::fs::remove_file(path) {
+    remove_if_present_in(&RealFs, path)
+}
+
+/// [`remove_if_present`] on `fs`.
+pub fn remove_if_present_in<F: Fs>(fs: &F, path: &Path) {
+    match fs.remove_file(path) {
         Ok(()) => log::debug!("removed {}", path.display()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => log::warn!("cannot remove {}: {e}", path.display()),

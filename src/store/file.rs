@@ -7,10 +7,10 @@
 //! its data is synced, the state file is replaced atomically and carries a crc32, and `open`
 //! re-hashes every chunk the state claims. This module owns those files and their format; which
 //! chunks are present is the release's fact ([`crate::core::release`]), handed in at each commit.
+//! Every call reaches the disk through [`Fs`] (the real one by default), so `tests/powercut.rs`
+//! can run this very code on a model filesystem that loses unsynced data in a power cut.
 
-use std::fs::File;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use log::warn;
@@ -19,8 +19,8 @@ use sha2::{Digest, Sha256};
 use crate::core::bitfield::Bitfield;
 use crate::core::manifest::{Geometry, Hash, SignedManifest, SwarmId};
 pub use crate::core::storage::{io_err, Difference, Storage, StoreError};
-use crate::store::atomic::{remove_if_present, replace_file_via, sync_dir, with_suffix};
-use crate::store::safe_fs::{self, DATA_MODE, PRIVATE_MODE};
+use crate::store::atomic::{remove_if_present_in, replace_file_via_in, with_suffix};
+use crate::store::safe_fs::{self, Fs, FsFile, OpenFlags, RealFs, DATA_MODE, PRIVATE_MODE};
 
 /// First bytes of a state file; the digit is the format version.
 const STATE_MAGIC: &[u8; 8] = b"FLOTST01";
@@ -42,18 +42,23 @@ pub fn state_path(path: &Path) -> PathBuf {
 }
 
 /// The on-disk data of one release: a `.part` being filled, or the final file being served.
+/// `F` is the filesystem: the real one, or in tests a model that loses unsynced data.
 #[derive(Debug)]
-pub struct FileStore {
+pub struct FileStore<F: Fs = RealFs> {
+    fs: F,
     path: PathBuf,
     part: PathBuf,
     state: PathBuf,
     state_tmp: PathBuf,
     dir: PathBuf,
     /// `.part` (read-write) until finished, then the final file (read-only).
-    file: File,
+    file: F::File,
     swarm_id: SwarmId,
     geometry: Geometry,
     finished: bool,
+    /// `.part` has been renamed to the final name, though perhaps not durably yet: a retried
+    /// `finish` only syncs the directory.
+    renamed: bool,
     /// Reused for every state write, so commits do not allocate per call.
     state_buf: Vec<u8>,
 }
@@ -66,23 +71,36 @@ impl FileStore {
     /// Else `path.part` is opened or created and `path.state` is read; every chunk the state
     /// claims is hashed again and dropped if it no longer matches.
     pub fn open(path: &Path, m: &SignedManifest) -> Result<(FileStore, Bitfield), StoreError> {
-        match File::open(path) {
-            Ok(file) => Self::open_existing(path, file, m),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Self::open_part(path, m),
+        FileStore::open_in(RealFs, path, m)
+    }
+}
+
+impl<F: Fs> FileStore<F> {
+    /// [`FileStore::open`] on the filesystem `fs`.
+    pub fn open_in(fs: F, path: &Path, m: &SignedManifest) -> Result<(Self, Bitfield), StoreError> {
+        match fs.open(path, OpenFlags::READ) {
+            Ok(file) => Self::open_existing(fs, path, file, m),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Self::open_part(fs, path, m),
             Err(e) => Err(io_err("open", path)(e)),
         }
     }
 
-    fn new(path: &Path, file: File, m: &SignedManifest) -> Result<FileStore, StoreError> {
+    /// The filesystem the store works on.
+    pub fn fs(&self) -> &F {
+        &self.fs
+    }
+
+    fn new(fs: F, path: &Path, file: F::File, m: &SignedManifest) -> Result<Self, StoreError> {
         let geometry = m.manifest.geometry();
         let dir = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
         let state = state_path(path);
-        safe_fs::remove_stale_temps(&state);
-        let state_tmp = safe_fs::random_temp_name(&state).map_err(io_err("name a temporary for", &state))?;
+        safe_fs::remove_stale_temps_in(&fs, &state);
+        let state_tmp = fs.temp_name(&state).map_err(io_err("name a temporary for", &state))?;
         Ok(FileStore {
+            fs,
             path: path.to_path_buf(),
             part: part_path(path),
             state,
@@ -92,20 +110,21 @@ impl FileStore {
             swarm_id: m.swarm_id,
             geometry,
             finished: false,
+            renamed: false,
             state_buf: Vec::with_capacity(STATE_HEADER + Bitfield::byte_len(geometry.chunk_count()) + 4),
         })
     }
 
-    fn open_existing(path: &Path, file: File, m: &SignedManifest) -> Result<(FileStore, Bitfield), StoreError> {
+    fn open_existing(fs: F, path: &Path, file: F::File, m: &SignedManifest) -> Result<(Self, Bitfield), StoreError> {
         let differs = |diff| StoreError::ExistingFileDiffers { path: path.to_path_buf(), diff };
         let meta = file.metadata().map_err(io_err("inspect", path))?;
-        if !meta.is_file() {
+        if !meta.is_file {
             return Err(differs(Difference::NotAFile));
         }
-        if meta.len() != m.manifest.file_size {
-            return Err(differs(Difference::Size(meta.len())));
+        if meta.len != m.manifest.file_size {
+            return Err(differs(Difference::Size(meta.len)));
         }
-        let mut store = Self::new(path, file, m)?;
+        let mut store = Self::new(fs, path, file, m)?;
         let mut buf = vec![0; HASH_BUF];
         for c in 0..store.geometry.chunk_count() {
             if m.manifest.chunk_hashes.get(c as usize) != Some(&store.hash_with(c, &mut buf)?) {
@@ -114,20 +133,26 @@ impl FileStore {
         }
         store.finished = true;
         // A crash between the final rename and the state's removal leaves a stale state behind.
-        remove_if_present(&store.state);
+        remove_if_present_in(&store.fs, &store.state);
         let present = Bitfield::full(store.geometry.chunk_count());
         Ok((store, present))
     }
 
-    fn open_part(path: &Path, m: &SignedManifest) -> Result<(FileStore, Bitfield), StoreError> {
+    fn open_part(fs: F, path: &Path, m: &SignedManifest) -> Result<(Self, Bitfield), StoreError> {
         let part = part_path(path);
         // O_NOFOLLOW and an owner check: a `.part` planted in a shared directory is refused.
-        let file = safe_fs::open_own_rw(&part, DATA_MODE).map_err(io_err("open", &part))?;
-        let len = file.metadata().map_err(io_err("inspect", &part))?.len();
+        let file = safe_fs::open_own_rw_in(&fs, &part, DATA_MODE).map_err(io_err("open", &part))?;
+        let len = file.metadata().map_err(io_err("inspect", &part))?.len;
         if len != m.manifest.file_size {
             file.set_len(m.manifest.file_size).map_err(io_err("resize", &part))?;
         }
-        let store = Self::new(path, file, m)?;
+        let store = Self::new(fs, path, file, m)?;
+        // The name `.part` must be durable before any state describing it can be: `commit` syncs
+        // the data, then renames the new state into place and syncs the directory, but a
+        // filesystem may persist that rename before the (unsynced) creation of `.part`. A power
+        // cut there left a state naming chunks of a `.part` that no longer existed (found by
+        // tests/powercut.rs; the re-hash below caught it, but the state broke its promise).
+        store.fs.sync_dir(&store.dir).map_err(io_err("sync directory", &store.dir))?;
         let mut present = Bitfield::new(store.geometry.chunk_count());
         if let Some(claimed) = store.load_state() {
             store.reverify(&claimed, m, &mut present)?;
@@ -151,11 +176,8 @@ impl FileStore {
     /// Reads the state file; anything unusable means "start over", which is always safe.
     fn load_state(&self) -> Option<Bitfield> {
         // A state file is a header, a bitfield and a crc; anything longer is not one.
-        let cap = (STATE_HEADER + Bitfield::byte_len(self.geometry.chunk_count()) + 4) as u64;
-        let read = safe_fs::open_read(&self.state).and_then(|f| {
-            let mut b = Vec::new();
-            io::Read::read_to_end(&mut io::Read::take(f, cap + 1), &mut b).map(|_| b)
-        });
+        let cap = STATE_HEADER + Bitfield::byte_len(self.geometry.chunk_count()) + 4;
+        let read = safe_fs::open_read_in(&self.fs, &self.state).and_then(|f| f.read_capped(cap + 1));
         let bytes = match read {
             Ok(b) => b,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return None,
@@ -223,12 +245,12 @@ impl FileStore {
         buf.extend_from_slice(present.as_bytes());
         let crc = crc32fast::hash(buf);
         buf.extend_from_slice(&crc.to_le_bytes());
-        replace_file_via(&self.state, &self.state_tmp, &self.state_buf, PRIVATE_MODE)
+        replace_file_via_in(&self.fs, &self.state, &self.state_tmp, &self.state_buf, PRIVATE_MODE)
             .map_err(io_err("replace", &self.state))
     }
 }
 
-impl Storage for FileStore {
+impl<F: Fs> Storage for FileStore<F> {
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<(), StoreError> {
         self.check_range(offset, buf.len())?;
         self.file.read_exact_at(buf, offset).map_err(io_err("read", self.data_path()))
@@ -254,17 +276,22 @@ impl Storage for FileStore {
         if self.finished {
             return Ok(());
         }
-        self.file.sync_all().map_err(io_err("sync", &self.part))?;
-        std::fs::rename(&self.part, &self.path).map_err(io_err("rename into place", &self.part))?;
-        self.finished = true;
-        // The open handle already is the final file (rename keeps the inode); reopening it
-        // read-only makes an in-place write impossible rather than merely unlikely.
-        match File::open(&self.path) {
-            Ok(f) => self.file = f,
-            Err(e) => warn!("cannot reopen {} read-only: {e}", self.path.display()),
+        if !self.renamed {
+            self.file.sync_all().map_err(io_err("sync", &self.part))?;
+            self.fs.rename(&self.part, &self.path).map_err(io_err("rename into place", &self.part))?;
+            self.renamed = true;
+            // The open handle already is the final file (rename keeps the inode); reopening it
+            // read-only makes an in-place write impossible rather than merely unlikely.
+            match self.fs.open(&self.path, OpenFlags::READ) {
+                Ok(f) => self.file = f,
+                Err(e) => warn!("cannot reopen {} read-only: {e}", self.path.display()),
+            }
         }
-        sync_dir(&self.dir).map_err(io_err("sync directory", &self.dir))?;
-        remove_if_present(&self.state);
+        // Finished only once the rename is durable: a failed sync here is retried, and the
+        // release (and its hook) is not reported complete before the file would survive a cut.
+        self.fs.sync_dir(&self.dir).map_err(io_err("sync directory", &self.dir))?;
+        self.finished = true;
+        remove_if_present_in(&self.fs, &self.state);
         Ok(())
     }
 

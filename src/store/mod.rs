@@ -11,6 +11,7 @@ pub mod fleet_secret;
 pub mod history;
 pub mod manifest_file;
 pub mod memory;
+pub mod model_fs;
 pub mod pending_hooks;
 pub mod root_file;
 pub mod safe_fs;
