@@ -776,6 +776,12 @@ fn fleet_secret_admits_members_only() {
     assert!(seed_log.contains("only one side holds a fleet secret"), "the outsider's close:\n{seed_log}");
     assert!(seed_log.contains("a frame failed authentication"), "the stranger's close:\n{seed_log}");
     assert!(!seed_log.contains("banned"), "a non-member was banned:\n{seed_log}");
+    // The outcome, not the log: a member dialling from the stranger's address still gets in.
+    procs.kill(stranger);
+    let (again, out_again) = fetch(&mut procs, "member-from-83", 83, &["--fleet-secret", secret.to_str().unwrap()]);
+    let status = procs.wait(again);
+    assert!(status.success(), "the stranger's address was shut out ({status}):\n{}", procs.stderr(again));
+    assert_release(dir, &out_again, &rel);
 
     let refused = run(
         dir,

@@ -200,14 +200,16 @@ fn connect_from(from: std::net::Ipv4Addr, to: SocketAddr) -> std::io::Result<Tcp
 }
 
 /// Connections that say a valid Hello for the swarm and then only keep alive: they hold slots
-/// politely and never trade. Runs until `stop`; reconnects what the agent closes.
+/// politely and never trade. Runs until `stop`; reconnects what the agent closes. Returns how
+/// many connections were opened and how many of them got the seed's Hello back (a handshake
+/// completed: the flood is the attack it claims to be, not connections refused at the door).
 fn polite_flood(
     seed: SocketAddr,
     sources: Vec<std::net::Ipv4Addr>,
     swarm: [u8; 32],
     stop: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<usize> {
-    use flotilla::core::wire::{encode_frame, Message, MAX_FRAME, VERSION};
+) -> std::thread::JoinHandle<(usize, usize)> {
+    use flotilla::core::wire::{decode_message, encode_frame, parse_frame, Message, MAX_FRAME, VERSION};
     std::thread::spawn(move || {
         let frame = |m: &Message| {
             let mut buf = vec![0u8; MAX_FRAME];
@@ -216,8 +218,10 @@ fn polite_flood(
             buf
         };
         let keepalive = frame(&Message::KeepAlive);
-        let mut opened = 0;
+        let (mut opened, mut greeted) = (0, 0);
         let mut conns: Vec<Option<TcpStream>> = sources.iter().map(|_| None).collect();
+        // What each connection received until the seed's Hello was seen (None once it was).
+        let mut first: Vec<Option<Vec<u8>>> = sources.iter().map(|_| None).collect();
         let mut sink = vec![0u8; 65536];
         while !stop.load(Ordering::Relaxed) {
             for (i, c) in conns.iter_mut().enumerate() {
@@ -233,12 +237,23 @@ fn polite_flood(
                     if s.write_all(&frame(&hello)).is_ok() && s.set_nonblocking(true).is_ok() {
                         opened += 1;
                         *c = Some(s);
+                        first[i] = Some(Vec::new());
                     }
                 }
                 let Some(s) = c.as_mut() else { continue };
                 let alive = match s.read(&mut sink) {
                     Ok(0) => false,
-                    Ok(_) => true,
+                    Ok(n) => {
+                        if let Some(buf) = first[i].as_mut() {
+                            buf.extend_from_slice(&sink[..n.min(4096)]);
+                            let hello = parse_frame(buf).ok().flatten().and_then(|(p, _)| decode_message(p).ok());
+                            if matches!(hello, Some(Message::Hello { swarm: s, .. }) if s == swarm) {
+                                greeted += 1;
+                                first[i] = None;
+                            }
+                        }
+                        true
+                    }
                     Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
                 };
                 if !alive || s.write_all(&keepalive).is_err() {
@@ -247,7 +262,7 @@ fn polite_flood(
             }
             std::thread::sleep(Duration::from_millis(500));
         }
-        opened
+        (opened, greeted)
     })
 }
 
@@ -320,10 +335,11 @@ fn polite_floods_with_valid_hellos_cannot_starve_an_honest_fetch() {
         std::thread::sleep(Duration::from_secs(2));
         let attacked = honest_fetch(&dir, &manifest, &key, &seed_s, x);
         stop.store(true, Ordering::Relaxed);
-        let opened = flood.join().unwrap();
+        let (opened, greeted) = flood.join().unwrap();
         assert!(opened >= 4, "{name}: the flood never got in ({opened} connections)");
+        assert!(greeted >= 4, "{name}: the flood's handshakes never completed ({greeted} Hellos answered)");
         report += &format!(
-            "; {name}: {:.1} s ({:.2}x, {opened} flood connections opened)",
+            "; {name}: {:.1} s ({:.2}x, {opened} flood connections opened, {greeted} answered with a Hello)",
             attacked.as_secs_f64(),
             attacked.as_secs_f64() / quiet.as_secs_f64()
         );
