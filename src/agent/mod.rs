@@ -93,6 +93,14 @@ impl Held {
             rate_down,
             uploaded: stats.uploaded,
             downloaded: stats.downloaded,
+            expires: r.expires(),
+            expiry_unchecked: self.deferred == crate::core::trust::Deferred::Expiry,
+            hook: match self.hook {
+                hooks::HookState::Idle => "",
+                hooks::HookState::Due { failures: 0, .. } => "due",
+                hooks::HookState::Due { .. } => "failed; to be retried",
+                hooks::HookState::Running { .. } => "running",
+            },
         }
     }
 

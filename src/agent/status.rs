@@ -51,6 +51,12 @@ pub struct ReleaseStatus {
     pub uploaded: u64,
     /// Bytes received since start.
     pub downloaded: u64,
+    /// When its manifest expires (Unix seconds), if ever.
+    pub expires: Option<u64>,
+    /// True if the expiry could not be checked: the clock was unset when it was accepted.
+    pub expiry_unchecked: bool,
+    /// Where it stands with the install hook.
+    pub hook: &'static str,
 }
 
 impl ReleaseStatus {
@@ -94,6 +100,13 @@ pub fn report(s: &Snapshot) -> String {
         let _ = writeln!(out, "  peers: {}", r.peers);
         let _ = writeln!(out, "  rate: up {}/s, down {}/s", bytes(r.rate_up), bytes(r.rate_down));
         let _ = writeln!(out, "  total: up {}, down {}", bytes(r.uploaded), bytes(r.downloaded));
+        if let Some(at) = r.expires {
+            let unchecked = if r.expiry_unchecked { " (not checked: the clock was unset)" } else { "" };
+            let _ = writeln!(out, "  expires: {}{unchecked}", crate::core::trust::format_rfc3339(at));
+        }
+        if !r.hook.is_empty() {
+            let _ = writeln!(out, "  install hook: {}", r.hook);
+        }
     }
     out
 }
@@ -194,6 +207,9 @@ mod tests {
             rate_down: 1024 * 1024,
             uploaded: 0,
             downloaded: 3 * 1024 * 1024 + 100,
+            expires: Some(crate::core::trust::CLOCK_FLOOR),
+            expiry_unchecked: true,
+            hook: "",
         }
     }
 
@@ -209,6 +225,7 @@ mod tests {
             peers: 1,
             rate_up: 2048,
             uploaded: 5000,
+            hook: "failed; to be retried",
             ..ReleaseStatus::default()
         };
         let s = Snapshot {
@@ -229,6 +246,7 @@ release: fw.img
   peers: 2
   rate: up 0 B/s, down 1.0 MiB/s
   total: up 0 B, down 3.0 MiB
+  expires: 2026-12-01T00:00:00Z (not checked: the clock was unset)
 
 release: boot.bin
   path: /srv/releases/boot.bin
@@ -238,6 +256,7 @@ release: boot.bin
   peers: 1
   rate: up 2.0 KiB/s, down 0 B/s
   total: up 4.9 KiB, down 0 B
+  install hook: failed; to be retried
 ",
             env!("CARGO_PKG_VERSION")
         );

@@ -28,6 +28,8 @@ pub struct RootKeeper {
     current: SignedRoot,
     /// Set when `current` was taken up since it was last kept: its floors are still to apply.
     fresh: bool,
+    /// Roots refused already (SHA-256 of their bytes), so that a rescan does not log them again.
+    refused: Vec<[u8; 32]>,
 }
 
 impl RootKeeper {
@@ -51,7 +53,7 @@ impl RootKeeper {
                 candidates.remove(0)
             }
         };
-        let mut keeper = RootKeeper { path, current: anchor, fresh };
+        let mut keeper = RootKeeper { path, current: anchor, fresh, refused: Vec::new() };
         keeper.offer(candidates);
         Ok(keeper)
     }
@@ -72,9 +74,19 @@ impl RootKeeper {
     /// floors are applied: a crash in between takes it up again at the next start.
     pub fn offer(&mut self, candidates: Vec<SignedRoot>) -> bool {
         let serial = self.current.root.serial;
+        let digest = |bytes: &[u8]| -> [u8; 32] { <sha2::Sha256 as sha2::Digest>::digest(bytes).into() };
+        let candidates: Vec<SignedRoot> =
+            candidates.into_iter().filter(|c| !self.refused.contains(&digest(&c.bytes))).collect();
+        let digests: Vec<(u64, [u8; 32])> = candidates.iter().map(|c| (c.root.serial, digest(&c.bytes))).collect();
         let (newest, refused) = advance(self.current.clone(), candidates);
         for (serial, e) in refused {
             log::warn!("root {serial} refused: {e}");
+            // Remembered by content; bounded, as a directory holds few roots.
+            if let Some(&(_, d)) = digests.iter().find(|(s, _)| *s == serial) {
+                if self.refused.len() < 64 {
+                    self.refused.push(d);
+                }
+            }
         }
         if newest.root.serial == serial {
             return false;
