@@ -7,7 +7,7 @@
 //! directory is written through. The `_in` variants take the filesystem ([`Fs`]); the others
 //! are them on the real disk.
 
-use crate::store::safe_fs::{self, create_fresh_in, Fs, FsFile, RealFs};
+use crate::store::safe_fs::{create_fresh_in, Fs, FsFile, RealFs};
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -22,12 +22,18 @@ pub fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
 /// Replaces `path` with `bytes`, leaving it with `mode`: write a fresh temporary beside it, sync
 /// it, rename it over `path`, sync the directory.
 pub fn replace_file(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
-    replace_file_via(path, &safe_fs::random_temp_name(path)?, bytes, mode)
+    replace_file_in(&RealFs, path, bytes, mode)
+}
+
+/// [`replace_file`] on `fs`, through a temporary that `fs` names ([`Fs::temp_name`]: random on
+/// the real disk). The no-rollback history and the hooks owed are written so.
+pub fn replace_file_in<F: Fs>(fs: &F, path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    replace_file_via_in(fs, path, &fs.temp_name(path)?, bytes, mode)
 }
 
 /// [`replace_file`] through a temporary path the caller computed once (with
-/// [`safe_fs::random_temp_name`]), so that a caller replacing the same file often (the resume
-/// state) does not allocate each time.
+/// [`safe_fs::random_temp_name`](crate::store::safe_fs::random_temp_name)), so that a caller
+/// replacing the same file often (the resume state) does not allocate each time.
 pub fn replace_file_via(path: &Path, tmp: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     replace_file_via_in(&RealFs, path, tmp, bytes, mode)
 }

@@ -10,17 +10,19 @@
 //! to serve.
 
 use crate::core::manifest::valid_name;
-use crate::store::atomic::replace_file;
-use crate::store::safe_fs::{self, PRIVATE_MODE};
-use std::io::{self, Read};
+use crate::store::atomic::replace_file_in;
+use crate::store::safe_fs::{self, Fs, FsFile, RealFs, PRIVATE_MODE};
+use std::io;
 use std::path::{Path, PathBuf};
 
 /// A history file larger than this is not one of ours (a line per name is ~30 bytes).
 const MAX_FILE: u64 = 1 << 20;
 
-/// Highest release number accepted per name.
+/// Highest release number accepted per name. `F` is the filesystem: the real one, or in tests
+/// a model that loses unsynced data in a power cut (`tests/powercut.rs`).
 #[derive(Debug)]
-pub struct History {
+pub struct History<F: Fs = RealFs> {
+    fs: F,
     path: PathBuf,
     entries: Vec<(String, u64)>,
 }
@@ -32,22 +34,7 @@ impl History {
     /// Reads the record kept in `dir`. A missing file is an empty record (a new device); any
     /// other failure, a damaged line or a file too large is an error naming the file.
     pub fn load(dir: &Path) -> io::Result<History> {
-        let path = dir.join(Self::FILE);
-        safe_fs::remove_stale_temps(&path);
-        let invalid = |why: String| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {why}", path.display()));
-        let mut text = String::new();
-        match safe_fs::open_read(&path) {
-            Ok(f) => {
-                f.take(MAX_FILE + 1).read_to_string(&mut text).map_err(|e| invalid(e.to_string()))?;
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(invalid(e.to_string())),
-        }
-        if text.len() as u64 > MAX_FILE {
-            return Err(invalid(format!("larger than {MAX_FILE} bytes")));
-        }
-        let entries = Self::parse(&text).map_err(invalid)?;
-        Ok(History { path, entries })
+        History::load_in(RealFs, dir)
     }
 
     /// The entries of a history file's text, each name once; the error names a damaged line.
@@ -63,6 +50,21 @@ impl History {
             }
         }
         Ok(entries)
+    }
+}
+
+impl<F: Fs> History<F> {
+    /// [`History::load`] on the filesystem `fs`, which the record keeps for its writes.
+    pub fn load_in(fs: F, dir: &Path) -> io::Result<History<F>> {
+        let path = dir.join(History::FILE);
+        let text = read_record(&fs, &path, MAX_FILE)?;
+        let entries = History::parse(&text).map_err(|why| invalid(&path, why))?;
+        Ok(History { fs, path, entries })
+    }
+
+    /// The filesystem the record is kept on.
+    pub fn fs(&self) -> &F {
+        &self.fs
     }
 
     /// Where the record lives.
@@ -110,8 +112,30 @@ impl History {
         for (name, release) in &self.entries {
             text.push_str(&format!("{name} {release}\n"));
         }
-        replace_file(&self.path, text.as_bytes(), PRIVATE_MODE)
+        replace_file_in(&self.fs, &self.path, text.as_bytes(), PRIVATE_MODE)
     }
+}
+
+fn invalid(path: &Path, why: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("{}: {why}", path.display()))
+}
+
+/// The text of a small record at `path` on `fs` (the history, the hooks owed), after removing
+/// the temporaries a crash left beside it. A missing file is empty text; a file that cannot be
+/// read, is not text or is larger than `max` bytes is an `InvalidData` error naming the file.
+pub(crate) fn read_record<F: Fs>(fs: &F, path: &Path, max: u64) -> io::Result<String> {
+    safe_fs::remove_stale_temps_in(fs, path);
+    let bytes = match safe_fs::open_read_in(fs, path) {
+        Ok(f) => f.read_capped(max as usize + 1).map_err(|e| invalid(path, e.to_string()))?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(invalid(path, e.to_string())),
+    };
+    // Text first, then size: the checks (and messages) of the `read_to_string` this replaces.
+    let text = String::from_utf8(bytes).map_err(|_| invalid(path, "stream did not contain valid UTF-8".into()))?;
+    if text.len() as u64 > max {
+        return Err(invalid(path, format!("larger than {max} bytes")));
+    }
+    Ok(text)
 }
 
 #[cfg(test)]
@@ -151,6 +175,26 @@ mod tests {
         std::fs::write(d.join(History::FILE), vec![b'a'; MAX_FILE as usize + 2]).unwrap();
         assert!(History::load(&d).is_err(), "an oversized file is refused, not read whole");
         let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_record_that_returned_ok_survives_any_power_cut_on_the_model() {
+        use crate::core::rng::Rng;
+        use crate::store::model_fs::ModelFs;
+        let d = Path::new("/s");
+        for seed in 0..50 {
+            let fs = ModelFs::new();
+            let mut h = History::load_in(fs.clone(), d).unwrap();
+            h.record("fw.img", 3).unwrap();
+            h.record("boot.img", 1).unwrap();
+            fs.cut_after(seed % 7);
+            let cut = h.record("fw.img", 4).is_err();
+            fs.power_cut(&mut Rng::new(seed));
+            let h = History::load_in(fs.clone(), d).unwrap();
+            let fw = h.highest("fw.img");
+            assert!(if cut { fw == Some(3) || fw == Some(4) } else { fw == Some(4) }, "seed {seed}: {fw:?}");
+            assert_eq!(h.highest("boot.img"), Some(1), "seed {seed}");
+        }
     }
 
     #[test]

@@ -10,9 +10,10 @@
 //! empty one would silently drop hooks.
 
 use crate::core::manifest::{to_hex, valid_name, SwarmId};
-use crate::store::atomic::replace_file;
-use crate::store::safe_fs::{self, PRIVATE_MODE};
-use std::io::{self, Read};
+use crate::store::atomic::replace_file_in;
+use crate::store::history::read_record;
+use crate::store::safe_fs::{Fs, RealFs, PRIVATE_MODE};
+use std::io;
 use std::path::{Path, PathBuf};
 
 /// A file larger than this is not one of ours (a line is ~90 bytes).
@@ -28,9 +29,11 @@ pub struct PendingHook {
     pub release: u64,
 }
 
-/// The hooks still owed, and their file.
+/// The hooks still owed, and their file. `F` is the filesystem, as for
+/// [`History`](crate::store::history::History).
 #[derive(Debug)]
-pub struct PendingHooks {
+pub struct PendingHooks<F: Fs = RealFs> {
+    fs: F,
     path: PathBuf,
     entries: Vec<PendingHook>,
 }
@@ -41,28 +44,29 @@ impl PendingHooks {
 
     /// Reads the record kept in `dir`: missing is empty; damaged or unreadable is an error.
     pub fn load(dir: &Path) -> io::Result<PendingHooks> {
-        let path = dir.join(Self::FILE);
-        safe_fs::remove_stale_temps(&path);
-        let invalid = |why: String| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {why}", path.display()));
-        let mut text = String::new();
-        match safe_fs::open_read(&path) {
-            Ok(f) => {
-                f.take(MAX_FILE + 1).read_to_string(&mut text).map_err(|e| invalid(e.to_string()))?;
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(invalid(e.to_string())),
-        }
-        if text.len() as u64 > MAX_FILE {
-            return Err(invalid(format!("larger than {MAX_FILE} bytes")));
-        }
-        let entries = Self::parse(&text).map_err(invalid)?;
-        Ok(PendingHooks { path, entries })
+        PendingHooks::load_in(RealFs, dir)
     }
 
     /// The entries of a record's text; the error names a damaged line.
     pub fn parse(text: &str) -> Result<Vec<PendingHook>, String> {
         let damaged = |n: usize, line: &str| format!("line {} is damaged: {line:?}", n + 1);
         text.lines().enumerate().map(|(n, line)| parse_line(line).ok_or_else(|| damaged(n, line))).collect()
+    }
+}
+
+impl<F: Fs> PendingHooks<F> {
+    /// [`PendingHooks::load`] on the filesystem `fs`, which the record keeps for its writes.
+    pub fn load_in(fs: F, dir: &Path) -> io::Result<PendingHooks<F>> {
+        let path = dir.join(PendingHooks::FILE);
+        let text = read_record(&fs, &path, MAX_FILE)?;
+        let invalid = |why: String| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {why}", path.display()));
+        let entries = PendingHooks::parse(&text).map_err(invalid)?;
+        Ok(PendingHooks { fs, path, entries })
+    }
+
+    /// The filesystem the record is kept on.
+    pub fn fs(&self) -> &F {
+        &self.fs
     }
 
     /// True if the hook of release `swarm` is owed.
@@ -93,7 +97,7 @@ impl PendingHooks {
         for e in &self.entries {
             text.push_str(&format!("{} {} {}\n", to_hex(&e.swarm), e.name, e.release));
         }
-        replace_file(&self.path, text.as_bytes(), PRIVATE_MODE)
+        replace_file_in(&self.fs, &self.path, text.as_bytes(), PRIVATE_MODE)
             .map_err(|e| io::Error::new(e.kind(), format!("cannot write {}: {e}", self.path.display())))
     }
 }
