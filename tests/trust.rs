@@ -2,6 +2,7 @@
 //! not be tricked into writing. The real binary, on loopback addresses 127.0.0.110..=119.
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 mod common;
@@ -92,13 +93,14 @@ fn fetch_keeps_a_history_and_refuses_to_roll_back() {
     assert!(got.stderr.contains("no rollback") && got.stderr.contains("release 2"), "{}", got.stderr);
     assert!(!device.join("other.img.part").exists(), "a refused release writes nothing");
 
-    // --state-dir moves the record; a fresh one there knows nothing yet.
-    let state = dir.join("state");
-    fs::create_dir_all(&state).unwrap();
+    // --state-dir moves the record; a fresh one there knows nothing yet, and one not made yet
+    // is made, private (a new device's first start).
+    let state = dir.join("state").join("flotilla");
     fs::write(device.join("fw.img.1"), &old_bytes).unwrap();
     let got = fetch(&old, "fw.img.1", &["--state-dir", state.to_str().unwrap()]);
     assert_eq!(got.code, 0, "{}", got.stderr);
     assert_eq!(fs::read_to_string(state.join(".flotilla-history")).unwrap(), "fw.img 1\n");
+    assert_eq!(fs::metadata(&state).unwrap().permissions().mode() & 0o777, 0o700);
 
     // A damaged record is an error that names it, never an empty record.
     fs::write(device.join(".flotilla-history"), "fw.img two\n").unwrap();
@@ -307,7 +309,6 @@ fn a_hook_past_its_timeout_is_killed_and_stays_owed() {
 
 #[test]
 fn the_status_socket_is_private_and_status_prints_only_printable_text() {
-    use std::os::unix::fs::PermissionsExt;
     let tmp = TempDir::new("trust-status");
     let dir = tmp.path();
     let rel = make_release(dir, 50_000, "16K", 12);

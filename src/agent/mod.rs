@@ -36,6 +36,7 @@ use crate::core::storage::{Storage, StoreError};
 use crate::core::swarm::SwarmConfig;
 use crate::store::file::FileStore;
 use crate::store::history::History;
+use crate::store::safe_fs;
 use conn::Conn;
 use dial::Dial;
 use guard::Bans;
@@ -218,8 +219,10 @@ impl Agent {
 
     /// Keeps the agent's records in `dir` (`--state-dir`): the no-rollback history (from now on
     /// a release older than one accepted before under its name is refused, and each one added is
-    /// recorded first) and the install hooks owed (each runs at least once per release).
+    /// recorded first) and the install hooks owed (each runs at least once per release). A
+    /// missing `dir` is created, private to us, as a new device's first start needs.
     pub fn keep_state(&mut self, dir: &Path) -> Result<(), AgentError> {
+        safe_fs::create_private_dir(dir).map_err(AgentError::History)?;
         self.history = Some(History::load(dir).map_err(AgentError::History)?);
         self.load_pending_hooks(dir)
     }

@@ -269,6 +269,18 @@ pub fn remove_stale_temps_in<F: Fs>(fs: &F, path: &Path) {
     }
 }
 
+/// Creates the directory `path` and any missing parents, mode 0700 (the state directory holds
+/// records no one else should read or replace); an existing directory is left as it is. The
+/// error names the path.
+pub fn create_private_dir(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot create the state directory {}: {e}", path.display())))
+}
+
 /// Creates `path` anew (`O_EXCL`, `O_NOFOLLOW`) with `mode`, for writing. If something is
 /// there already (a temporary a crash left behind, or something planted), it is unlinked, never
 /// followed, and creation is tried once more.
