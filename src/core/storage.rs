@@ -63,6 +63,9 @@ pub enum StoreError {
 pub enum Difference {
     /// It is a directory or another non-regular file.
     NotAFile,
+    /// It is a symbolic link, which is never followed: in a shared directory it could point
+    /// anywhere, and the install hook would be handed that path.
+    Symlink,
     /// Its size is not the release's.
     Size(u64),
     /// This chunk's hash does not match the manifest.
@@ -79,6 +82,7 @@ impl fmt::Display for StoreError {
                 write!(f, "{} exists and is not this release (", path.display())?;
                 match diff {
                     Difference::NotAFile => write!(f, "not a regular file")?,
+                    Difference::Symlink => write!(f, "a symbolic link, not followed")?,
                     Difference::Size(n) => write!(f, "size {n} bytes differs")?,
                     Difference::Chunk(c) => write!(f, "chunk {c} differs")?,
                 }

@@ -78,9 +78,13 @@ impl FileStore {
 impl<F: Fs> FileStore<F> {
     /// [`FileStore::open`] on the filesystem `fs`.
     pub fn open_in(fs: F, path: &Path, m: &SignedManifest) -> Result<(Self, Bitfield), StoreError> {
-        match fs.open(path, OpenFlags::READ) {
+        // Never followed, and never blocking (a FIFO planted at the name would hang the open).
+        match fs.open(path, OpenFlags::READ_NOFOLLOW) {
             Ok(file) => Self::open_existing(fs, path, file, m),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Self::open_part(fs, path, m),
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                Err(StoreError::ExistingFileDiffers { path: path.to_path_buf(), diff: Difference::Symlink })
+            }
             Err(e) => Err(io_err("open", path)(e)),
         }
     }
@@ -282,7 +286,7 @@ impl<F: Fs> Storage for FileStore<F> {
             self.renamed = true;
             // The open handle already is the final file (rename keeps the inode); reopening it
             // read-only makes an in-place write impossible rather than merely unlikely.
-            match self.fs.open(&self.path, OpenFlags::READ) {
+            match self.fs.open(&self.path, OpenFlags::READ_NOFOLLOW) {
                 Ok(f) => self.file = f,
                 Err(e) => warn!("cannot reopen {} read-only: {e}", self.path.display()),
             }
@@ -491,6 +495,28 @@ mod tests {
         fs::write(&path, &data[..100]).unwrap();
         let err = FileStore::open(&path, &m).unwrap_err();
         assert!(matches!(err, StoreError::ExistingFileDiffers { diff: Difference::Size(100), .. }));
+    }
+
+    #[test]
+    fn a_symlink_or_a_fifo_at_the_final_name_is_refused_without_following_or_blocking() {
+        let (path, data, m) = setup("final-planted");
+        // A symlink to the very release: still refused, since where it points can change later.
+        let real = path.with_extension("real");
+        fs::write(&real, &data).unwrap();
+        std::os::unix::fs::symlink(&real, &path).unwrap();
+        let err = FileStore::open(&path, &m).unwrap_err();
+        assert!(matches!(err, StoreError::ExistingFileDiffers { diff: Difference::Symlink, .. }), "{err}");
+        assert!(err.to_string().contains("a symbolic link, not followed"), "{err}");
+        assert!(fs::symlink_metadata(&path).unwrap().file_type().is_symlink(), "the link is left alone");
+        assert!(!part_path(&path).exists());
+
+        // A FIFO would block a plain open for reading until a writer came: it must not.
+        fs::remove_file(&path).unwrap();
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        let err = FileStore::open(&path, &m).unwrap_err();
+        assert!(matches!(err, StoreError::ExistingFileDiffers { diff: Difference::NotAFile, .. }), "{err}");
     }
 
     #[test]

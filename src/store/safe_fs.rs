@@ -156,7 +156,9 @@ impl Fs for RealFs {
             o.create(!f.exclusive).create_new(f.exclusive).mode(f.mode);
         }
         if !f.follow {
-            o.custom_flags(libc::O_NOFOLLOW);
+            // O_NONBLOCK too: opening a FIFO or a device someone planted at one of our names
+            // returns at once instead of hanging the loop; on regular files it changes nothing.
+            o.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
         }
         o.open(path)
     }
