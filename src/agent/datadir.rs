@@ -13,18 +13,24 @@ use std::time::SystemTime;
 /// bad files the oldest is forgotten (and logged again if it is still there).
 pub(super) const MAX_REFUSED: usize = 64;
 
+/// A file's modification time and size: what tells a file replaced or still being copied.
+pub(super) type Stamp = (SystemTime, u64);
+
+fn stamp(path: &Path) -> Option<Stamp> {
+    std::fs::metadata(path).ok().and_then(|m| Some((m.modified().ok()?, m.len())))
+}
+
 /// A manifest that was refused, as its files looked then: unchanged, it is not read again.
 #[derive(PartialEq)]
 pub(super) struct Refused {
     manifest: PathBuf,
-    stamps: [Option<(SystemTime, u64)>; 2],
+    stamps: [Option<Stamp>; 2],
 }
 
 impl Refused {
-    /// The manifest's and its data file's modification time and size: a copy still in progress
-    /// or a file replaced since gets another look.
+    /// The manifest's and its data file's stamps: a copy still in progress or a file replaced
+    /// since gets another look.
     fn new(manifest: &Path, data: &Path) -> Refused {
-        let stamp = |p: &Path| std::fs::metadata(p).ok().and_then(|m| Some((m.modified().ok()?, m.len())));
         Refused { manifest: manifest.to_owned(), stamps: [stamp(manifest), stamp(data)] }
     }
 }
@@ -33,14 +39,18 @@ impl Agent {
     /// Adds the releases in a `--data` directory that are not held yet: each `*.flotilla` that
     /// decodes and is signed by a trusted key, its data at `DIR/NAME` where NAME is the name it
     /// signs (not the manifest's file name, which anyone who can rename a file controls). A
-    /// manifest held already is passed over quietly; one refused is logged once and not read
+    /// manifest held already, unchanged since it was read, is passed over quietly (one copied
+    /// over is read again: a new release of its name); one refused is logged once and not read
     /// again until its manifest or data file changes. Returns how many were added. Called at
     /// start and then now and then, it lets an operator drop in a manifest.
     pub fn rescan(&mut self, dir: &Path, acceptor: &Acceptor) -> io::Result<usize> {
         let mut added = 0;
         self.drop_expired(wall_clock());
         for manifest in manifests_in(dir)? {
-            if self.releases.iter().any(|h| h.manifest.as_deref() == Some(manifest.as_path())) {
+            let now_stamp = stamp(&manifest);
+            let read_already =
+                |h: &super::Held| h.manifest.as_deref() == Some(manifest.as_path()) && h.manifest_stamp == now_stamp;
+            if self.releases.iter().any(read_already) {
                 continue;
             }
             // Until it is read, the data file's likely name is the manifest's stem.
@@ -76,17 +86,22 @@ impl Agent {
             log::warn!("skipping {}: the same release as {held}", manifest.display());
             return false;
         }
-        if let Some(r) = self.releases.iter().position(|h| h.release.name() == name.as_str()) {
+        if let Some(r) = self.newest_held(name) {
             if !self.supersede(r, &m, manifest) {
                 return false;
             }
         }
-        match self.add_release(&m, &data) {
+        // DIR/NAME is ours to replace once this device accepted a release of NAME: it holds that
+        // one (or a crash left it there after a newer one was recorded). A file of a name never
+        // accepted here may be the operator's own, and is never replaced.
+        let replacing = self.highest_known(name).is_some();
+        match self.add_release_with(&m, &data, replacing) {
             Ok(i) => {
                 if manifest.file_stem().and_then(|s| s.to_str()) != Some(name) {
                     log::warn!("{} signs the name {name}: its data is {}", manifest.display(), data.display());
                 }
                 self.releases[i].manifest = Some(manifest.to_owned());
+                self.releases[i].manifest_stamp = stamp(manifest);
                 self.releases[i].deferred = deferred;
                 log::info!("serving {name} #{release} from {}", data.display());
                 true
@@ -121,10 +136,18 @@ impl Agent {
         }
     }
 
-    /// A manifest `m` names the same release name as held release `r`. An older `m` is refused
-    /// (no rollback); a newer one replaces a held release still incomplete, which must never
-    /// complete now. A complete one keeps its file until the operator replaces it. True if `m`
-    /// may be added.
+    /// The newest release of `name` held.
+    fn newest_held(&self, name: &str) -> Option<usize> {
+        let of_name = self.releases.iter().enumerate().filter(|(_, h)| h.release.name() == name);
+        of_name.max_by_key(|(_, h)| h.release.number()).map(|(r, _)| r)
+    }
+
+    /// A manifest `m` names the same release name as held release `r`, the newest of it held.
+    /// An older `m` is refused (no rollback). A newer one replaces a held release still
+    /// incomplete, which must never complete now; a complete one goes on being served from its
+    /// file until the newer one is whole and renamed over it ([`Agent::retire_superseded`]),
+    /// so the device and its peers always have one whole release of the name. True if `m` may
+    /// be added.
     fn supersede(&mut self, r: usize, m: &SignedManifest, manifest: &Path) -> bool {
         let held = &self.releases[r].release;
         let (name, release, old) = (&m.manifest.name, m.manifest.release, held.number());
@@ -136,16 +159,31 @@ impl Agent {
             return false;
         }
         if held.is_complete() {
-            log::warn!(
-                "skipping {}: release {release} of {name} would replace the complete #{old} at {}; remove that file to take it",
-                manifest.display(),
-                held.store().path().display()
-            );
-            return false;
+            log::info!("{name}: fetching release {release}; the complete #{old} is served until it is whole");
+            return true;
         }
         log::info!("{name}: release {release} supersedes the incomplete #{old}, which is dropped");
         self.remove_release(r, std::time::Instant::now());
         true
+    }
+
+    /// Drops each complete release for which a newer release of its name is complete too: its
+    /// file was renamed over, and nothing of it is to be served or installed any more.
+    pub(super) fn retire_superseded(&mut self, now: std::time::Instant) {
+        let superseded = |agent: &Agent| {
+            agent.releases.iter().position(|old| {
+                agent.releases.iter().any(|new| {
+                    new.release.name() == old.release.name()
+                        && new.release.number() > old.release.number()
+                        && new.release.is_complete()
+                })
+            })
+        };
+        while let Some(r) = superseded(self) {
+            let (name, number) = (self.releases[r].release.name().to_owned(), self.releases[r].release.number());
+            log::info!("{name} #{number}: replaced by a newer release, no longer served");
+            self.remove_release(r, now);
+        }
     }
 }
 

@@ -71,6 +71,9 @@ pub struct Held {
     paused_until: Option<Instant>,
     /// The manifest file in a data directory it was read from (`serve`).
     manifest: Option<std::path::PathBuf>,
+    /// That file's modification time and size when it was read: a manifest replaced in place
+    /// (a new release copied over the old one's file) is read again.
+    manifest_stamp: Option<datadir::Stamp>,
     /// What could not be checked when it was accepted (an unset clock defers expiry).
     pub deferred: crate::core::trust::Deferred,
     /// Who signed its manifest: a new trust root may no longer count them.
@@ -237,6 +240,13 @@ impl Agent {
     /// With a history, a release older than one accepted before is refused and a newer one is
     /// recorded, durably, before anything else happens.
     pub fn add_release(&mut self, m: &SignedManifest, path: &Path) -> Result<usize, AgentError> {
+        self.add_release_with(m, path, false)
+    }
+
+    /// [`Agent::add_release`]; with `replacing`, a file at `path` that is not this release is
+    /// an older release of its name in a data directory: it stays in place (and is served by its
+    /// own release while held) until this one is whole and renamed over it.
+    fn add_release_with(&mut self, m: &SignedManifest, path: &Path, replacing: bool) -> Result<usize, AgentError> {
         let (name, number) = (&m.manifest.name, m.manifest.release);
         if let Some(highest) = self.highest_known(name).filter(|&h| h > number) {
             return Err(AgentError::Rollback { name: name.clone(), release: number, highest });
@@ -248,13 +258,15 @@ impl Agent {
                 return Err(AgentError::Manifest(ManifestError::FastForward { name, release, highest, max_jump }));
             }
         }
-        if self.releases.len() >= self.config.max_releases {
+        // A release being replaced in place does not count: the two share a name and a file.
+        let counted = self.releases.iter().filter(|h| !(replacing && h.release.name() == name.as_str())).count();
+        if counted >= self.config.max_releases {
             return Err(AgentError::TooManyReleases(self.config.max_releases));
         }
         if let Some(h) = &mut self.history {
             h.record(name, number).map_err(AgentError::History)?;
         }
-        let (store, present) = FileStore::open(path, m)?;
+        let (store, present) = if replacing { FileStore::open_replacing(path, m)? } else { FileStore::open(path, m)? };
         let now = Instant::now();
         let release = Release::new(m, store, &present, self.release_config(), self.rng.next_u64(), now);
         let dials = self.config.peers.iter().map(|&addr| Dial::configured(addr, now)).collect();
@@ -266,6 +278,7 @@ impl Agent {
             hook: hooks::HookState::Idle,
             paused_until: None,
             manifest: None,
+            manifest_stamp: None,
             deferred: crate::core::trust::Deferred::Nothing,
             signers: m.signers.clone(),
         });
@@ -301,16 +314,18 @@ impl Agent {
         self.releases[r].manifest = Some(path.to_owned());
     }
 
-    /// Drops release `r`: its connections are closed and it is forgotten; its files stay as they
-    /// are (a `.part` is taken over by the next release stored at the same path). For a release
-    /// superseded by a newer one of the same name, which must then never complete.
+    /// Drops release `r` for good: its connections are closed, it is forgotten and so is its
+    /// install hook if one was owed; its files stay as they are (a `.part` is taken over by the
+    /// next release stored at the same path). For a release superseded by a newer one of the
+    /// same name, which must then never complete, or expired, or no longer trusted.
     fn remove_release(&mut self, r: usize, now: Instant) {
         for slot in 0..self.conns.len() {
             if self.conns[slot].as_ref().is_some_and(|c| c.release == Some(r)) {
                 self.close(slot, Err("its release was superseded"), now);
             }
         }
-        self.releases.remove(r);
+        let gone = self.releases.remove(r);
+        self.forget_hook(gone.release.id());
         for c in self.conns.iter_mut().flatten() {
             if let Some(i) = c.release.filter(|&i| i > r) {
                 c.release = Some(i - 1);
@@ -384,6 +399,7 @@ impl Agent {
         // Sending can fail a read from disk; its event is handled in this same turn.
         self.drain_events(now);
         self.run_hooks(now);
+        self.retire_superseded(now);
         self.sample_rates(now);
         self.announce(now);
         self.dial(now);

@@ -73,14 +73,32 @@ impl FileStore {
     pub fn open(path: &Path, m: &SignedManifest) -> Result<(FileStore, Bitfield), StoreError> {
         FileStore::open_in(RealFs, path, m)
     }
+
+    /// [`FileStore::open_replacing_in`] on the real disk.
+    pub fn open_replacing(path: &Path, m: &SignedManifest) -> Result<(FileStore, Bitfield), StoreError> {
+        FileStore::open_replacing_in(RealFs, path, m)
+    }
 }
 
 impl<F: Fs> FileStore<F> {
     /// [`FileStore::open`] on the filesystem `fs`.
     pub fn open_in(fs: F, path: &Path, m: &SignedManifest) -> Result<(Self, Bitfield), StoreError> {
+        Self::open_with(fs, path, m, false)
+    }
+
+    /// [`FileStore::open_in`] for a release that supersedes the one at `path`: a regular file
+    /// there that is not this release is left in place (still served by the release it is)
+    /// while this one is fetched into `.part`, which `finish` renames over it. For a data
+    /// directory's own files only, where the caller knows `path` held an older release of this
+    /// name; a symlink or a non-regular file is still refused.
+    pub fn open_replacing_in(fs: F, path: &Path, m: &SignedManifest) -> Result<(Self, Bitfield), StoreError> {
+        Self::open_with(fs, path, m, true)
+    }
+
+    fn open_with(fs: F, path: &Path, m: &SignedManifest, replacing: bool) -> Result<(Self, Bitfield), StoreError> {
         // Never followed, and never blocking (a FIFO planted at the name would hang the open).
         match fs.open(path, OpenFlags::READ_NOFOLLOW) {
-            Ok(file) => Self::open_existing(fs, path, file, m),
+            Ok(file) => Self::open_existing(fs, path, file, m, replacing),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Self::open_part(fs, path, m),
             Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
                 Err(StoreError::ExistingFileDiffers { path: path.to_path_buf(), diff: Difference::Symlink })
@@ -119,21 +137,35 @@ impl<F: Fs> FileStore<F> {
         })
     }
 
-    fn open_existing(fs: F, path: &Path, file: F::File, m: &SignedManifest) -> Result<(Self, Bitfield), StoreError> {
+    /// `path` is open as `file`: the release whole (finished), or with `replacing` an older one
+    /// left in place while this one goes to `.part`, or else `ExistingFileDiffers`.
+    fn open_existing(
+        fs: F,
+        path: &Path,
+        file: F::File,
+        m: &SignedManifest,
+        replacing: bool,
+    ) -> Result<(Self, Bitfield), StoreError> {
         let differs = |diff| StoreError::ExistingFileDiffers { path: path.to_path_buf(), diff };
         let meta = file.metadata().map_err(io_err("inspect", path))?;
         if !meta.is_file {
             return Err(differs(Difference::NotAFile));
         }
-        if meta.len != m.manifest.file_size {
-            return Err(differs(Difference::Size(meta.len)));
-        }
+        let mut diff = (meta.len != m.manifest.file_size).then_some(Difference::Size(meta.len));
         let mut store = Self::new(fs, path, file, m)?;
         let mut buf = vec![0; HASH_BUF];
         for c in 0..store.geometry.chunk_count() {
-            if m.manifest.chunk_hashes.get(c as usize) != Some(&store.hash_with(c, &mut buf)?) {
-                return Err(differs(Difference::Chunk(c)));
+            if diff.is_some() {
+                break;
             }
+            if m.manifest.chunk_hashes.get(c as usize) != Some(&store.hash_with(c, &mut buf)?) {
+                diff = Some(Difference::Chunk(c));
+            }
+        }
+        match diff {
+            Some(_) if replacing => return Self::open_part(store.fs, path, m),
+            Some(d) => return Err(differs(d)),
+            None => {}
         }
         store.finished = true;
         // A crash between the final rename and the state's removal leaves a stale state behind.
