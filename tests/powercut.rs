@@ -528,7 +528,7 @@ impl Case {
 
         // note_hook: an incomplete release owes its hook before a byte of it is fetched; a whole
         // one has its hook due if it is owed.
-        let hook = PendingHook { swarm, name: name.to_owned(), release: number };
+        let hook = PendingHook::new(swarm, name.to_owned(), number);
         let life = rec.hooks.entry(swarm).or_insert_with(|| HookLife::new(hook));
         if whole {
             let owed = hooks.is_pending(&swarm);

@@ -61,13 +61,39 @@ impl Agent {
         let swarm = *h.release.id();
         if !h.release.is_complete() {
             let (name, release) = (h.release.name().to_owned(), h.release.number());
-            return pending.add(PendingHook { swarm, name, release }).map_err(AgentError::History);
+            return pending.add(PendingHook::new(swarm, name, release)).map_err(AgentError::History);
         }
-        if pending.is_pending(&swarm) {
-            log::info!("{}: its install hook is owed from an earlier run", h.release.name());
-            h.hook = HookState::Due { not_before: now, failures: 0 };
+        if let Some(owed) = pending.get(&swarm) {
+            let name = h.release.name();
+            h.hook = match &owed.failed {
+                None => {
+                    log::info!("{name}: its install hook is owed from an earlier run");
+                    HookState::Due { not_before: now, failures: 0 }
+                }
+                Some(f) => {
+                    // The back-off runs from the last failure by the wall clock, so a restart
+                    // does not cut it short; a clock that went back waits one back-off at most.
+                    let wait = backoff(f.count.saturating_sub(1))
+                        .saturating_sub(Duration::from_secs(wall_clock().saturating_sub(f.at)));
+                    log::info!(
+                        "{name}: its install hook is owed; it failed {} time(s), last {}; next try in {} s",
+                        f.count,
+                        f.how,
+                        wait.as_secs()
+                    );
+                    HookState::Due { not_before: now + wait, failures: f.count }
+                }
+            };
         }
         Ok(())
+    }
+
+    /// Forgets the hook of a release dropped for good (superseded, expired, no longer trusted):
+    /// what is never to be served is never to be installed.
+    pub(super) fn forget_hook(&mut self, swarm: &SwarmId) {
+        if let Some(Err(e)) = self.pending_hooks.as_mut().map(|p| p.remove(swarm)) {
+            log::warn!("cannot record that a dropped release's install hook is no longer owed: {e}");
+        }
     }
 
     /// A release completed in this run: its hook is due, if one is configured and owed.
@@ -114,7 +140,7 @@ impl Agent {
             Err(e) => {
                 let swarm = *h.release.id();
                 log::error!("{name}: cannot run the install hook {:?}: {e}", self.config.on_complete[0]);
-                self.hook_ended(swarm, false, now);
+                self.hook_ended(swarm, Err("unstarted".into()), now);
             }
         }
     }
@@ -131,42 +157,47 @@ impl Agent {
                 Ok(Some(status)) => Some(hook_finished(&h.name, status)),
                 Err(e) => {
                     log::warn!("{}: cannot wait for the install hook: {e}", h.name);
-                    Some(false)
+                    Some(Err("unwaited".into()))
                 }
             };
             match ended {
-                Some(ok) => {
+                Some(outcome) => {
                     let h = self.hooks.swap_remove(i);
-                    self.hook_ended(h.swarm, ok, now);
+                    self.hook_ended(h.swarm, outcome, now);
                 }
                 None => i += 1,
             }
         }
     }
 
-    /// Settles a hook that ended: done for good (the record forgets it), or due again later.
-    fn hook_ended(&mut self, swarm: SwarmId, ok: bool, now: Instant) {
-        let held = self.releases.iter_mut().find(|h| *h.release.id() == swarm);
-        let failures = match held.as_ref().map(|h| h.hook) {
-            Some(HookState::Running { failures } | HookState::Due { failures, .. }) => failures,
-            _ => 0,
+    /// Settles a hook that ended: done for good (the record forgets it), or failed (`Err`: how,
+    /// one word), which the record keeps with the time, and due again after a back-off.
+    fn hook_ended(&mut self, swarm: SwarmId, outcome: Result<(), String>, now: Instant) {
+        let record = match &outcome {
+            Ok(()) => self.pending_hooks.as_mut().map(|p| p.remove(&swarm)),
+            Err(how) => {
+                self.hooks_failed += 1;
+                self.pending_hooks.as_mut().map(|p| p.failed(&swarm, wall_clock(), how))
+            }
         };
-        if ok {
-            if let Some(Err(e)) = self.pending_hooks.as_mut().map(|p| p.remove(&swarm)) {
-                // The hook ran; at worst it runs once more at the next start.
-                log::warn!("cannot record that the install hook ran: {e}");
-            }
-            if let Some(h) = held {
-                h.hook = HookState::Idle;
-            }
-            return;
+        if let Some(Err(e)) = record {
+            // Either way the hook stays right: run once more at the next start at worst, or run
+            // again without the back-off a restart would have kept.
+            log::warn!("cannot record how the install hook ended: {e}");
         }
-        self.hooks_failed += 1;
-        let backoff = FIRST_HOOK_BACKOFF.saturating_mul(1 << failures.min(16)).min(MAX_HOOK_BACKOFF);
-        if let Some(h) = held {
-            log::warn!("{}: the install hook will be tried again in {} s", h.release.name(), backoff.as_secs());
-            h.hook = HookState::Due { not_before: now + backoff, failures: failures + 1 };
-        }
+        let Some(h) = self.releases.iter_mut().find(|h| *h.release.id() == swarm) else { return };
+        let failures = match h.hook {
+            HookState::Running { failures } | HookState::Due { failures, .. } => failures,
+            HookState::Idle => 0,
+        };
+        h.hook = match outcome {
+            Ok(()) => HookState::Idle,
+            Err(_) => {
+                let backoff = backoff(failures);
+                log::warn!("{}: the install hook will be tried again in {} s", h.release.name(), backoff.as_secs());
+                HookState::Due { not_before: now + backoff, failures: failures + 1 }
+            }
+        };
     }
 
     /// Starts the install hooks due now and waits for every one (each within its timeout): for
@@ -189,16 +220,28 @@ impl Agent {
     }
 }
 
+/// Wait before the next run of a hook that failed `failures + 1` times: 30 s, doubling, at most
+/// an hour.
+fn backoff(failures: u32) -> Duration {
+    FIRST_HOOK_BACKOFF.saturating_mul(1 << failures.min(16)).min(MAX_HOOK_BACKOFF)
+}
+
+fn wall_clock() -> u64 {
+    super::datadir::wall_clock()
+}
+
 /// Starts the install hook: the operator's program and arguments, then the release's path as
 /// one more argument. No shell parses anything, so no file name can smuggle in a command. The
 /// environment is cleared but for `PATH` and the release's facts; the hook leads its own
-/// process group, so that a timeout can stop everything it started.
+/// process group, so that a timeout can stop everything it started, and is killed if the agent
+/// dies (`PR_SET_PDEATHSIG`): the hook is owed still and runs again at the next start, and two
+/// copies of it must never run at once.
 fn spawn_hook(command: &[String], h: &Held) -> io::Result<Child> {
     let Some((program, args)) = command.split_first() else { return Err(io::Error::other("no command")) };
     let r = &h.release;
     let manifest = h.manifest.as_deref().map(|p| p.as_os_str().to_owned()).unwrap_or_default();
-    Command::new(program)
-        .args(args)
+    let mut cmd = Command::new(program);
+    cmd.args(args)
         .arg(r.store().path())
         .env_clear()
         .env("PATH", HOOK_PATH)
@@ -208,25 +251,43 @@ fn spawn_hook(command: &[String], h: &Held) -> io::Result<Child> {
         .env("FLOTILLA_MANIFEST", manifest)
         .env("FLOTILLA_SWARM", to_hex(r.id()))
         .stdin(Stdio::null())
-        .process_group(0)
-        .spawn()
+        .process_group(0);
+    // SAFETY: between fork and exec only async-signal-safe calls: prctl(2) and getppid(2).
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // The agent may have died before the prctl took effect: then there is no one to wait.
+            if libc::getppid() == 1 {
+                return Err(io::Error::other("the agent is gone"));
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
 }
 
-/// Kills an install hook that overran `timeout`, with everything it started; false (failed).
-fn kill_overdue(h: &mut Hook, timeout: Duration) -> bool {
+/// Kills an install hook that overran `timeout`, with everything it started: failed.
+fn kill_overdue(h: &mut Hook, timeout: Duration) -> Result<(), String> {
     log::warn!("{}: the install hook ran past --hook-timeout ({} s); killing it", h.name, timeout.as_secs());
     // SAFETY: kill(2) with a negative pid signals the process group the hook leads.
     unsafe { libc::kill(-(h.child.id() as libc::pid_t), libc::SIGKILL) };
     let _ = h.child.wait();
-    false
+    Err("timeout".into())
 }
 
-/// Logs how an install hook ended; true if it succeeded.
-fn hook_finished(name: &str, status: ExitStatus) -> bool {
+/// Logs how an install hook ended: Ok if it exited 0, else how (`exit:N` or `signal:N`).
+fn hook_finished(name: &str, status: ExitStatus) -> Result<(), String> {
+    use std::os::unix::process::ExitStatusExt;
     if status.success() {
         log::info!("{name}: the install hook finished ({status})");
-    } else {
-        log::warn!("{name}: the install hook failed ({status})");
+        return Ok(());
     }
-    status.success()
+    log::warn!("{name}: the install hook failed ({status})");
+    Err(match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit:{code}"),
+        (None, Some(signal)) => format!("signal:{signal}"),
+        (None, None) => "failed".into(),
+    })
 }
