@@ -295,6 +295,27 @@ fn on_complete_hook_gets_the_path_once() {
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("install hook failed"), "{stderr}");
     assert_eq!(fs::read(&out).unwrap(), rel.bytes);
+
+    // The failure is recorded with when and how, so the back-off holds across a restart: run at
+    // once again, the fetch waits (here it is stopped while it waits) instead of running the
+    // hook at once, as a supervisor restarting it in a loop would otherwise make it.
+    let record = out.parent().unwrap().join(".flotilla-hooks");
+    let line = fs::read_to_string(&record).unwrap();
+    let fields: Vec<&str> = line.trim_end().split(' ').collect();
+    assert_eq!((fields.len(), fields[3], fields[5]), (6, "1", "exit:1"), "{line:?}");
+    let i = procs.spawn(dir, "fetch-again", &failing);
+    procs.wait_for_log(i, "it failed 1 time(s), last exit:1; next try in");
+    let stderr = procs.stderr(i);
+    let wait: u64 = stderr.split("next try in ").nth(1).and_then(|t| t.split(' ').next()?.parse().ok()).unwrap();
+    assert!((20..=30).contains(&wait), "a back-off of about 30 s from the failure: {wait} s\n{stderr}");
+    procs.kill(i);
+    assert!(!stderr.contains("running the install hook"), "{stderr}");
+    // An hour later (the record's time moved back), the hook is due at once, and succeeds.
+    let earlier: u64 = fields[4].parse::<u64>().unwrap() - 3600;
+    fs::write(&record, line.replace(fields[4], &earlier.to_string())).unwrap();
+    run_ok(dir, &with_hook);
+    assert_eq!(hook_runs(&log).len(), 2, "the owed hook ran again, once");
+    assert_eq!(fs::read_to_string(&record).unwrap(), "", "and is owed no more");
 }
 
 /// `serve --rescan 1` with an empty `--data`: a manifest dropped in later is fetched from the
@@ -438,4 +459,80 @@ fn a_read_error_while_serving_sets_that_release_aside_and_the_daemon_serves_on()
     let log = procs.stderr(seed);
     assert!(log.contains("fw.img: cannot read"), "the read error is not logged:\n{log}");
     assert!(!broken_out.exists(), "a release was completed from a broken source");
+}
+
+/// A `serve` device holding release 1 of `fw.img` whole is handed release 2's manifest, copied
+/// over the old one as an operator would: it goes on serving #1 from `fw.img` while it fetches
+/// #2 beside it, renames #2 over it once whole, retires #1 and runs the hook for #2. Then
+/// release 3, and a kill in the middle (after #3 was recorded in the no-rollback history, so #2
+/// can never be taken again) does not leave it with nothing: restarted, it resumes #3, renames
+/// it over #2 and runs the hook once, for #3. Uses 127.0.0.163-165.
+#[test]
+fn serve_upgrades_a_name_it_holds_in_place_even_across_a_kill() {
+    let tmp = TempDir::new("upgrade");
+    let dir = tmp.path();
+    let first = make_release(dir, "fw.img", 200_000, 0x163);
+    let secret = dir.join("operator.key");
+    let next = |n: u64, size: usize| {
+        let seed = tmp.sub(&format!("seed{n}"));
+        fs::create_dir_all(&seed).unwrap();
+        let bytes = random_bytes(size, 0x163 + n);
+        fs::write(seed.join("fw.img"), &bytes).unwrap();
+        let file = seed.join("fw.img");
+        let (file, secret, n) = (file.to_str().unwrap(), secret.to_str().unwrap(), n.to_string());
+        run_ok(dir, &["publish", file, "--secret", secret, "--release", &n, "--chunk-size", "64K"]);
+        (seed, bytes)
+    };
+    let ((seed2, second), (seed3, third)) = (next(2, 300_000), next(3, 700_000));
+
+    let device = tmp.sub("device");
+    fs::create_dir_all(&device).unwrap();
+    fs::copy(first.data_dir.join("fw.img"), device.join("fw.img")).unwrap();
+    fs::copy(&first.manifest, device.join("fw.img.flotilla")).unwrap();
+    let log = dir.join("hook.log");
+    let hook = format!("/bin/sh {} tag", hook_script(dir, &log).display());
+    let (s2, s3, d) = (free_addr(163), free_addr(165), free_addr(164));
+    let mut procs = Procs::in_dir();
+    let args = ["serve", "--data", device.to_str().unwrap(), "--listen", &d, "--no-discovery"];
+    let mut args = args.to_vec();
+    args.extend(["--peer", &s2, "--peer", &s3]);
+    args.extend(["--trust", &first.key, "--rescan", "1", "--max-releases", "1", "--on-complete", &hook]);
+    let dev = procs.spawn(dir, "device", &args);
+    procs.wait_for_log(dev, "serving fw.img #1");
+    let hook_line = format!("2|tag|{}", device.join("fw.img").display());
+
+    // Release 2, uninterrupted: #1 is served until #2 is whole, then retired.
+    let seed = |procs: &mut Procs, data: &Path, listen: &str, rate: &str| {
+        let seed_args = ["serve", "--data", data.to_str().unwrap(), "--listen", listen, "--no-discovery"];
+        let i =
+            procs.spawn(dir, "seed", &[&seed_args[..], &["--trust", &first.key, "--max-upload-rate", rate]].concat());
+        procs.wait_for_log(i, "listening on");
+    };
+    seed(&mut procs, &seed2, &s2, "8M");
+    fs::copy(seed2.join("fw.img.flotilla"), device.join("fw.img.flotilla")).unwrap();
+    procs.wait_for_log(dev, "fw.img #1: replaced by a newer release");
+    assert_eq!(fs::read(device.join("fw.img")).unwrap(), second);
+    wait_until("the install hook to run for #2", || !hook_runs(&log).is_empty());
+    assert_eq!(hook_runs(&log), std::slice::from_ref(&hook_line));
+
+    // Release 3 from a seed slow enough (256 KiB/s) to kill the device in the middle.
+    seed(&mut procs, &seed3, &s3, "256K");
+    fs::copy(seed3.join("fw.img.flotilla"), device.join("fw.img.flotilla")).unwrap();
+    procs.wait_for_log(dev, "fetching release 3");
+    wait_until("part of release 3 to arrive", || fs::metadata(device.join("fw.img.state")).is_ok_and(|m| m.len() > 0));
+    procs.kill(dev);
+    assert_eq!(fs::read(device.join("fw.img")).unwrap(), second, "release 2 stays whole until 3 is");
+    assert_eq!(fs::read_to_string(device.join(".flotilla-history")).unwrap(), "fw.img 3\n");
+
+    let again = procs.spawn(dir, "device-again", &args);
+    procs.wait_for_log(again, "serving fw.img #3");
+    wait_until("release 3 to replace release 2", || {
+        assert!(procs.running(again), "serve exited:\n{}", procs.stderr(again));
+        fs::read(device.join("fw.img")).is_ok_and(|b| b == third)
+    });
+    wait_until("the install hook to run for #3", || hook_runs(&log).len() >= 2);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(hook_runs(&log), [hook_line.clone(), hook_line], "once for #2, once for #3");
+    assert!(!device.join("fw.img.part").exists() && !device.join("fw.img.state").exists());
+    assert!(procs.running(again), "{}", procs.stderr(again));
 }
