@@ -9,8 +9,8 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_flotilla");
@@ -199,16 +199,36 @@ fn connect_from(from: std::net::Ipv4Addr, to: SocketAddr) -> std::io::Result<Tcp
     }
 }
 
+/// What a polite flood has done so far, read by the test while the flood runs.
+#[derive(Default)]
+struct Tally {
+    /// Connections opened (connect and Hello written).
+    opened: AtomicUsize,
+    /// The local address of every connection the seed answered with its own Hello.
+    greeted: Mutex<Vec<SocketAddr>>,
+}
+
+impl Tally {
+    fn opened(&self) -> usize {
+        self.opened.load(Ordering::SeqCst)
+    }
+
+    fn greeted(&self) -> Vec<SocketAddr> {
+        self.greeted.lock().unwrap().clone()
+    }
+}
+
 /// Connections that say a valid Hello for the swarm and then only keep alive: they hold slots
-/// politely and never trade. Runs until `stop`; reconnects what the agent closes. Returns how
-/// many connections were opened and how many of them got the seed's Hello back (a handshake
+/// politely and never trade. Runs until `stop`; reconnects what the agent closes. Counts in
+/// `tally` the connections opened and those that got the seed's Hello back (a handshake
 /// completed: the flood is the attack it claims to be, not connections refused at the door).
 fn polite_flood(
     seed: SocketAddr,
     sources: Vec<std::net::Ipv4Addr>,
     swarm: [u8; 32],
     stop: Arc<AtomicBool>,
-) -> std::thread::JoinHandle<(usize, usize)> {
+    tally: Arc<Tally>,
+) -> std::thread::JoinHandle<()> {
     use flotilla::core::wire::{decode_message, encode_frame, parse_frame, Message, MAX_FRAME, VERSION};
     std::thread::spawn(move || {
         let frame = |m: &Message| {
@@ -218,8 +238,7 @@ fn polite_flood(
             buf
         };
         let keepalive = frame(&Message::KeepAlive);
-        let (mut opened, mut greeted) = (0, 0);
-        let mut conns: Vec<Option<TcpStream>> = sources.iter().map(|_| None).collect();
+        let mut conns: Vec<Option<(TcpStream, SocketAddr)>> = sources.iter().map(|_| None).collect();
         // What each connection received until the seed's Hello was seen (None once it was).
         let mut first: Vec<Option<Vec<u8>>> = sources.iter().map(|_| None).collect();
         let mut sink = vec![0u8; 65536];
@@ -234,13 +253,14 @@ fn polite_flood(
                         node: 0xbad0 + i as u64,
                         nonce: [i as u8; 16],
                     };
+                    let Ok(local) = s.local_addr() else { continue };
                     if s.write_all(&frame(&hello)).is_ok() && s.set_nonblocking(true).is_ok() {
-                        opened += 1;
-                        *c = Some(s);
+                        tally.opened.fetch_add(1, Ordering::SeqCst);
+                        *c = Some((s, local));
                         first[i] = Some(Vec::new());
                     }
                 }
-                let Some(s) = c.as_mut() else { continue };
+                let Some((s, local)) = c.as_mut() else { continue };
                 let alive = match s.read(&mut sink) {
                     Ok(0) => false,
                     Ok(n) => {
@@ -248,7 +268,7 @@ fn polite_flood(
                             buf.extend_from_slice(&sink[..n.min(4096)]);
                             let hello = parse_frame(buf).ok().flatten().and_then(|(p, _)| decode_message(p).ok());
                             if matches!(hello, Some(Message::Hello { swarm: s, .. }) if s == swarm) {
-                                greeted += 1;
+                                tally.greeted.lock().unwrap().push(*local);
                                 first[i] = None;
                             }
                         }
@@ -262,12 +282,12 @@ fn polite_flood(
             }
             std::thread::sleep(Duration::from_millis(500));
         }
-        (opened, greeted)
     })
 }
 
-/// One honest fetch of the seed's release from 127.0.0.`x`; returns how long it took.
-fn honest_fetch(dir: &Path, manifest: &Path, key: &str, seed: &str, x: u8) -> Duration {
+/// One honest fetch of the seed's release from 127.0.0.`x`; checks it is byte for byte the
+/// release and returns how long it took.
+fn honest_fetch(dir: &Path, manifest: &Path, key: &str, seed: &str, x: u8, bytes: &[u8]) -> Duration {
     let out = dir.join(format!("honest-{x}.img"));
     let listen = TcpListener::bind(format!("127.0.0.{x}:0")).unwrap().local_addr().unwrap().to_string();
     let started = Instant::now();
@@ -286,35 +306,100 @@ fn honest_fetch(dir: &Path, manifest: &Path, key: &str, seed: &str, x: u8) -> Du
         assert!(started.elapsed() < Duration::from_secs(120), "the honest fetch was starved");
         std::thread::sleep(Duration::from_millis(50));
     };
+    let took = started.elapsed();
     let mut err = String::new();
     let _ = fetch.stderr.take().unwrap().read_to_string(&mut err);
     assert!(status.success(), "the honest fetch failed ({status}):\n{err}");
+    assert!(std::fs::read(&out).unwrap() == bytes, "the honest fetch from 127.0.0.{x} differs from the release");
     std::fs::remove_file(&out).unwrap();
-    started.elapsed()
+    took
 }
 
+/// What the seed's log (`-v`) says about one connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Said {
+    /// `refused ADDR: N connections from its address already`: the per-address cap.
+    RefusedCap,
+    /// `refused ADDR: banned`.
+    RefusedBanned,
+    /// `closed ADDR: evicted: ...`: a slot taken from it for a newcomer.
+    Evicted,
+    /// `ADDR: evicted as useless for the third time; banned ...` (logged before that eviction).
+    Banned,
+    /// Any other `closed ADDR: ...`.
+    Closed,
+}
+
+/// The seed log's lines about connections, in order.
+type Events = [(Said, SocketAddr)];
+
+/// The seed log's lines about connections, in order (lines `flotilla: LEVEL ...`).
+fn said(log: &str) -> Vec<(Said, SocketAddr)> {
+    let mut out = Vec::new();
+    for line in log.lines() {
+        let Some(rest) = line.strip_prefix("flotilla: ") else { continue };
+        let Some((_level, rest)) = rest.split_once(' ') else { continue };
+        let (kind, rest) = match rest.split_once(' ') {
+            Some(("refused", r)) => (None, r),
+            Some(("closed", r)) => (Some(Said::Closed), r),
+            _ => (Some(Said::Banned), rest),
+        };
+        let Some((addr, what)) = rest.split_once(": ") else { continue };
+        let Ok(addr) = addr.parse::<SocketAddr>() else { continue };
+        let kind = match kind {
+            None if what.ends_with("connections from its address already") => Said::RefusedCap,
+            None if what == "banned" => Said::RefusedBanned,
+            None => continue,
+            Some(Said::Closed) if what.starts_with("evicted:") => Said::Evicted,
+            Some(Said::Closed) => Said::Closed,
+            Some(_) if what.starts_with("evicted as useless for the third time; banned") => Said::Banned,
+            Some(_) => continue,
+        };
+        out.push((kind, addr));
+    }
+    out
+}
+
+/// The seed's log from byte `from` on.
+fn log_since(path: &Path, from: usize) -> String {
+    let log = std::fs::read_to_string(path).unwrap_or_default();
+    log.get(from..).unwrap_or_default().to_owned()
+}
+
+/// Connection slots of the seed under a polite flood (`--max-peers`).
+const SLOTS: usize = 32;
+/// Connections one address may hold at once (`MAX_PER_ADDRESS` in src/agent/conn.rs).
+const PER_ADDRESS: usize = 4;
+/// Evictions of one address that make a ban (`STRIKES_TO_BAN` in src/agent/guard.rs).
+const EVICTIONS_TO_BAN: usize = 3;
+
 /// Strangers that complete valid Hellos and keep alive cannot starve an agent of connections:
-/// 40 of them from one address hold at most 4 slots, and 40 from 40 addresses (no fleet
-/// secret) are evicted for a newcomer once past the handshake's time, since they never trade.
-/// An honest fetch through the same agent completes in both cases; the times are printed
-/// against the same fetch unattacked.
+/// 40 of them from one address hold exactly 4 slots (the rest are refused at the door, nothing
+/// is evicted), and 40 from 40 addresses (no fleet secret) take every slot, are evicted for a
+/// newcomer once past the handshake's grace since they never trade, and an address is banned
+/// at its third eviction and refused from then on. An honest fetch through the same agent
+/// completes byte-exact in both cases; the times are printed against the same fetch
+/// unattacked, never asserted. The seed runs with `-v` and its log is read for the evictions,
+/// bans and refusals.
 #[test]
 fn polite_floods_with_valid_hellos_cannot_starve_an_honest_fetch() {
     let dir = std::env::temp_dir().join(format!("flotilla-polite-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let (key, data_dir, _) = write_release(&dir);
+    let (key, data_dir, bytes) = write_release(&dir);
     let manifest = data_dir.join("fw.img.flotilla");
     let swarm = flotilla::core::manifest::SignedManifest::read_file(&manifest).unwrap().swarm_id;
     let mut guard = Kill(Vec::new(), dir.clone());
     let seed: SocketAddr = TcpListener::bind("127.0.0.190:0").unwrap().local_addr().unwrap();
     let seed_s = seed.to_string();
+    let seed_log = dir.join("seed.log");
+    let slots = SLOTS.to_string();
     let child = Command::new(BIN)
-        .args(["serve", "--data", data_dir.to_str().unwrap(), "--listen", &seed_s, "--no-discovery"])
-        .args(["--trust", &key, "--max-upload-rate", "4M"])
+        .args(["-v", "serve", "--data", data_dir.to_str().unwrap(), "--listen", &seed_s, "--no-discovery"])
+        .args(["--trust", &key, "--max-upload-rate", "4M", "--max-peers", &slots])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&seed_log).unwrap())
         .spawn()
         .unwrap();
     guard.0.push(child);
@@ -323,26 +408,120 @@ fn polite_floods_with_valid_hellos_cannot_starve_an_honest_fetch() {
         assert!(Instant::now() < deadline, "the seed never listened");
         std::thread::sleep(Duration::from_millis(20));
     }
-    let quiet = honest_fetch(&dir, &manifest, &key, &seed_s, 191);
+    let quiet = honest_fetch(&dir, &manifest, &key, &seed_s, 191, &bytes);
+    let wait = |what: &str, from: usize, cond: &dyn Fn(&Events) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let log = log_since(&seed_log, from);
+            if cond(&said(&log)) {
+                return log;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}; seed log:\n{log}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
 
+    // 40 connections from one address.
     let mut report = format!("unattacked {:.1} s", quiet.as_secs_f64());
-    let one_address = vec![std::net::Ipv4Addr::new(127, 0, 0, 192); 40];
-    let many_addresses: Vec<_> = (0..40).map(|i| std::net::Ipv4Addr::new(127, 0, 1, 10 + i)).collect();
-    for (name, sources, x) in [("40 from one address", one_address, 193), ("40 from 40 addresses", many_addresses, 194)]
-    {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flood = polite_flood(seed, sources, swarm, stop.clone());
-        std::thread::sleep(Duration::from_secs(2));
-        let attacked = honest_fetch(&dir, &manifest, &key, &seed_s, x);
-        stop.store(true, Ordering::Relaxed);
-        let (opened, greeted) = flood.join().unwrap();
-        assert!(opened >= 4, "{name}: the flood never got in ({opened} connections)");
-        assert!(greeted >= 4, "{name}: the flood's handshakes never completed ({greeted} Hellos answered)");
-        report += &format!(
-            "; {name}: {:.1} s ({:.2}x, {opened} flood connections opened, {greeted} answered with a Hello)",
-            attacked.as_secs_f64(),
-            attacked.as_secs_f64() / quiet.as_secs_f64()
-        );
+    let from = log_since(&seed_log, 0).len();
+    let (stop, tally) = (Arc::new(AtomicBool::new(false)), Arc::new(Tally::default()));
+    let flood =
+        polite_flood(seed, vec![std::net::Ipv4Addr::new(127, 0, 0, 192); 40], swarm, stop.clone(), tally.clone());
+    std::thread::sleep(Duration::from_secs(2));
+    let attacked = honest_fetch(&dir, &manifest, &key, &seed_s, 193, &bytes);
+    stop.store(true, Ordering::Relaxed);
+    flood.join().unwrap();
+    let (opened, greeted) = (tally.opened(), tally.greeted());
+    // The flood's sockets are closed; once the seed has seen every connection it admitted end
+    // (the four answered and the honest fetch's), its slots are all free for the next flood.
+    let log = wait("the first flood's connections to close at the seed", from, &|s| {
+        let closed = |a: &SocketAddr| s.iter().any(|(k, b)| *k == Said::Closed && b == a);
+        greeted.iter().all(closed)
+            && s.iter().any(|(k, b)| *k == Said::Closed && b.ip() == std::net::IpAddr::V4(common::ip(193)))
+    });
+    let s = said(&log);
+    let count = |k: Said| s.iter().filter(|(x, _)| *x == k).count();
+    assert!(opened > PER_ADDRESS, "one address: the flood opened only {opened} connections");
+    assert_eq!(
+        greeted.len(),
+        PER_ADDRESS,
+        "one address: {} flood connections were answered, not the per-address cap of {PER_ADDRESS}",
+        greeted.len()
+    );
+    assert!(count(Said::RefusedCap) >= 1, "one address: the seed never refused one for the per-address cap:\n{log}");
+    assert!(
+        count(Said::Evicted) == 0 && count(Said::Banned) == 0,
+        "one address: the seed evicted or banned with free slots:\n{log}"
+    );
+    report += &format!(
+        "; 40 from one address: {:.1} s ({:.2}x; {opened} flood connections opened, {} answered with a Hello, {} refused for the per-address cap)",
+        attacked.as_secs_f64(),
+        attacked.as_secs_f64() / quiet.as_secs_f64(),
+        greeted.len(),
+        count(Said::RefusedCap)
+    );
+
+    // 40 connections from 40 addresses, one each: past the per-address cap, they take every slot.
+    let from = log_since(&seed_log, 0).len();
+    let sources: Vec<_> = (0..40).map(|i| std::net::Ipv4Addr::new(127, 0, 1, 10 + i)).collect();
+    let (stop, tally) = (Arc::new(AtomicBool::new(false)), Arc::new(Tally::default()));
+    let flood = polite_flood(seed, sources, swarm, stop.clone(), tally.clone());
+    std::thread::sleep(Duration::from_secs(2));
+    let attacked = honest_fetch(&dir, &manifest, &key, &seed_s, 194, &bytes);
+    let (opened, greeted) = (tally.opened(), tally.greeted());
+    let at_fetch_end = said(&log_since(&seed_log, from));
+    // The flood goes on until the seed has evicted a connection it had answered (one past its
+    // handshake, so evicted as never trading) and refused an address it banned.
+    let log = wait("an answered flood connection to be evicted and a banned address refused", from, &|s| {
+        s.iter().any(|(k, a)| *k == Said::Evicted && tally.greeted().contains(a))
+            && s.iter().any(|(k, a)| {
+                *k == Said::RefusedBanned && s.iter().any(|(j, b)| *j == Said::Banned && b.ip() == a.ip())
+            })
+    });
+    stop.store(true, Ordering::Relaxed);
+    flood.join().unwrap();
+    let s = said(&log);
+    assert!(
+        greeted.len() >= SLOTS,
+        "40 addresses: only {} flood connections answered by the end of the fetch; the flood held fewer than the {SLOTS} slots",
+        greeted.len()
+    );
+    let mut bans = 0;
+    for (i, (k, a)) in s.iter().enumerate() {
+        if *k == Said::Banned {
+            bans += 1;
+            let before = s[..i].iter().filter(|(j, b)| *j == Said::Evicted && b.ip() == a.ip()).count();
+            assert_eq!(
+                before + 1,
+                EVICTIONS_TO_BAN,
+                "{a} was banned at eviction {}, not {EVICTIONS_TO_BAN}:\n{log}",
+                before + 1
+            );
+            // Logged just before the eviction it comes with; after that, its address holds no slot.
+            let later =
+                s[i + 1..].iter().filter(|(j, b)| matches!(j, Said::Evicted | Said::Closed) && b.ip() == a.ip());
+            assert!(later.count() <= 1, "{a} was banned, yet another connection from it held a slot:\n{log}");
+        }
     }
-    eprintln!("polite floods, honest fetch of 6 MiB: {report}");
+    for (i, (k, a)) in s.iter().enumerate() {
+        if matches!(k, Said::RefusedBanned) {
+            assert!(
+                s[..i].iter().any(|(j, b)| *j == Said::Banned && b.ip() == a.ip()),
+                "{a} refused as banned before any ban of its address:\n{log}"
+            );
+        }
+    }
+    let count = |s: &Events, k: Said| s.iter().filter(|(x, _)| *x == k).count();
+    report += &format!(
+        "; 40 from 40 addresses: {:.1} s ({:.2}x; by the fetch's end {opened} flood connections opened, {} answered, {} evicted, {} addresses banned)",
+        attacked.as_secs_f64(),
+        attacked.as_secs_f64() / quiet.as_secs_f64(),
+        greeted.len(),
+        count(&at_fetch_end, Said::Evicted),
+        count(&at_fetch_end, Said::Banned),
+    );
+    eprintln!(
+        "polite floods, honest fetch of 6 MiB: {report}; until a banned address was refused: {} evictions, {bans} bans",
+        count(&s, Said::Evicted)
+    );
 }

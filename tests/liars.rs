@@ -6,8 +6,13 @@
 //! the fetch completes with the right bytes, that the fetcher itself closed the liar's
 //! connection (the fake's read sees EOF or a reset while the fetch still runs), and, where the
 //! lie is an offence, that the liar is not dialled again (connections counted on the fake's
-//! listener). The fetch time of each is compared with fetches from the seed alone in the same
-//! run and printed as a table (`cargo test --test liars -- --nocapture`).
+//! listener). It also checks what the lie cost, in chunks and bytes rather than time: the chunks
+//! that failed verification (the fetcher's log names each one; a liar serving wrong data is
+//! banned at its second, `BAD_CHUNKS_TO_BAN`) and the bytes the fetcher discarded (the
+//! "MiB discarded" of its completion line), which must round to no more than the lie's own
+//! bytes (`Liar::waste_bound`). The fetch time of each is compared with fetches from the seed
+//! alone in the same run and printed as a table (`cargo test --release --test liars --
+//! --nocapture`), never asserted: timing belongs in benchmarks.
 //!
 //! The scenarios run one after the other in one test, so they do not share the seed's upload
 //! cap and the times compare. Uses 127.0.0.230-241.
@@ -46,6 +51,11 @@ const FLOOD_TIME: Duration = Duration::from_millis(1500);
 const MUTE_LIMIT: Duration = Duration::from_secs(120);
 /// The fake peers' node number in their Hellos.
 const LIAR_NODE: u64 = 0x11a2_5eed_0bad_f00d;
+/// Chunks from one peer that fail verification before it is banned (src/core/swarm/download.rs:
+/// the first is fetched elsewhere, the second closes the connection as an offence).
+const BAD_CHUNKS_TO_BAN: usize = 2;
+/// The release's chunk size in bytes (`CHUNK_SIZE`).
+const CHUNK_BYTES: u64 = 64 * 1024;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers of this file (the shared ones are in tests/common/mod.rs)
@@ -296,6 +306,38 @@ impl Liar {
             Liar::BadVersion => None,
         }
     }
+
+    /// Chunks that fail verification in the fetcher before this liar is gone.
+    fn bad_chunks(self) -> usize {
+        if self == Liar::WrongHashes {
+            BAD_CHUNKS_TO_BAN
+        } else {
+            0
+        }
+    }
+
+    /// Most bytes the fetcher may discard because of this liar: the chunks it hashed and threw
+    /// away (wrong hashes), or the right blocks of the one chunk it was receiving when the lie
+    /// came (block too long: the chunk's first three 16 KiB blocks); nothing for the others.
+    fn waste_bound(self) -> u64 {
+        match self {
+            Liar::WrongHashes => BAD_CHUNKS_TO_BAN as u64 * CHUNK_BYTES,
+            Liar::BlockTooLong => CHUNK_BYTES - BLOCK_SIZE as u64,
+            _ => 0,
+        }
+    }
+}
+
+/// The fetcher's own count of bytes discarded (duplicates, cancelled or abandoned chunks, failed
+/// hashes), from its completion line `NAME: ... (S s, R MiB received, U MiB sent, D MiB
+/// discarded)`: D, printed to one decimal.
+fn discarded_mib(log: &str) -> Option<f64> {
+    log.lines().find_map(|l| l.strip_suffix(" MiB discarded)")?.rsplit(", ").next()?.parse().ok())
+}
+
+/// `bytes` in MiB as the fetcher prints it (one decimal, half away from zero).
+fn printed_mib(bytes: u64) -> f64 {
+    (bytes as f64 / MIB as f64 * 10.0).round() / 10.0
 }
 
 /// What the fake peer saw on the one connection it played out.
@@ -554,6 +596,10 @@ struct Row {
     /// Connections the fetcher opened to the liar after the first.
     redials: usize,
     fetch: Duration,
+    /// Chunks the fetcher logged as failing verification (not counting the one that ended in a ban).
+    failed: usize,
+    /// The fetcher's "MiB discarded".
+    discarded: f64,
     note: String,
     /// Checks that failed although the fetch completed (the row is still printed).
     problems: Vec<String>,
@@ -619,9 +665,29 @@ fn scenario(w: &World, name: &'static str, liar: Option<(Liar, u8)>) -> Result<R
     }
     check_release(&out, rel)?;
     let fetch = end - t0;
+    // What the lie cost in chunks and bytes. The seed never sends a bad chunk, so every chunk
+    // that fails is the liar's; the last one a liar serving wrong data sends is not logged as
+    // failed but closes it ("sent chunks that failed verification twice", checked below).
+    let failed = log.lines().filter(|l| l.ends_with("failed verification; fetching it elsewhere")).count();
+    let discarded =
+        discarded_mib(&log).ok_or_else(|| format!("no \"MiB discarded\" in the completion line:\n{log}"))?;
+    let kind = liar.map(|(l, _)| l);
+    let (want_failed, bound) = kind.map_or((0, 0), |l| (l.bad_chunks().saturating_sub(1), l.waste_bound()));
+    let mut problems = Vec::new();
+    if failed != want_failed {
+        problems.push(format!(
+            "{failed} chunks failed verification and were fetched again, expected {want_failed}:\n{log}"
+        ));
+    }
+    if discarded > printed_mib(bound) {
+        problems.push(format!(
+            "the fetcher discarded {discarded} MiB, more than the {bound} bytes ({} MiB as printed) the lie accounts for:\n{log}",
+            printed_mib(bound)
+        ));
+    }
     let Some(fake) = fake else {
-        let (outcome, note, problems) = ("-".into(), String::new(), Vec::new());
-        return Ok(Row { name, outcome, closed_after: None, redials: 0, fetch, note, problems });
+        let (outcome, note) = ("-".into(), String::new());
+        return Ok(Row { name, outcome, closed_after: None, redials: 0, fetch, failed, discarded, note, problems });
     };
     let (liar, _) = liar.unwrap();
     let liar_arg = liar_arg.unwrap();
@@ -642,7 +708,6 @@ fn scenario(w: &World, name: &'static str, liar: Option<(Liar, u8)>) -> Result<R
     let redials = fake.accepted.load(Ordering::SeqCst).saturating_sub(1);
     let closed_after = r.closed_at.saturating_duration_since(t0);
     let mut note = r.note;
-    let mut problems = Vec::new();
 
     // How the fetcher's log tells of the liar.
     let about = |what: &str| {
@@ -694,11 +759,12 @@ fn scenario(w: &World, name: &'static str, liar: Option<(Liar, u8)>) -> Result<R
             problems.push(format!("the fetch starved during the Have flood ({note}):\n{log}"));
         }
     }
-    Ok(Row { name, outcome, closed_after: Some(closed_after), redials, fetch, note, problems })
+    Ok(Row { name, outcome, closed_after: Some(closed_after), redials, fetch, failed, discarded, note, problems })
 }
 
 /// Every liar of issue 5 part 3 against one fetch each, beside an honest seed; baselines from
-/// the seed alone first and last. Prints the table of time lost.
+/// the seed alone first and last. Asserts the outcomes, the chunks failed and the bytes
+/// discarded; prints the table, with the time lost (printed only).
 #[test]
 fn liars_are_dropped_or_banned_and_the_honest_fetch_completes() {
     let tmp = TempDir::new("table");
@@ -754,16 +820,18 @@ fn liars_are_dropped_or_banned_and_the_honest_fetch_completes() {
     let base = baselines.iter().sum::<f64>() / baselines.len().max(1) as f64;
     let mib = RELEASE_SIZE as f64 / MIB as f64;
     eprintln!("\nliars: {mib:.1} MiB release, {CHUNK_SIZE} chunks, seed capped at {RATE}/s; baseline {base:.2} s");
-    eprintln!("| scenario | outcome | liar closed at | redials | fetch | time lost | ratio | notes |");
-    eprintln!("|---|---|---|---|---|---|---|---|");
+    eprintln!("| scenario | outcome | liar closed at | redials | chunks failed | MiB discarded | fetch | time lost | ratio | notes |");
+    eprintln!("|---|---|---|---|---|---|---|---|---|---|");
     for r in &rows {
         let t = r.fetch.as_secs_f64();
         let closed = r.closed_after.map_or("-".into(), |d| format!("{:.2} s", d.as_secs_f64()));
         eprintln!(
-            "| {} | {} | {closed} | {} | {t:.2} s | {:+.2} s | {:.2} | {} |",
+            "| {} | {} | {closed} | {} | {} | {:.1} | {t:.2} s | {:+.2} s | {:.2} | {} |",
             r.name,
             r.outcome,
             r.redials,
+            r.failed + usize::from(r.outcome.contains("failed verification twice")),
+            r.discarded,
             t - base,
             t / base,
             if r.problems.is_empty() { r.note.clone() } else { format!("**FAILED** {}", r.note) }
