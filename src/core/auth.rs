@@ -14,8 +14,7 @@
 //! transcript and the prover's role. Inside the channel it is key confirmation; the role byte
 //! and the node numbers keep an agent's own proof from being reflected back at it.
 
-use chacha20poly1305::aead::AeadInPlace;
-use chacha20poly1305::{ChaCha20Poly1305, KeyInit};
+use flotilla_aead::Key;
 use sha2::{Digest, Sha256};
 
 /// Bytes of the per-connection nonce each Hello carries.
@@ -28,7 +27,7 @@ pub const MIN_SECRET_LEN: usize = 32;
 /// Fleet secrets accepted at once (`--fleet-secret` repeated during a rotation).
 pub const MAX_FLEET_KEYS: usize = 4;
 /// Bytes of the authentication tag that ends every sealed frame.
-pub const TAG_LEN: usize = 16;
+pub const TAG_LEN: usize = flotilla_aead::TAG_LEN;
 
 const LABEL: &[u8] = b"flotilla fleet v2";
 
@@ -64,8 +63,8 @@ impl FleetKeys {
 
 /// One connection's sealed channel: a key and a frame counter per direction.
 pub struct Channel {
-    send: ChaCha20Poly1305,
-    recv: ChaCha20Poly1305,
+    send: Key,
+    recv: Key,
     sent: u64,
     received: u64,
     /// The fleet key it was derived from, for the proof.
@@ -86,13 +85,7 @@ impl Channel {
             Role::Dialler => (d2a, a2d),
             Role::Acceptor => (a2d, d2a),
         };
-        Channel {
-            send: ChaCha20Poly1305::new(&send.into()),
-            recv: ChaCha20Poly1305::new(&recv.into()),
-            sent: 0,
-            received: 0,
-            key: *key,
-        }
+        Channel { send: Key::new(&send), recv: Key::new(&recv), sent: 0, received: 0, key: *key }
     }
 
     /// The fleet key this channel was derived from.
@@ -104,16 +97,14 @@ impl Channel {
     pub fn seal(&mut self, header: &[u8], payload: &mut [u8]) -> [u8; TAG_LEN] {
         let nonce = counter_nonce(self.sent);
         self.sent += 1;
-        // Cannot fail: a frame payload is far below ChaCha20-Poly1305's 256 GiB limit.
-        let tag = self.send.encrypt_in_place_detached(&nonce.into(), header, payload).unwrap_or_default();
-        tag.into()
+        self.send.seal(&nonce, header, payload)
     }
 
     /// Checks `tag` over `header` and `payload` and decrypts `payload` in place; on failure the
     /// payload is left as it was and the counter does not move.
     pub fn open(&mut self, header: &[u8], payload: &mut [u8], tag: &[u8; TAG_LEN]) -> Result<(), BadTag> {
         let nonce = counter_nonce(self.received);
-        self.recv.decrypt_in_place_detached(&nonce.into(), header, payload, tag.into()).map_err(|_| BadTag)?;
+        self.recv.open(&nonce, header, payload, tag).map_err(|_| BadTag)?;
         self.received += 1;
         Ok(())
     }
