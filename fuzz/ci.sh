@@ -12,7 +12,7 @@ command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 echo "== fuzz: replay seeds and regressions (stable)"
 cargo test --quiet
 
-for target in frame message manifest manifest_resigned announcement state session local_files; do
+for target in frame message manifest manifest_resigned announcement state session local_files root_successor; do
     case $target in
         frame | message) max_len=20000 ;;
         manifest | manifest_resigned) max_len=4096 ;;
@@ -20,6 +20,7 @@ for target in frame message manifest manifest_resigned announcement state sessio
         state) max_len=20000 ;;
         session) max_len=4096 ;;
         local_files) max_len=9000 ;;
+        root_successor) max_len=4096 ;;
     esac
     echo "== fuzz: $target for ${secs}s"
     mkdir -p "corpus/$target" logs

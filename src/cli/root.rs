@@ -22,7 +22,9 @@ dropped in serve's data directory; a release signed by a key it drops is no long
 
   --key PUBKEY          a release-signing key (repeatable, up to 8; 64 hex or a file)
   --threshold N         how many of the --key keys must sign a release (default 1)
-  --root-key PUBKEY     a root-signing key (repeatable, up to 8; default: the --key keys)
+  --root-key PUBKEY     a root-signing key (repeatable, up to 8). Required, and none may be a
+                        --key key: root keys stay offline, so a leaked release key cannot
+                        sign the next root
   --root-threshold N    how many root keys must sign the next root (default 1)
   --secret KEYFILE      a key that signs this root (repeatable)
   --previous ROOT       the root this one replaces (its serial + 1 is this one's)
@@ -57,11 +59,24 @@ pub fn root(mut p: lexopt::Parser) -> Result<(), Failure> {
     }
     let out = required(out, "--out FILE")?;
     if root_keys.is_empty() {
-        root_keys = keys.clone();
+        return Err(usage(
+            "missing --root-key PUBKEY: name the offline root keys that sign the next root (not the --key release keys)",
+        ));
+    }
+    if let Some(both) = root_keys.iter().find(|k| keys.contains(k)) {
+        return Err(usage(format!(
+            "root key {} is also a --key release key: root keys must be offline keys of their own, or a leaked release key could sign the next root",
+            both.to_hex()
+        )));
     }
     let policy = TrustPolicy::new(keys, threshold).map_err(usage)?;
     let root_policy = TrustPolicy::new(root_keys, root_threshold).map_err(|e| usage(format!("root keys: {e}")))?;
-    let serial = previous.as_ref().map_or(1, |p: &SignedRoot| p.root.serial + 1);
+    let serial = match &previous {
+        None => 1,
+        Some(p) => p.root.serial.checked_add(1).ok_or_else(|| {
+            usage(format!("the previous root has the last serial ({}): no root can follow it", p.root.serial))
+        })?,
+    };
     let root = Root { serial, policy, root_policy, max_jump, floors };
     let secrets: Vec<&SecretKey> = secrets.iter().collect();
     let signed = SignedRoot::sign(&root, &secrets).map_err(usage)?;

@@ -106,7 +106,8 @@ impl Acceptor {
 pub const MAX_ROOT_KEYS: usize = 8;
 /// Most release floors a root sets.
 pub const MAX_FLOORS: usize = 16;
-const ROOT_MAGIC: &[u8; 8] = b"FLOTROOT";
+/// First bytes of a root file: what tells a root from a manifest, whatever the file is named.
+pub const ROOT_MAGIC: &[u8; 8] = b"FLOTROOT";
 const ROOT_VERSION: u16 = 1;
 /// A root file larger than this is not one (keys, floors, signatures: a few KiB at most).
 pub const MAX_ROOT_BYTES: usize = 8192;
@@ -212,7 +213,8 @@ impl Root {
     /// Ok if `next` may replace this root: the next serial, signed by this root's threshold of
     /// root keys (its own root threshold was checked when it decoded).
     pub fn check_successor(&self, next: &SignedRoot) -> Result<(), ManifestError> {
-        if next.root.serial != self.serial + 1 {
+        // The last serial has no successor (no overflow: found by the `root_successor` fuzzer).
+        if self.serial.checked_add(1) != Some(next.root.serial) {
             let why = format!(
                 "root {} cannot follow root {}: each root names the one after it",
                 next.root.serial, self.serial
@@ -367,6 +369,28 @@ mod tests {
         let mut bad = second.bytes.clone();
         bad[20] ^= 1;
         assert!(SignedRoot::decode(&bad).is_err());
+    }
+
+    #[test]
+    fn the_last_serial_has_no_successor() {
+        use crate::core::manifest::SecretKey;
+        let k = SecretKey::from_seed([7; 32]).unwrap();
+        let policy = TrustPolicy::new(vec![k.public()], 1).unwrap();
+        let root = |serial| Root {
+            serial,
+            policy: policy.clone(),
+            root_policy: policy.clone(),
+            max_jump: None,
+            floors: vec![],
+        };
+        let last = SignedRoot::sign(&root(u64::MAX), &[&k]).unwrap();
+        for serial in [1, 2, u64::MAX - 1, u64::MAX] {
+            let next = SignedRoot::sign(&root(serial), &[&k]).unwrap();
+            let e = last.root.check_successor(&next).unwrap_err();
+            assert!(e.to_string().contains(&format!("cannot follow root {}", u64::MAX)), "{e}");
+        }
+        let (now, refused) = advance(SignedRoot::sign(&root(u64::MAX - 1), &[&k]).unwrap(), vec![last.clone()]);
+        assert_eq!((now.root.serial, refused.len()), (u64::MAX, 0));
     }
 
     #[test]
