@@ -149,16 +149,28 @@ fn an_expired_manifest_is_refused_by_verify_fetch_and_serve() {
     let file = data.join("fw.img");
     fs::write(&file, random_bytes(40_000, 5)).unwrap();
     let (s, f) = (secret.to_str().unwrap(), file.to_str().unwrap());
-    // Past, but after the clock floor, so the check is made and not deferred.
-    run_ok(dir, &["publish", f, "--secret", s, "--expires", "2026-12-02T00:00:00Z"]);
+    // publish refuses a time already past (every device would refuse the release)...
+    let got = run(dir, &["publish", f, "--secret", s, "--expires", "2026-12-02T00:00:00Z"]);
+    assert_eq!(got.code, 2, "{}", got.stderr);
+    assert!(got.stderr.contains("already past"), "{}", got.stderr);
+    // ...so the manifest expires 2 s from now, and the test waits that out. Past, but after the
+    // clock floor, so the check is made and not deferred.
+    let soon = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 2;
+    let date =
+        std::process::Command::new("date").args(["-u", "-d", &format!("@{soon}"), "+%Y-%m-%dT%H:%M:%SZ"]).output();
+    let expiry = String::from_utf8(date.unwrap().stdout).unwrap().trim().to_owned();
+    run_ok(dir, &["publish", f, "--secret", s, "--expires", &expiry]);
     let manifest = data.join("fw.img.flotilla");
     let m = manifest.to_str().unwrap();
     let shown = run_ok(dir, &["inspect", m]);
-    assert!(shown.contains("expires:     2026-12-02T00:00:00Z"), "{shown}");
+    assert!(shown.contains(&format!("expires:     {expiry}")), "{shown}");
+    while std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() <= soon {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 
     let got = run(dir, &["verify", m, f, "--trust", &key]);
     assert_eq!(got.code, 2, "{}", got.stderr);
-    assert!(got.stderr.contains("manifest expired at 2026-12-02T00:00:00Z"), "{}", got.stderr);
+    assert!(got.stderr.contains(&format!("manifest expired at {expiry}")), "{}", got.stderr);
     let out = dir.join("device").join("fw.img");
     fs::create_dir_all(out.parent().unwrap()).unwrap();
     let got = run(dir, &["fetch", m, "--trust", &key, "--out", out.to_str().unwrap(), "--no-listen", "--no-discovery"]);
@@ -172,7 +184,7 @@ fn an_expired_manifest_is_refused_by_verify_fetch_and_serve() {
         procs.spawn(dir, "serve", &["serve", "--data", data.to_str().unwrap(), "--listen", &listen, "--trust", &key]);
     procs.wait_for_log(i, "listening on");
     let log = procs.stderr(i);
-    assert!(log.contains("manifest expired at 2026-12-02T00:00:00Z"), "{log}");
+    assert!(log.contains(&format!("manifest expired at {expiry}")), "{log}");
     assert!(log.contains("nothing to serve"), "{log}");
 
     // A bad date is a usage error at publish, not a manifest that never expires.
@@ -458,4 +470,170 @@ fn a_root_rotation_across_three_agents_revokes_the_leaked_key() {
     assert_eq!(got.code, 0, "{}", got.stderr);
     assert!(!got.stderr.contains("the floor of"), "{}", got.stderr);
     assert_eq!(fs::read_to_string(dev2.join(".flotilla-history")).unwrap(), "app.img 50\n");
+}
+
+#[test]
+fn a_root_needs_offline_root_keys_of_its_own() {
+    let tmp = TempDir::new("trust-root-keys");
+    let dir = tmp.path();
+    let ((a_secret, a), (root_secret, root_key)) = (named_key(dir, "a"), named_key(dir, "offline-root"));
+    let out = dir.join("root1.flotilla-root");
+    let o = out.to_str().unwrap();
+    // Without --root-key the release key would sign the next root: refused, in one line.
+    let got = run(dir, &["root", "--key", &a, "--secret", &a_secret, "--out", o]);
+    assert_eq!(got.code, 2, "{}", got.stderr);
+    assert_eq!(got.stderr.trim().lines().count(), 1, "{}", got.stderr);
+    assert!(got.stderr.contains("missing --root-key") && got.stderr.contains("offline root keys"), "{}", got.stderr);
+    assert!(!out.exists(), "nothing is written");
+    // A root key that is also a release key is refused too, whatever else is given.
+    let args = ["root", "--key", &a, "--root-key", &root_key, "--root-key", &a, "--secret", &a_secret];
+    let got = run(dir, &[&args[..], &["--secret", &root_secret, "--out", o]].concat());
+    assert_eq!(got.code, 2, "{}", got.stderr);
+    assert_eq!(got.stderr.trim().lines().count(), 1, "{}", got.stderr);
+    assert!(got.stderr.contains(&format!("root key {a} is also a --key release key")), "{}", got.stderr);
+    assert!(!out.exists(), "nothing is written");
+    // Distinct offline root keys: written, and the release key is not among its root keys.
+    let shown = run_ok(dir, &["root", "--key", &a, "--root-key", &root_key, "--secret", &root_secret, "--out", o]);
+    assert!(shown.contains(&format!("root key:    {root_key}")), "{shown}");
+    assert!(!shown.contains(&format!("root key:    {a}")), "{shown}");
+    // The successor of a root is held to the same rule.
+    let next = dir.join("root2.flotilla-root");
+    let args = ["root", "--previous", o, "--key", &a, "--secret", &root_secret, "--out", next.to_str().unwrap()];
+    let got = run(dir, &args);
+    assert_eq!(got.code, 2, "{}", got.stderr);
+    assert!(got.stderr.contains("missing --root-key"), "{}", got.stderr);
+    assert!(run_ok(dir, &["root", "--help"]).contains("Required"), "--help says --root-key is required");
+}
+
+/// A first root in `dir/NAME` with release key `key`, signed by a new offline root key.
+fn first_root(dir: &Path, name: &str, key: &str) -> PathBuf {
+    let (root_secret, root_key) = named_key(dir, "offline-root");
+    let root = dir.join(name);
+    let r = root.to_str().unwrap();
+    run_ok(dir, &["root", "--key", key, "--root-key", &root_key, "--secret", &root_secret, "--out", r]);
+    root
+}
+
+#[test]
+fn a_root_is_known_by_its_content_whatever_its_name() {
+    let tmp = TempDir::new("trust-root-content");
+    let dir = tmp.path();
+    let (a_secret, a) = named_key(dir, "a");
+    // A root under names that say nothing, or say manifest.
+    let root = first_root(dir, "trust.bin", &a);
+    let disguised = dir.join("root.flotilla");
+    fs::copy(&root, &disguised).unwrap();
+    for path in [&root, &disguised] {
+        let shown = run_ok(dir, &["inspect", path.to_str().unwrap()]);
+        assert!(shown.contains("root serial: 1") && shown.contains(&format!("key:         {a}")), "{shown}");
+    }
+    // And a manifest named like a root is still a manifest.
+    let manifest = publish(&dir.join("rel"), Path::new(&a_secret), "fw.img", 1, &random_bytes(20_000, 30));
+    let named_root = dir.join("fw.flotilla-root");
+    fs::copy(&manifest, &named_root).unwrap();
+    let shown = run_ok(dir, &["inspect", named_root.to_str().unwrap()]);
+    assert!(shown.contains("name:        fw.img"), "{shown}");
+    // A damaged root named as one is reported as a root.
+    let damaged = dir.join("damaged.flotilla-root");
+    fs::write(&damaged, b"not a root at all").unwrap();
+    let got = run(dir, &["inspect", damaged.to_str().unwrap()]);
+    assert_eq!(got.code, 2, "{}", got.stderr);
+    assert!(got.stderr.contains("not a flotilla root"), "{}", got.stderr);
+}
+
+#[test]
+fn a_threshold_given_with_a_root_is_refused() {
+    let tmp = TempDir::new("trust-root-threshold");
+    let dir = tmp.path();
+    let (a_secret, a) = named_key(dir, "a");
+    let root = first_root(dir, "root1.flotilla-root", &a);
+    let r = root.to_str().unwrap();
+    let manifest = publish(&dir.join("rel"), Path::new(&a_secret), "fw.img", 1, &random_bytes(20_000, 31));
+    let m = manifest.to_str().unwrap();
+    let f = dir.join("rel").join("fw.img");
+    let f = f.to_str().unwrap();
+    run_ok(dir, &["verify", m, f, "--root", r]);
+    // The root says 1 of its keys; a --threshold beside it would be ignored, so it is refused.
+    let got = run(dir, &["verify", m, f, "--root", r, "--threshold", "2"]);
+    assert_eq!(got.code, 2, "{}", got.stderr);
+    assert_eq!(got.stderr.trim().lines().count(), 1, "{}", got.stderr);
+    assert!(got.stderr.contains("--threshold") && got.stderr.contains("carries its own threshold"), "{}", got.stderr);
+    let out = dir.join("device").join("fw.img");
+    fs::create_dir_all(out.parent().unwrap()).unwrap();
+    let args = ["fetch", m, "--root", r, "--threshold", "1", "--out", out.to_str().unwrap(), "--no-listen"];
+    let got = run(dir, &[&args[..], &["--no-discovery"]].concat());
+    assert_eq!(got.code, 2, "{}", got.stderr);
+    assert!(got.stderr.contains("carries its own threshold"), "{}", got.stderr);
+    assert!(!side(&out, ".part").exists(), "nothing was started");
+}
+
+#[test]
+fn the_kept_root_is_private() {
+    let tmp = TempDir::new("trust-root-kept");
+    let dir = tmp.path();
+    let (a_secret, a) = named_key(dir, "a");
+    let root = first_root(dir, "root1.flotilla-root", &a);
+    let manifest = publish(&dir.join("rel"), Path::new(&a_secret), "fw.img", 1, &random_bytes(20_000, 32));
+    // The release is in place, so the fetch completes at once and keeps the root.
+    let state = dir.join("state");
+    let out = dir.join("rel").join("fw.img");
+    let args = ["fetch", manifest.to_str().unwrap(), "--root", root.to_str().unwrap(), "--out", out.to_str().unwrap()];
+    let got =
+        run(dir, &[&args[..], &["--state-dir", state.to_str().unwrap(), "--no-listen", "--no-discovery"]].concat());
+    assert_eq!(got.code, 0, "{}", got.stderr);
+    let kept = state.join(".flotilla-root");
+    assert_eq!(fs::read(&kept).unwrap(), fs::read(&root).unwrap());
+    let mode = fs::metadata(&kept).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "state is private, as the history is: {mode:o}");
+}
+
+#[test]
+fn a_damaged_root_in_the_data_directory_is_warned_about_once() {
+    let tmp = TempDir::new("trust-root-damaged");
+    let dir = tmp.path();
+    let root = first_root(dir, "root1.flotilla-root", &named_key(dir, "a").1);
+    let data = dir.join("data");
+    fs::create_dir_all(&data).unwrap();
+    let bad = data.join("bad.flotilla-root");
+    fs::write(&bad, b"FLOTROOT and then nothing sensible").unwrap();
+    let mut procs = Procs::in_dir();
+    let args = ["serve", "--data", data.to_str().unwrap(), "--root", root.to_str().unwrap(), "--rescan", "1"];
+    let s = procs.spawn(dir, "serve", &[&args[..], &["--no-listen", "--no-discovery"]].concat());
+    procs.wait_for_log(s, "bad.flotilla-root: ");
+    // Several rescans later the same damaged file has been warned about once.
+    std::thread::sleep(std::time::Duration::from_millis(3500));
+    let warned = |procs: &Procs| procs.stderr(s).matches("bad.flotilla-root: ").count();
+    assert_eq!(warned(&procs), 1, "warned once:\n{}", procs.stderr(s));
+    // Rewritten, still damaged: warned about once more, then no more.
+    fs::write(&bad, b"something else entirely").unwrap();
+    wait_until("a second warning", || warned(&procs) == 2);
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    assert_eq!(warned(&procs), 2, "warned once per content:\n{}", procs.stderr(s));
+    assert!(procs.running(s), "{}", procs.stderr(s));
+}
+
+#[test]
+fn no_root_follows_the_last_serial() {
+    let tmp = TempDir::new("trust-root-last");
+    let dir = tmp.path();
+    let (root_secret, root_key) = named_key(dir, "offline-root");
+    let (_, a) = named_key(dir, "a");
+    let secret = flotilla::core::manifest::SecretKey::read_file(Path::new(&root_secret)).unwrap();
+    let policy = |k: flotilla::core::manifest::PublicKey| flotilla::core::trust::TrustPolicy::new(vec![k], 1).unwrap();
+    let release = flotilla::core::manifest::PublicKey::parse(a.as_bytes()).unwrap();
+    let last = flotilla::core::trust::Root {
+        serial: u64::MAX,
+        policy: policy(release),
+        root_policy: policy(secret.public()),
+        max_jump: None,
+        floors: vec![],
+    };
+    let previous = dir.join("last.flotilla-root");
+    fs::write(&previous, flotilla::core::trust::SignedRoot::sign(&last, &[&secret]).unwrap().bytes).unwrap();
+    let out = dir.join("next.flotilla-root");
+    let args = ["root", "--previous", previous.to_str().unwrap(), "--key", &a, "--root-key", &root_key];
+    let got = run(dir, &[&args[..], &["--secret", &root_secret, "--out", out.to_str().unwrap()]].concat());
+    assert_eq!(got.code, 2, "{}", got.stderr);
+    assert!(got.stderr.contains("last serial") && got.stderr.contains("no root can follow it"), "{}", got.stderr);
+    assert!(!out.exists());
 }

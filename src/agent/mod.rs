@@ -309,6 +309,12 @@ impl Agent {
         Ok(())
     }
 
+    /// Notes what could not be checked when release `r` was accepted (an unset clock defers its
+    /// expiry), for its status.
+    pub fn note_deferred(&mut self, r: usize, deferred: crate::core::trust::Deferred) {
+        self.releases[r].deferred = deferred;
+    }
+
     /// Notes the manifest file release `r` was read from, for the install hook's environment.
     pub fn set_manifest_path(&mut self, r: usize, path: &Path) {
         self.releases[r].manifest = Some(path.to_owned());

@@ -15,7 +15,7 @@ use flotilla::core::trust::{
     format_rfc3339, parse_rfc3339, valid_target, Acceptor, Deferred, TrustPolicy, CLOCK_FLOOR,
 };
 use flotilla::store::atomic::{replace_file, with_suffix};
-use flotilla::store::root_file::{roots_in, RootKeeper};
+use flotilla::store::root_file::RootKeeper;
 use lexopt::prelude::*;
 use std::ffi::OsString;
 use std::io::{IsTerminal, Read};
@@ -213,6 +213,11 @@ fn publish(mut p: lexopt::Parser) -> Result<(), Failure> {
                 let t = p.value()?.string()?;
                 let at = parse_rfc3339(&t)
                     .ok_or_else(|| usage(format!("{t:?} is not an RFC 3339 UTC time like 2027-06-30T00:00:00Z")))?;
+                // Every device would refuse it at once; a typo in the year is the likely cause.
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+                if at <= now {
+                    return Err(usage(format!("--expires {t} is already past: devices would refuse the release")));
+                }
                 draft.expires = Some(at);
             }
             Long("target") => draft.targets.push(p.value()?.string()?),
@@ -254,9 +259,10 @@ fn parse_size(s: &str) -> Result<u32, Failure> {
 }
 
 const INSPECT_HELP: &str = "\
-Usage: flotilla inspect MANIFEST
+Usage: flotilla inspect MANIFEST|ROOT
 
-Checks the manifest's own signature and prints what it describes. This does not say whether
+Checks the manifest's (or trust root's) own signatures and prints what it describes; a root is
+told from a manifest by its content, whatever the file is named. This does not say whether
 you trust the signer: compare the signer with your key, or use verify --trust.
 ";
 
@@ -269,7 +275,7 @@ fn inspect(mut p: lexopt::Parser) -> Result<(), Failure> {
         }
     }
     let path = required(path, "MANIFEST")?;
-    if path.extension().is_some_and(|e| e == "flotilla-root") {
+    if flotilla::store::root_file::is_root_file(&path) {
         root::print_root(&flotilla::store::root_file::read_root(&path).map_err(usage)?);
         return Ok(());
     }
@@ -324,7 +330,7 @@ fn verify(mut p: lexopt::Parser) -> Result<(), Failure> {
             a => help_or(a, &VERIFY_HELP.replace("{TRUST_OPTIONS_HELP}", TRUST_OPTIONS_HELP))?,
         }
     }
-    let m = accepted_manifest(&required(mpath, "MANIFEST")?, &trust.acceptor(None)?.0)?;
+    let (m, _) = accepted_manifest(&required(mpath, "MANIFEST")?, &trust.acceptor(None)?.0)?;
     let file = required(file, "FILE")?;
     m.verify_file(&file)?;
     println!(
@@ -338,13 +344,15 @@ fn verify(mut p: lexopt::Parser) -> Result<(), Failure> {
 }
 
 /// Reads a manifest named on the command line and checks this device may act on it now.
-fn accepted_manifest(path: &Path, acceptor: &Acceptor) -> Result<SignedManifest, Failure> {
+/// Also what could not be checked (an unset clock defers expiry), for the agent's status.
+fn accepted_manifest(path: &Path, acceptor: &Acceptor) -> Result<(SignedManifest, Deferred), Failure> {
     let m = read_manifest(path)?;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    if acceptor.check(&m, now)? == Deferred::Expiry {
+    let deferred = acceptor.check(&m, now)?;
+    if deferred == Deferred::Expiry {
         log::warn!("the clock is unset (before {}): the manifest's expiry is not checked", format_rfc3339(CLOCK_FLOOR));
     }
-    Ok(m)
+    Ok((m, deferred))
 }
 
 /// `--trust`, `--threshold`, `--root` and `--target`: what `verify`, `fetch` and `serve` accept.
@@ -398,6 +406,9 @@ impl TrustOptions {
             if !self.keys.is_empty() {
                 return Err(usage("give --trust keys or --root files, not both"));
             }
+            if self.threshold.is_some() {
+                return Err(usage("--threshold applies to --trust keys only: a trust root carries its own threshold (set it with flotilla root --threshold)"));
+            }
             let keeper = RootKeeper::open(state_dir, &self.roots).map_err(usage)?;
             let policy = keeper.current().root.policy.clone();
             return Ok((Acceptor { policy, targets: self.targets.clone() }, Some(keeper)));
@@ -420,7 +431,7 @@ fn take_new_roots(
     acceptor: &mut Acceptor,
     dir: &Path,
 ) -> Result<(), Failure> {
-    if keeper.offer(roots_in(dir)) {
+    if keeper.offer_dropped(dir) {
         let fresh = keeper.take_fresh();
         let root = &keeper.current().root;
         acceptor.policy = root.policy.clone();
@@ -662,7 +673,7 @@ fn fetch(mut p: lexopt::Parser) -> Result<(), Failure> {
     let out = required(out, "--out FILE")?;
     let state_dir = net.state_dir.clone().unwrap_or_else(|| flotilla::store::atomic::parent_dir(&out).to_owned());
     let (acceptor, mut roots) = net.trust.acceptor(Some(&state_dir))?;
-    let m = accepted_manifest(&mpath, &acceptor)?;
+    let (m, deferred) = accepted_manifest(&mpath, &acceptor)?;
     let mut agent = Agent::new(net.config)?;
     agent.keep_state(&state_dir)?;
     if let Some(keeper) = &mut roots {
@@ -672,6 +683,7 @@ fn fetch(mut p: lexopt::Parser) -> Result<(), Failure> {
     }
     let r = agent.add_release(&m, &out)?;
     agent.set_manifest_path(r, &mpath);
+    agent.note_deferred(r, deferred);
     let mut progress = Progress::new(m.manifest.file_size);
     // The swarm keeps its own copy of the chunk hashes; the manifest's would be a second one.
     drop(m);
