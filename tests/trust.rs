@@ -225,6 +225,22 @@ fn a_release_for_other_hardware_is_refused_and_a_threshold_counts_signers() {
     let got = run(dir, &[&args[..], &["--target", "x86-64"]].concat());
     assert_eq!(got.code, 2, "{}", got.stderr);
     assert!(got.stderr.contains("not for this device (x86-64)"), "{}", got.stderr);
+    assert_eq!(verify(&["--target", "any"]).code, 0, "a seed or relay takes every target");
+
+    // serve alike: another target is refused (logged, not served); `--target any` serves it.
+    let mut procs = Procs::in_dir();
+    let serve = |procs: &mut Procs, x: u8, target: &str| {
+        let listen = free_addr(x).to_string();
+        let args = ["serve", "--data", data.to_str().unwrap(), "--listen", &listen, "--trust", &key];
+        procs.spawn(dir, "serve", &[&args[..], &["--no-discovery", "--target", target]].concat())
+    };
+    let other = serve(&mut procs, 119, "x86-64");
+    procs.wait_for_log(other, "listening on");
+    assert!(procs.stderr(other).contains("not for this device (x86-64)"), "{}", procs.stderr(other));
+    assert!(procs.stderr(other).contains("nothing to serve"), "{}", procs.stderr(other));
+    let seed = serve(&mut procs, 119, "any");
+    procs.wait_for_log(seed, "serving fw.img #1");
+    drop(procs);
 
     // Both keys signed: a threshold of two is met; one key alone cannot meet it.
     let two = ["--trust", &key2, "--threshold", "2", "--target", "rpi4-arm64"];

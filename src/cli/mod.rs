@@ -195,7 +195,8 @@ FILE.flotilla) and prints the swarm id, the release's name on the wire.
   --expires TIME       RFC 3339 UTC, e.g. 2027-06-30T00:00:00Z: devices refuse the release
                        after it, so nobody can hold them on it unnoticed (default: never)
   --target NAME        hardware the release is for (repeatable, up to 8; e.g. rpi4-arm64):
-                       a device given other --target names refuses it (default: any)
+                       a device given other --target names, or none, refuses it (default:
+                       no targets, for every device)
   --out MANIFEST       where to write the manifest
 ";
 
@@ -374,7 +375,9 @@ const TRUST_OPTIONS_HELP: &str = "
                             signed by its keys (a *.flotilla-root file in serve's data directory
                             is taken up too). The newest is kept in the state directory
   --target NAME             this device's hardware (repeatable): a release that names targets is
-                            accepted only if it names one of these (exit 2 otherwise)
+                            accepted only if it names one of these (exit 2 otherwise), and refused
+                            by a device that names none. `--target any`: a seed or relay that
+                            installs nothing takes releases for every target
 ";
 
 impl TrustOptions {

@@ -91,7 +91,8 @@ impl Acceptor {
     pub fn check(&self, m: &SignedManifest, now: u64) -> Result<Deferred, ManifestError> {
         self.policy.check(m)?;
         let wanted = &m.manifest.targets;
-        if !wanted.is_empty() && !wanted.iter().any(|t| self.targets.contains(t)) {
+        let any = self.targets.iter().any(|t| t == ANY_TARGET);
+        if !any && !wanted.is_empty() && !wanted.iter().any(|t| self.targets.contains(t)) {
             return Err(ManifestError::WrongTarget { wanted: wanted.clone(), ours: self.targets.clone() });
         }
         match m.manifest.expires {
@@ -246,6 +247,11 @@ pub fn advance(mut current: SignedRoot, mut candidates: Vec<SignedRoot>) -> (Sig
     }
     (current, refused)
 }
+
+/// `--target any`: a seed or a relay, which installs nothing, takes releases for every target.
+/// A device that names no target refuses a release that names some: it cannot tell whether
+/// the release is for it. (`any` is a valid target name; a manifest naming it changes nothing.)
+pub const ANY_TARGET: &str = "any";
 
 /// True if `t` may name a target: 1-64 of `A-Z a-z 0-9 . _ -`, as release names.
 pub fn valid_target(t: &str) -> bool {
