@@ -536,3 +536,50 @@ fn serve_upgrades_a_name_it_holds_in_place_even_across_a_kill() {
     assert!(!device.join("fw.img.part").exists() && !device.join("fw.img.state").exists());
     assert!(procs.running(again), "{}", procs.stderr(again));
 }
+
+/// `serve` fetching release 1 of `fw.img` (slowly) is handed release 2: #1, incomplete, is
+/// dropped at once and never completes nor runs its hook; #2 completes and its hook runs once.
+/// Uses 127.0.0.166-168.
+#[test]
+fn an_incomplete_release_superseded_by_a_newer_one_never_completes() {
+    let tmp = TempDir::new("supersede");
+    let dir = tmp.path();
+    let first = make_release(dir, "fw.img", 2 * MIB, 0x166);
+    let secret = dir.join("operator.key");
+    let seed2 = tmp.sub("seed2");
+    fs::create_dir_all(&seed2).unwrap();
+    let second = random_bytes(300_000, 0x167);
+    let file = seed2.join("fw.img");
+    fs::write(&file, &second).unwrap();
+    let (f, s) = (file.to_str().unwrap(), secret.to_str().unwrap());
+    run_ok(dir, &["publish", f, "--secret", s, "--release", "2", "--chunk-size", "64K"]);
+
+    let mut procs = Procs::in_dir();
+    let (s1, s2, d) = (free_addr(166), free_addr(167), free_addr(168));
+    start_seed(&mut procs, dir, &first, &s1, "128K", &[]);
+    let seed2_args = ["serve", "--data", seed2.to_str().unwrap(), "--listen", &s2, "--no-discovery"];
+    let i = procs.spawn(dir, "seed2", &[&seed2_args[..], &["--trust", &first.key]].concat());
+    procs.wait_for_log(i, "listening on");
+
+    let device = tmp.sub("device");
+    fs::create_dir_all(&device).unwrap();
+    let log = dir.join("hook.log");
+    let hook = format!("/bin/sh {} tag", hook_script(dir, &log).display());
+    let args = ["serve", "--data", device.to_str().unwrap(), "--listen", &d, "--no-discovery", "--rescan", "1"];
+    let mut args = args.to_vec();
+    args.extend(["--peer", &s1, "--peer", &s2, "--trust", &first.key, "--on-complete", &hook]);
+    let dev = procs.spawn(dir, "device", &args);
+    procs.wait_for_log(dev, "listening on");
+    fs::copy(&first.manifest, device.join("fw.img.flotilla")).unwrap();
+    procs.wait_for_log(dev, "serving fw.img #1");
+    wait_until("part of release 1 to arrive", || fs::metadata(device.join("fw.img.state")).is_ok_and(|m| m.len() > 0));
+    fs::copy(seed2.join("fw.img.flotilla"), device.join("fw.img.flotilla")).unwrap();
+    procs.wait_for_log(dev, "release 2 supersedes the incomplete #1, which is dropped");
+    wait_until("release 2 to complete", || fs::read(device.join("fw.img")).is_ok_and(|b| b == second));
+    wait_until("the install hook to run", || !hook_runs(&log).is_empty());
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(hook_runs(&log), [format!("2|tag|{}", device.join("fw.img").display())], "once, for #2 only");
+    let stderr = procs.stderr(dev);
+    assert_eq!(stderr.matches("complete and verified").count(), 1, "#1 never completes:\n{stderr}");
+    assert_eq!(fs::read_to_string(device.join(".flotilla-history")).unwrap(), "fw.img 2\n");
+}
