@@ -14,6 +14,8 @@ pub struct AgentConfig {
     pub listen: Option<SocketAddr>,
     /// Peers to dial for every release that is not complete.
     pub peers: Vec<SocketAddr>,
+    /// UDP trackers (BEP 15) to announce every release to and learn peers from.
+    pub trackers: Vec<SocketAddr>,
     /// Connection slots.
     pub max_peers: usize,
     /// Peers uploaded to at once.
@@ -53,6 +55,7 @@ impl Default for AgentConfig {
         AgentConfig {
             listen: None,
             peers: Vec::new(),
+            trackers: Vec::new(),
             max_peers: 32,
             upload_slots: 2,
             max_upload_rate: 0,

@@ -25,6 +25,7 @@ mod lan;
 pub mod status;
 mod status_socket;
 mod sys;
+mod tracker;
 
 pub use config::{AgentConfig, AgentError};
 
@@ -54,6 +55,7 @@ use std::time::{Duration, Instant};
 const LISTENER: Token = Token(usize::MAX);
 const DISCOVERY: Token = Token(usize::MAX - 1);
 const STATUS: Token = Token(usize::MAX - 2);
+const TRACKER: Token = Token(usize::MAX - 3);
 /// Longest the loop sleeps, so that `run_until`'s condition and redials are looked at.
 const MAX_SLEEP: Duration = Duration::from_secs(1);
 
@@ -78,6 +80,8 @@ pub struct Held {
     pub deferred: crate::core::trust::Deferred,
     /// Who signed its manifest: a new trust root may no longer count them.
     signers: Vec<crate::core::manifest::PublicKey>,
+    /// Its client of each `--tracker`, in their order (made at the first announce).
+    trackers: Vec<crate::core::tracker::TrackerClient>,
 }
 
 impl Held {
@@ -120,6 +124,8 @@ pub struct Agent {
     /// The address `listener` is bound to.
     local: Option<SocketAddr>,
     lan: Option<Lan>,
+    /// The trackers' socket (`--tracker`).
+    trackers: Option<tracker::Trackers>,
     conns: Vec<Option<Conn>>,
     releases: Vec<Held>,
     bans: Bans,
@@ -160,6 +166,7 @@ impl Agent {
             listener: None,
             local: None,
             lan: None,
+            trackers: None,
             unread: Vec::with_capacity(conns.len()),
             rereading: Vec::with_capacity(conns.len()),
             conns,
@@ -185,8 +192,7 @@ impl Agent {
     /// address.
     pub fn listen(&mut self) -> Result<Option<SocketAddr>, AgentError> {
         self.open_status()?;
-        let Some(addr) = self.config.listen else { return Ok(None) };
-        if self.listener.is_none() {
+        if let Some(addr) = self.config.listen.filter(|_| self.listener.is_none()) {
             let mut l = TcpListener::bind(addr).map_err(|e| AgentError::Listen(addr, e))?;
             let readable = mio::Interest::READABLE;
             self.poll.registry().register(&mut l, LISTENER, readable).map_err(AgentError::Poll)?;
@@ -198,6 +204,7 @@ impl Agent {
             self.listener = Some(l);
             self.open_lan();
         }
+        self.open_trackers();
         Ok(self.local_addr())
     }
 
@@ -281,6 +288,7 @@ impl Agent {
             manifest_stamp: None,
             deferred: crate::core::trust::Deferred::Nothing,
             signers: m.signers.clone(),
+            trackers: Vec::new(),
         });
         let r = self.releases.len() - 1;
         if let Err(e) = self.note_hook(r, now) {
@@ -383,6 +391,7 @@ impl Agent {
                 match ev.token() {
                     LISTENER => self.accept(now),
                     DISCOVERY => self.hear(now),
+                    TRACKER => self.hear_trackers(now),
                     STATUS => self.answer_status(now),
                     Token(slot) => self.on_ready(slot, now),
                 }
@@ -408,6 +417,7 @@ impl Agent {
         self.retire_superseded(now);
         self.sample_rates(now);
         self.announce(now);
+        self.announce_trackers(now);
         self.dial(now);
     }
 
@@ -465,6 +475,7 @@ impl Agent {
             if !h.release.is_complete() {
                 h.dials.iter().filter(|d| d.is_due_later()).for_each(|d| consider(d.next_try));
             }
+            h.trackers.iter().for_each(|c| consider(c.poll_timeout()));
         }
         if let Some(lan) = &self.lan {
             consider(lan.schedule.next());

@@ -289,6 +289,8 @@ fn inspect(mut p: lexopt::Parser) -> Result<(), Failure> {
     println!("chunks:      {}", mf.chunk_count());
     println!("file sha256: {}", manifest::to_hex(&mf.file_hash));
     println!("swarm id:    {}", manifest::to_hex(&m.swarm_id));
+    // What a tracker knows the release by (BEP 15's info_hash), for a whitelisting tracker.
+    println!("info hash:   {}", &manifest::to_hex(&m.swarm_id)[..40]);
     match mf.expires {
         Some(at) => println!("expires:     {}", flotilla::core::trust::format_rfc3339(at)),
         None => println!("expires:     never"),
@@ -426,6 +428,23 @@ impl TrustOptions {
     }
 }
 
+/// `udp://HOST:PORT` as the tracker's IPv4 address. HOST is resolved here, once, before the
+/// event loop starts (getaddrinfo may block for the resolver's timeout, which only start waits
+/// for); BEP 15 announces over IPv4 answer with IPv4 peers, so an IPv4 address is required.
+fn parse_tracker(url: &str) -> Result<SocketAddr, Failure> {
+    use std::net::ToSocketAddrs;
+    let bad = |why: &str| usage(format!("--tracker {url:?}: {why}; use udp://HOST:PORT"));
+    let Some(hostport) = url.strip_prefix("udp://") else { return Err(bad("only udp:// trackers are supported")) };
+    let hostport = hostport.trim_end_matches('/').trim_end_matches("/announce");
+    if hostport.rsplit_once(':').is_none_or(|(_, port)| port.parse::<u16>().is_err()) {
+        return Err(bad("no port"));
+    }
+    let addrs = hostport.to_socket_addrs().map_err(|e| bad(&format!("cannot resolve it ({e})")))?;
+    let mut addrs: Vec<SocketAddr> = addrs.collect();
+    addrs.retain(SocketAddr::is_ipv4);
+    addrs.first().copied().ok_or_else(|| bad("it has no IPv4 address"))
+}
+
 /// Offers `serve` the roots dropped in its data directory; on a new one, the acceptor and the
 /// agent take it up (its keys, bound and floors; releases it no longer trusts are dropped).
 fn take_new_roots(
@@ -483,6 +502,13 @@ impl NetOptions {
                 c.discovery = Some(group);
             }
             "peer" => c.peers.push(parse_addr(p)?),
+            "tracker" => {
+                let url = p.value()?.string()?;
+                let addr = parse_tracker(&url)?;
+                if !c.trackers.contains(&addr) {
+                    c.trackers.push(addr);
+                }
+            }
             "max-peers" => c.max_peers = p.value()?.parse::<usize>()?.clamp(1, 4096),
             "upload-slots" => c.upload_slots = p.value()?.parse::<usize>()?.max(1),
             "max-upload-rate" => c.max_upload_rate = parse_rate(&p.value()?.string()?)?,
@@ -523,6 +549,10 @@ const NET_OPTIONS_HELP: &str = "
   --no-listen               do not accept peers; only dial out
   --peer ADDR               a peer to fetch from (repeatable); more are found on the LAN and
                             learnt from peers
+  --tracker udp://HOST:PORT a BitTorrent UDP tracker (BEP 15, e.g. opentracker) to meet peers
+                            through (repeatable): each release is announced under the first
+                            20 bytes of its swarm id (what a whitelisting tracker must list, in
+                            hex: `flotilla inspect` prints it). HOST is resolved once, at start
   --no-discovery            do not announce or listen on the LAN multicast group
   --discovery-group ADDR    the LAN discovery group (default 239.255.70.70:7071)
   --max-peers N             connection slots (default 32)

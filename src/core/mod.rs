@@ -17,5 +17,6 @@ pub mod session;
 pub mod signed;
 pub mod storage;
 pub mod swarm;
+pub mod tracker;
 pub mod trust;
 pub mod wire;
