@@ -16,6 +16,14 @@ pub struct AgentConfig {
     pub peers: Vec<SocketAddr>,
     /// UDP trackers (BEP 15) to announce every release to and learn peers from.
     pub trackers: Vec<SocketAddr>,
+    /// The HTTP origin, the source of last resort (`agent::origin`).
+    pub origin: Option<super::origin::OriginSpec>,
+    /// How long peers get before the origin is asked for anything.
+    pub origin_delay: Duration,
+    /// Cap on what the origin sends us, in bytes per second (0: none).
+    pub origin_rate: u64,
+    /// A chunk from the origin must be whole within this, plus its length at 16 KiB/s.
+    pub origin_timeout: Duration,
     /// Connection slots.
     pub max_peers: usize,
     /// Peers uploaded to at once.
@@ -56,6 +64,10 @@ impl Default for AgentConfig {
             listen: None,
             peers: Vec::new(),
             trackers: Vec::new(),
+            origin: None,
+            origin_delay: Duration::from_secs(10),
+            origin_rate: 0,
+            origin_timeout: Duration::from_secs(30),
             max_peers: 32,
             upload_slots: 2,
             max_upload_rate: 0,

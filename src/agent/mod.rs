@@ -22,12 +22,14 @@ mod dial;
 mod guard;
 mod hooks;
 mod lan;
+mod origin;
 pub mod status;
 mod status_socket;
 mod sys;
 mod tracker;
 
 pub use config::{AgentConfig, AgentError};
+pub use origin::OriginSpec;
 
 use crate::core::manifest::{ManifestError, SignedManifest};
 use crate::core::release::{Event, Release, ReleaseConfig};
@@ -82,6 +84,8 @@ pub struct Held {
     signers: Vec<crate::core::manifest::PublicKey>,
     /// Its client of each `--tracker`, in their order (made at the first announce).
     trackers: Vec<crate::core::tracker::TrackerClient>,
+    /// Its HTTP origin client (`--origin`), if one is configured.
+    origin: Option<origin::OriginClient>,
 }
 
 impl Held {
@@ -126,6 +130,8 @@ pub struct Agent {
     lan: Option<Lan>,
     /// The trackers' socket (`--tracker`).
     trackers: Option<tracker::Trackers>,
+    /// Origin connections opened so far: each gets its own poll token.
+    origin_tokens: usize,
     conns: Vec<Option<Conn>>,
     releases: Vec<Held>,
     bans: Bans,
@@ -167,6 +173,7 @@ impl Agent {
             local: None,
             lan: None,
             trackers: None,
+            origin_tokens: 0,
             unread: Vec::with_capacity(conns.len()),
             rereading: Vec::with_capacity(conns.len()),
             conns,
@@ -276,6 +283,7 @@ impl Agent {
         let (store, present) = if replacing { FileStore::open_replacing(path, m)? } else { FileStore::open(path, m)? };
         let now = Instant::now();
         let release = Release::new(m, store, &present, self.release_config(), self.rng.next_u64(), now);
+        let origin = self.origin_for(name, now);
         let dials = self.config.peers.iter().map(|&addr| Dial::configured(addr, now)).collect();
         self.releases.push(Held {
             completed_at: release.is_complete().then_some(now),
@@ -289,6 +297,7 @@ impl Agent {
             deferred: crate::core::trust::Deferred::Nothing,
             signers: m.signers.clone(),
             trackers: Vec::new(),
+            origin,
         });
         let r = self.releases.len() - 1;
         if let Err(e) = self.note_hook(r, now) {
@@ -393,6 +402,8 @@ impl Agent {
                     DISCOVERY => self.hear(now),
                     TRACKER => self.hear_trackers(now),
                     STATUS => self.answer_status(now),
+                    // Origin connections are driven in every turn (`drive_origins`).
+                    Token(t) if t > origin::ORIGIN_TOKENS => {}
                     Token(slot) => self.on_ready(slot, now),
                 }
             }
@@ -418,6 +429,7 @@ impl Agent {
         self.sample_rates(now);
         self.announce(now);
         self.announce_trackers(now);
+        self.drive_origins(now);
         self.dial(now);
     }
 
@@ -439,6 +451,10 @@ impl Agent {
         let h = &mut self.releases[r];
         h.completed_at = Some(now);
         log::info!("{}: complete and verified at {}", h.release.name(), h.release.store().path().display());
+        if let Some(o) = h.origin.as_ref().filter(|o| o.body_bytes > 0) {
+            let mib = o.body_bytes as f64 / (1 << 20) as f64;
+            log::info!("{}: {mib:.1} MiB of it came from the origin", h.release.name());
+        }
         self.hook_after_completion(r, now);
     }
 
@@ -476,6 +492,9 @@ impl Agent {
                 h.dials.iter().filter(|d| d.is_due_later()).for_each(|d| consider(d.next_try));
             }
             h.trackers.iter().for_each(|c| consider(c.poll_timeout()));
+            if let Some(t) = h.origin.as_ref().filter(|_| !h.release.is_complete()).and_then(|o| o.wakeup()) {
+                consider(t);
+            }
         }
         if let Some(lan) = &self.lan {
             consider(lan.schedule.next());

@@ -5,7 +5,7 @@ mod demo;
 mod root;
 
 use flotilla::agent::status::fixed;
-use flotilla::agent::{Agent, AgentConfig, Held};
+use flotilla::agent::{Agent, AgentConfig, Held, OriginSpec};
 use flotilla::core::manifest::{
     self, Manifest, ManifestError, PublicKey, SecretKey, SignedManifest, DEFAULT_CHUNK_SIZE,
 };
@@ -469,6 +469,8 @@ struct NetOptions {
     trust: TrustOptions,
     /// Where the no-rollback history lives (`--state-dir`); each command has its default.
     state_dir: Option<PathBuf>,
+    /// `--origin` URLs: the release file for `fetch`, a base URL for `serve`.
+    origins: Vec<flotilla::core::http::OriginUrl>,
 }
 
 impl NetOptions {
@@ -478,6 +480,7 @@ impl NetOptions {
             config: AgentConfig { listen, ..AgentConfig::default() },
             trust: TrustOptions::default(),
             state_dir: None,
+            origins: Vec::new(),
         }
     }
 
@@ -502,6 +505,13 @@ impl NetOptions {
                 c.discovery = Some(group);
             }
             "peer" => c.peers.push(parse_addr(p)?),
+            "origin" => {
+                let url = p.value()?.string()?;
+                self.origins.push(flotilla::core::http::OriginUrl::parse(&url).map_err(usage)?);
+            }
+            "origin-delay" => c.origin_delay = Duration::from_secs(p.value()?.parse()?),
+            "origin-rate" => c.origin_rate = parse_rate(&p.value()?.string()?)?,
+            "origin-timeout" => c.origin_timeout = Duration::from_secs(p.value()?.parse::<u64>()?.max(1)),
             "tracker" => {
                 let url = p.value()?.string()?;
                 let addr = parse_tracker(&url)?;
@@ -549,6 +559,15 @@ const NET_OPTIONS_HELP: &str = "
   --no-listen               do not accept peers; only dial out
   --peer ADDR               a peer to fetch from (repeatable); more are found on the LAN and
                             learnt from peers
+  --origin URL              an HTTP/1.1 server or CDN as the source of last resort (repeatable;
+                            the next is tried when one fails): for fetch, the release file's
+                            URL; for serve, a base URL under which each release is NAME. Chunks
+                            come by Range request, each verified like a peer's, so plain http://
+                            is safe. HOST is resolved when a connection opens
+  --origin-delay SECS       how long peers get before the origin is asked (default 10)
+  --origin-rate RATE        cap on what the origin sends, e.g. 2M (bytes/s; default none)
+  --origin-timeout SECS     a chunk from the origin must be whole within this plus its length
+                            at 16 KiB/s, or the server counts as failed (default 30)
   --tracker udp://HOST:PORT a BitTorrent UDP tracker (BEP 15, e.g. opentracker) to meet peers
                             through (repeatable): each release is announced under the first
                             20 bytes of its swarm id (what a whitelisting tracker must list, in
@@ -638,6 +657,9 @@ fn serve(mut p: lexopt::Parser) -> Result<(), Failure> {
     let (mut acceptor, mut roots) = net.trust.acceptor(Some(&state_dir))?;
     // A daemon sets a release with a full or failing disk aside and keeps serving the others.
     net.config.pause_on_disk_error = true;
+    if !net.origins.is_empty() {
+        net.config.origin = Some(OriginSpec::Base(std::mem::take(&mut net.origins)));
+    }
     let mut agent = Agent::new(net.config)?;
     agent.keep_state(&state_dir)?;
     if let Some(keeper) = &mut roots {
@@ -707,6 +729,9 @@ fn fetch(mut p: lexopt::Parser) -> Result<(), Failure> {
     let state_dir = net.state_dir.clone().unwrap_or_else(|| flotilla::store::atomic::parent_dir(&out).to_owned());
     let (acceptor, mut roots) = net.trust.acceptor(Some(&state_dir))?;
     let (m, deferred) = accepted_manifest(&mpath, &acceptor)?;
+    if !net.origins.is_empty() {
+        net.config.origin = Some(OriginSpec::File(std::mem::take(&mut net.origins)));
+    }
     let mut agent = Agent::new(net.config)?;
     agent.keep_state(&state_dir)?;
     if let Some(keeper) = &mut roots {

@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod bitfield;
 pub mod discovery;
+pub mod http;
 pub mod manifest;
 pub mod rate;
 pub mod release;

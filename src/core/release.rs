@@ -19,7 +19,7 @@ use crate::core::bitfield::Bitfield;
 use crate::core::manifest::{SignedManifest, SwarmId};
 use crate::core::session::CloseReason;
 use crate::core::storage::{Storage, StoreError};
-use crate::core::swarm::{NewPeer, PeerId, Received, Stats, Swarm, SwarmConfig, Transmit, Verdict};
+use crate::core::swarm::{NewPeer, OriginOverrun, PeerId, Received, Stats, Swarm, SwarmConfig, Transmit, Verdict};
 use crate::core::wire::{self, Message};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -41,6 +41,21 @@ impl Default for ReleaseConfig {
     fn default() -> Self {
         ReleaseConfig { swarm: SwarmConfig::default(), commit_interval: Duration::from_millis(100), max_uncommitted: 8 }
     }
+}
+
+/// What became of bytes from the HTTP origin ([`Release::origin_data`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OriginProgress {
+    /// Taken; more of the chunk is to come.
+    More,
+    /// The chunk is whole, verified and written: the origin may take another.
+    Stored(u32),
+    /// The chunk is whole but failed verification: the origin lied (or the file changed).
+    Bad(u32),
+    /// More bytes than the chunk holds: nothing of them was taken, the chunk goes back.
+    Overrun,
+    /// The disk failed ([`Event::StorageFailed`] follows); the chunk goes back.
+    StorageFailed,
 }
 
 /// Something the caller must act on.
@@ -225,6 +240,53 @@ impl<S: Storage> Release<S> {
             }
         }
         self.is_open(peer)
+    }
+
+    /// A chunk for the HTTP origin to fetch (see `core::swarm` origin.rs): its index, where it
+    /// starts in the file and its length. None while the origin has one, or when peers are
+    /// fetching everything missing.
+    pub fn origin_take(&mut self) -> Option<(u32, u64, u32)> {
+        let chunk = self.swarm.origin_take()?;
+        let g = self.swarm.geometry();
+        Some((chunk, g.chunk_offset(chunk), g.chunk_len(chunk)))
+    }
+
+    /// The next bytes of the origin's chunk, in order: verified with the rest of the chunk
+    /// and written; see [`OriginProgress`].
+    pub fn origin_data(&mut self, data: &[u8], now: Instant) -> OriginProgress {
+        let (offset, verdict) = match self.swarm.origin_data(data) {
+            Ok(x) => x,
+            Err(OriginOverrun) => {
+                self.swarm.origin_abandon(now);
+                return OriginProgress::Overrun;
+            }
+        };
+        if let Some(Verdict::Bad(c)) = verdict {
+            log::warn!("{}: chunk {c} from the origin failed verification", self.name);
+            return OriginProgress::Bad(c);
+        }
+        match (self.store.write_at(offset, data), verdict) {
+            (Ok(()), Some(Verdict::Good(c))) => {
+                self.swarm.origin_stored(c, now);
+                OriginProgress::Stored(c)
+            }
+            (Ok(()), _) => OriginProgress::More,
+            (Err(e), Some(Verdict::Good(c))) => {
+                self.swarm.chunk_lost(c, now);
+                self.fail(e);
+                OriginProgress::StorageFailed
+            }
+            (Err(e), _) => {
+                self.swarm.origin_abandon(now);
+                self.fail(e);
+                OriginProgress::StorageFailed
+            }
+        }
+    }
+
+    /// The origin failed before its chunk was whole: the chunk goes back to be fetched again.
+    pub fn origin_abandon(&mut self, now: Instant) {
+        self.swarm.origin_abandon(now);
     }
 
     /// Encodes the next frame for `peer` into `out` (which must hold [`wire::MAX_FRAME`]) and

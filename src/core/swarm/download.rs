@@ -120,11 +120,12 @@ impl Swarm {
     /// Starts writing `chunk` from this peer, unless another peer is already writing it: two
     /// writers of one region could leave a liar's bytes on disk under an honest peer's hash.
     pub(super) fn claim_chunk(&mut self, id: PeerId, chunk: u32) {
-        let taken = self.peers.iter().enumerate().any(|(p, s)| {
-            p != id
-                && s.as_ref()
-                    .is_some_and(|s| s.hasher.is_some() && s.requested.front().is_some_and(|r| r.chunk == chunk))
-        });
+        let taken = self.origin_chunk() == Some(chunk)
+            || self.peers.iter().enumerate().any(|(p, s)| {
+                p != id
+                    && s.as_ref()
+                        .is_some_and(|s| s.hasher.is_some() && s.requested.front().is_some_and(|r| r.chunk == chunk))
+            });
         if taken || self.verified.get(chunk) {
             if self.session_mut(id).cancel_request(chunk) {
                 self.in_flight[chunk as usize] -= 1;

@@ -15,6 +15,7 @@
 
 mod download;
 mod handshake;
+mod origin;
 mod pex;
 mod upload;
 
@@ -26,6 +27,7 @@ use crate::core::session::{CloseReason, Control, Outstanding, Phase, Session, Ti
 use crate::core::wire::{self, Bytes, Message, BLOCK_SIZE, MAX_PEX_PEERS, PEER_ENTRY, VERSION};
 use sha2::{Digest, Sha256};
 use std::time::{Duration, Instant};
+pub use origin::OriginOverrun;
 use upload::Spread;
 
 /// A connection slot number, chosen by the caller (the agent uses its connection slot index).
@@ -162,6 +164,8 @@ pub struct Swarm {
     /// Bytes of `pex_buf` in use.
     pex_len: usize,
     rng: Rng,
+    /// The chunk being fetched from the HTTP origin, if any (`origin.rs`).
+    origin: Option<origin::OriginChunk>,
     /// Useful bytes received, bytes sent, bytes received and thrown away.
     pub stats: Stats,
 }
@@ -232,6 +236,7 @@ impl Swarm {
             pex_len: 0,
             config,
             rng: Rng::new(seed),
+            origin: None,
             stats: Stats::default(),
         }
     }
@@ -705,5 +710,44 @@ mod tests {
         }
         let learnt = std::iter::from_fn(|| s.poll_discovered()).count();
         assert_eq!(learnt, DISCOVERED_CAPACITY, "512 named, at most the cap kept until the caller takes them");
+    }
+
+    #[test]
+    fn the_origin_takes_only_chunks_no_peer_is_fetching_and_a_peer_never_writes_its_chunk() {
+        let now = Instant::now();
+        // Hashes of zero-filled chunks, so that zeros from the "origin" verify.
+        let zero: Hash = Sha256::digest(vec![0u8; CHUNK as usize]).into();
+        let mut s = swarm(&[], 2);
+        s.hashes = vec![zero; 12];
+        join(&mut s, 0, &(0..12).collect::<Vec<_>>(), now);
+        let asked = requests(&mut s, 0, now);
+        assert_eq!(asked.len(), 2);
+        let c = s.origin_take().expect("ten chunks nobody fetches");
+        assert!(!asked.contains(&c), "the origin took {c}, which peer 0 is fetching");
+        assert_eq!(s.origin_take(), None, "one chunk at a time");
+        // Fed in pieces, the chunk verifies at its last byte; one byte more is refused.
+        assert_eq!(s.origin_data(&[0; 1000]), Ok((s.geometry().chunk_offset(c), None)));
+        let rest = vec![0u8; CHUNK as usize - 1000];
+        assert_eq!(s.origin_data(&[0; CHUNK as usize]), Err(OriginOverrun));
+        assert_eq!(s.origin_data(&rest).map(|(_, v)| v), Ok(Some(Verdict::Good(c))));
+        s.origin_stored(c, now);
+        assert!(s.verified().get(c));
+        // A chunk with a wrong byte is bad, counted and given back; an abandoned one goes back.
+        let c2 = s.origin_take().unwrap();
+        let mut wrong = vec![0u8; CHUNK as usize];
+        wrong[7] = 1;
+        assert_eq!(s.origin_data(&wrong).map(|(_, v)| v), Ok(Some(Verdict::Bad(c2))));
+        assert!(!s.verified().get(c2) && s.stats.bad_chunks == 1);
+        let c3 = s.origin_take().unwrap();
+        s.origin_data(&[0; 10]).unwrap();
+        s.origin_abandon(now);
+        assert_eq!(s.in_flight[c3 as usize], 0, "given back");
+        assert_eq!(s.stats.wasted, CHUNK as u64 + 10);
+        // While the origin writes a chunk, a peer asked for it in the endgame does not write it.
+        let c4 = s.origin_take().unwrap();
+        s.in_flight[c4 as usize] += 1;
+        let _ = s.peers[0].as_mut().unwrap().requested.push_front(Outstanding { chunk: c4, cancelled: false });
+        s.claim_chunk(0, c4);
+        assert!(s.peers[0].as_ref().unwrap().hasher.is_none(), "the peer's copy is discarded, not written");
     }
 }
