@@ -20,7 +20,7 @@ pub(super) struct Lan {
     pub(super) schedule: discovery::Schedule,
     /// This host's IPv4 subnets, refreshed at each announcement: announcements count only from
     /// a source on one of them.
-    subnets: Vec<(std::net::Ipv4Addr, std::net::Ipv4Addr)>,
+    pub(super) subnets: Vec<(std::net::Ipv4Addr, std::net::Ipv4Addr)>,
 }
 
 impl Agent {

@@ -19,7 +19,7 @@ use crate::core::release::OriginProgress;
 use mio::net::TcpStream;
 use mio::{Interest, Token};
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 /// Tokens of origin connections start here, far above the connection slots.
@@ -33,6 +33,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 const IDLE_CHECK: Duration = Duration::from_secs(1);
 /// Reads per turn per origin: a fast server cannot keep the loop from its peers.
 const READS_PER_TURN: usize = 16;
+/// Once this device's share of its site is fetched, how long the site's other devices get to
+/// fetch theirs before this one takes chunks of their shares from the origin too (a device that
+/// left the site is covered at once: the shares are recomputed from the devices connected).
+const STEAL_AFTER: Duration = Duration::from_secs(30);
 /// Bytes read at once from a body.
 const READ_SIZE: usize = 16 * 1024;
 
@@ -79,6 +83,10 @@ pub(super) struct OriginClient {
     throttled: Option<Instant>,
     /// `--origin-timeout`: the fixed part of a chunk's time.
     timeout: Duration,
+    /// When nothing of this device's share of the site was left to take from the origin, and how
+    /// long the site's other devices then get before this one takes chunks of their shares.
+    share_done: Option<Instant>,
+    steal_after: Duration,
     /// Body bytes taken from the origin (verified or not), for the log and the figures.
     pub(super) body_bytes: u64,
 }
@@ -87,6 +95,8 @@ impl OriginClient {
     pub(super) fn new(urls: Vec<OriginUrl>, token: Token, rate: u64, timeout: Duration, start: Instant) -> Self {
         OriginClient {
             timeout,
+            share_done: None,
+            steal_after: STEAL_AFTER,
             url: urls[0].clone(),
             urls,
             which: 0,
@@ -135,21 +145,44 @@ impl Agent {
     /// Drives every release's origin: takes chunks when due, writes requests, reads answers.
     pub(super) fn drive_origins(&mut self, now: Instant) {
         let from = self.local;
-        for h in self.releases.iter_mut() {
+        for r in 0..self.releases.len() {
+            let share = self.site_share(r);
+            let h = &mut self.releases[r];
             let (complete, paused) = (h.release.is_complete(), h.is_paused(now));
             match h.origin.as_mut() {
                 None => {}
                 // Whole: nothing more to ask; the connection goes.
                 Some(o) if complete => reset(o),
                 Some(_) if paused => {}
-                Some(_) => drive(h, from, &self.poll, now),
+                Some(_) => drive(h, share, from, &self.poll, now),
             }
         }
     }
+
+    /// This device's share of release `r` among the devices of its site: its rank by IPv4
+    /// address among itself and the peers of `r` connected on one of its links, and their number.
+    /// None without a LAN (no discovery, or not listening on an IPv4 address) or alone on it.
+    fn site_share(&self, r: usize) -> Option<(u32, u32)> {
+        let (Some(SocketAddr::V4(me)), Some(lan)) = (self.local, self.lan.as_ref()) else { return None };
+        let mut site: Vec<Ipv4Addr> = self
+            .conns
+            .iter()
+            .flatten()
+            .filter(|c| c.release == Some(r) && !c.connecting)
+            .filter_map(|c| match c.addr.ip() {
+                IpAddr::V4(ip) if ip != *me.ip() && sys::on_link(ip, &lan.subnets) => Some(ip),
+                _ => None,
+            })
+            .collect();
+        site.sort_unstable();
+        site.dedup();
+        let rank = site.iter().filter(|&&ip| ip < *me.ip()).count() as u32;
+        (!site.is_empty()).then_some((rank, site.len() as u32 + 1))
+    }
 }
 
-/// One step (or a few) of release `h`'s origin client.
-fn drive(h: &mut Held, from: Option<SocketAddr>, poll: &mio::Poll, now: Instant) {
+/// One step (or a few) of release `h`'s origin client; `share`: the device's share of its site.
+fn drive(h: &mut Held, share: Option<(u32, u32)>, from: Option<SocketAddr>, poll: &mio::Poll, now: Instant) {
     let Some(o) = h.origin.as_mut() else { return };
     if o.deadline.is_some_and(|d| now >= d) {
         return fail(h, "no whole chunk within its time (a slow or stalled server)", now);
@@ -158,7 +191,16 @@ fn drive(h: &mut Held, from: Option<SocketAddr>, poll: &mio::Poll, now: Instant)
         if now < o.not_before {
             return;
         }
-        let Some((chunk, offset, len)) = h.release.origin_take() else {
+        // Our share of the site's chunks first; the rest only once ours is done and the others
+        // had `steal_after` to finish theirs (a device that left, or is slower, is covered).
+        let mut taken = h.release.origin_take(share);
+        if taken.is_none() && share.is_some() {
+            let done = *o.share_done.get_or_insert(now);
+            if now >= done + o.steal_after {
+                taken = h.release.origin_take(None);
+            }
+        }
+        let Some((chunk, offset, len)) = taken else {
             o.not_before = now + IDLE_CHECK;
             return;
         };

@@ -242,11 +242,11 @@ impl<S: Storage> Release<S> {
         self.is_open(peer)
     }
 
-    /// A chunk for the HTTP origin to fetch (see `core::swarm` origin.rs): its index, where it
-    /// starts in the file and its length. None while the origin has one, or when peers are
-    /// fetching everything missing.
-    pub fn origin_take(&mut self) -> Option<(u32, u64, u32)> {
-        let chunk = self.swarm.origin_take()?;
+    /// A chunk for the HTTP origin to fetch (see `core::swarm` origin.rs), of this device's
+    /// `share` of its site's if given: its index, where it starts in the file and its length.
+    /// None while the origin has one, or when peers are fetching everything missing.
+    pub fn origin_take(&mut self, share: Option<(u32, u32)>) -> Option<(u32, u64, u32)> {
+        let chunk = self.swarm.origin_take(share)?;
         let g = self.swarm.geometry();
         Some((chunk, g.chunk_offset(chunk), g.chunk_len(chunk)))
     }

@@ -25,9 +25,9 @@ use crate::core::rate::TokenBucket;
 use crate::core::rng::Rng;
 use crate::core::session::{CloseReason, Control, Outstanding, Phase, Session, Timeouts, MAX_REQUESTS};
 use crate::core::wire::{self, Bytes, Message, BLOCK_SIZE, MAX_PEX_PEERS, PEER_ENTRY, VERSION};
+pub use origin::OriginOverrun;
 use sha2::{Digest, Sha256};
 use std::time::{Duration, Instant};
-pub use origin::OriginOverrun;
 use upload::Spread;
 
 /// A connection slot number, chosen by the caller (the agent uses its connection slot index).
@@ -722,9 +722,9 @@ mod tests {
         join(&mut s, 0, &(0..12).collect::<Vec<_>>(), now);
         let asked = requests(&mut s, 0, now);
         assert_eq!(asked.len(), 2);
-        let c = s.origin_take().expect("ten chunks nobody fetches");
+        let c = s.origin_take(None).expect("ten chunks nobody fetches");
         assert!(!asked.contains(&c), "the origin took {c}, which peer 0 is fetching");
-        assert_eq!(s.origin_take(), None, "one chunk at a time");
+        assert_eq!(s.origin_take(None), None, "one chunk at a time");
         // Fed in pieces, the chunk verifies at its last byte; one byte more is refused.
         assert_eq!(s.origin_data(&[0; 1000]), Ok((s.geometry().chunk_offset(c), None)));
         let rest = vec![0u8; CHUNK as usize - 1000];
@@ -733,21 +733,31 @@ mod tests {
         s.origin_stored(c, now);
         assert!(s.verified().get(c));
         // A chunk with a wrong byte is bad, counted and given back; an abandoned one goes back.
-        let c2 = s.origin_take().unwrap();
+        let c2 = s.origin_take(None).unwrap();
         let mut wrong = vec![0u8; CHUNK as usize];
         wrong[7] = 1;
         assert_eq!(s.origin_data(&wrong).map(|(_, v)| v), Ok(Some(Verdict::Bad(c2))));
         assert!(!s.verified().get(c2) && s.stats.bad_chunks == 1);
-        let c3 = s.origin_take().unwrap();
+        let c3 = s.origin_take(None).unwrap();
         s.origin_data(&[0; 10]).unwrap();
         s.origin_abandon(now);
         assert_eq!(s.in_flight[c3 as usize], 0, "given back");
         assert_eq!(s.stats.wasted, CHUNK as u64 + 10);
         // While the origin writes a chunk, a peer asked for it in the endgame does not write it.
-        let c4 = s.origin_take().unwrap();
+        let c4 = s.origin_take(None).unwrap();
         s.in_flight[c4 as usize] += 1;
         let _ = s.peers[0].as_mut().unwrap().requested.push_front(Outstanding { chunk: c4, cancelled: false });
         s.claim_chunk(0, c4);
         assert!(s.peers[0].as_ref().unwrap().hasher.is_none(), "the peer's copy is discarded, not written");
+        s.origin_abandon(now);
+        // A device's share of its site: only chunks c with c % 3 == 1, until none is left.
+        let mut taken = Vec::new();
+        while let Some(c) = s.origin_take(Some((1, 3))) {
+            taken.push(c);
+            s.origin_abandon(now);
+            s.in_flight[c as usize] += 1; // as if a LAN peer fetched it meanwhile
+        }
+        assert!(!taken.is_empty() && taken.iter().all(|c| c % 3 == 1), "{taken:?}");
+        assert!(s.origin_take(None).is_some_and(|c| c % 3 != 1), "past the share, any chunk");
     }
 }

@@ -21,16 +21,21 @@ pub(super) struct OriginChunk {
 pub struct OriginOverrun;
 
 impl Swarm {
-    /// A chunk for the origin to fetch, marked in flight: missing and asked of no peer. None
-    /// while the origin has one already, or when peers are fetching everything missing.
-    pub fn origin_take(&mut self) -> Option<u32> {
+    /// A chunk for the origin to fetch, marked in flight: missing and asked of no peer, and with
+    /// `share = Some((rank, of))` one of this device's share of the release among the `of`
+    /// devices of its site (`chunk % of == rank`), so that the site's devices fetch disjoint
+    /// chunks over their common WAN link and trade them on the LAN. None while the origin has
+    /// one already, or when nothing of the share is left that peers are not fetching.
+    pub fn origin_take(&mut self, share: Option<(u32, u32)>) -> Option<u32> {
         if self.origin.is_some() {
             return None;
         }
         let n = self.chunk_count();
         let start = self.rng.below(n as u64) as u32;
-        let chunk =
-            (0..n).map(|k| (start + k) % n).find(|&c| !self.verified.get(c) && self.in_flight[c as usize] == 0)?;
+        let ours = |c: u32| share.is_none_or(|(rank, of)| c % of.max(1) == rank);
+        let chunk = (0..n)
+            .map(|k| (start + k) % n)
+            .find(|&c| ours(c) && !self.verified.get(c) && self.in_flight[c as usize] == 0)?;
         self.in_flight[chunk as usize] += 1;
         self.origin = Some(OriginChunk { chunk, received: 0, hasher: Sha256::new() });
         Some(chunk)
