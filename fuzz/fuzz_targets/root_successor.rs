@@ -3,8 +3,4 @@
 //! The checks are in `fuzz/src/root_successor.rs`.
 #![no_main]
 
-#[path = "../src/root_successor.rs"]
-#[allow(dead_code)] // seeds() and the key list serve the seed tests
-mod root_successor;
-
-libfuzzer_sys::fuzz_target!(|data: &[u8]| root_successor::root_successor(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| flotilla_fuzz::root_successor(data));

@@ -11,6 +11,9 @@
 //! The state-file reader (`store::parse_state`) has no target: it is private and only reachable
 //! through `Store::open` on a path. See docs/RELIABILITY.md.
 
+pub mod root_successor;
+pub use root_successor::root_successor;
+
 use std::sync::OnceLock;
 
 use flotilla::core::auth::TAG_LEN;

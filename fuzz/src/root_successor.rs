@@ -7,8 +7,7 @@
 //! parses is verified, and every root that decodes is judged as a successor of a fixed current
 //! root and as the current root of a fixed successor, with the verdict predicted independently.
 //!
-//! Included by path from `fuzz_targets/root_successor.rs` and `tests/root_successor.rs` (it
-//! could equally be a `pub mod` of `lib.rs`); it names only public items of `flotilla`.
+//! A module of `lib.rs` like the other targets' checks, in a file of its own for its length.
 
 use std::sync::OnceLock;
 

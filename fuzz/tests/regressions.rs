@@ -9,11 +9,12 @@ use std::path::Path;
 
 use flotilla::core::discovery::Announcement;
 use flotilla::core::manifest::SignedManifest;
+use flotilla::core::trust::SignedRoot;
 use flotilla::core::wire;
 
 type Check = fn(&[u8]);
 
-const TARGETS: [(&str, Check); 8] = [
+const TARGETS: [(&str, Check); 9] = [
     ("frame", flotilla_fuzz::frame),
     ("message", flotilla_fuzz::message),
     ("manifest", flotilla_fuzz::manifest),
@@ -22,6 +23,7 @@ const TARGETS: [(&str, Check); 8] = [
     ("state", flotilla_fuzz::state),
     ("session", flotilla_fuzz::session),
     ("local_files", flotilla_fuzz::local_files),
+    ("root_successor", flotilla_fuzz::root_successor),
 ];
 
 /// The files in `fuzz/<kind>/<target>/`, sorted, with their names; none if the directory is absent.
@@ -76,5 +78,31 @@ fn seeds_are_valid_encodings() {
     }
     for (name, bytes) in inputs("seeds", "announcement") {
         assert!(Announcement::decode(&bytes).is_some(), "announcement/{name}");
+    }
+    // A root body is worth something only if it reaches the successor checks: it decodes once
+    // re-signed by the keys its first byte picks.
+    for (name, bytes) in inputs("seeds", "root_successor") {
+        let signers = flotilla_fuzz::root_successor::signers(bytes[0]);
+        let file = flotilla_fuzz::root_successor::resign(&bytes[1..], &signers);
+        SignedRoot::decode(&file).unwrap_or_else(|e| panic!("root_successor/{name}: {e}"));
+    }
+}
+
+/// The root_successor seeds are written by code (`root_successor::seeds`); they must be current.
+#[test]
+fn the_written_root_seeds_are_current() {
+    for (name, bytes) in flotilla_fuzz::root_successor::seeds() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds").join("root_successor").join(name);
+        assert_eq!(fs::read(&path).ok(), Some(bytes), "{} is stale: run write_root_seeds", path.display());
+    }
+}
+
+#[test]
+#[ignore = "writes fuzz/seeds/root_successor/"]
+fn write_root_seeds() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("seeds").join("root_successor");
+    fs::create_dir_all(&dir).unwrap();
+    for (name, bytes) in flotilla_fuzz::root_successor::seeds() {
+        fs::write(dir.join(name), bytes).unwrap();
     }
 }
