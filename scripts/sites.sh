@@ -13,6 +13,9 @@
 #   --wan-down RATE    each site's WAN download (default 20mbit)   --wan-up RATE (default 5mbit)
 #   --origin-up RATE   the origin's uplink (default 50mbit)        --lan RATE    each device's
 #                      LAN uplink (default 100mbit)                --origin-delay S (default 2)
+#   --reachable N      the first N sites forward TCP port 7070 to their first device, which is
+#                      then reachable from outside (default 0: no site is)
+#   --max-egress X     fail (exit 1) if the origin sends more than X copies of the release
 #   --baseline         also: every device curls the file from the origin at once
 #   --bin PATH         agent binary (default target/release/flotilla, built if missing)
 # Prints per site the WAN download (HTTP body bytes from nginx's log, and bytes on the router's
@@ -27,7 +30,7 @@ cd "$(dirname "$0")/.."
 
 PREFIX=flst # namespaces ${PREFIX}<pid>-..., temp dir ${TMPDIR:-/tmp}/${PREFIX}<pid>.*
 S=8 K=4 SIZE_MIB=32 CHUNK=256K WAN_DOWN=20mbit WAN_UP=5mbit ORIGIN_UP=50mbit LAN=100mbit
-DELAY=2 BASELINE=0 BIN=target/release/flotilla PORT=7070 HTTP=8080 TRACKER_PORT=6969
+DELAY=2 BASELINE=0 REACHABLE=0 MAX_EGRESS='' BIN=target/release/flotilla PORT=7070 HTTP=8080 TRACKER_PORT=6969
 PIDS=() NSS=() TMP='' POLICY_RC=''
 P=${PREFIX}$$
 
@@ -50,6 +53,8 @@ while [ $# -gt 0 ]; do
         --lan) LAN=$2; shift 2 ;;
         --origin-delay) DELAY=$2; shift 2 ;;
         --baseline) BASELINE=1; shift ;;
+        --reachable) REACHABLE=$2; shift 2 ;;
+        --max-egress) MAX_EGRESS=$2; shift 2 ;;
         --bin) BIN=$2; [[ "$BIN" = /* ]] || BIN=$START_DIR/$BIN; shift 2 ;;
         -h | --help) usage ;;
         *) echo "unknown option $1" >&2; usage ;;
@@ -124,8 +129,14 @@ for ((s = 1; s <= S; s++)); do
     ip -n "$r" link add lan type bridge mcast_snooping 0 && ip -n "$r" link set lan up
     ip -n "$r" addr add "10.79.$s.1/24" dev lan
     ip netns exec "$r" sysctl -qw net.ipv4.ip_forward=1
+    forward=''
+    [ "$s" -le "$REACHABLE" ] && forward="iifname \"wan\" tcp dport $PORT dnat to 10.79.$s.11:$PORT"
     ip netns exec "$r" nft -f - <<EOF
 table ip nat {
+    chain pre {
+        type nat hook prerouting priority -100;
+        $forward
+    }
     chain post {
         type nat hook postrouting priority 100;
         oifname "wan" masquerade
@@ -211,7 +222,7 @@ for ((s = 1; s <= S; s++)); do for ((k = 1; k <= K; k++)); do
     cmp -s "$TMP/www/fw.img" "$TMP/s${s}d$k/fw.img" || { echo "site $s device $k: wrong copy"; bad=1; }
 done; done
 for pid in "${DEV_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
-echo "== Flotilla: $S sites x $K devices behind NAT, $SIZE_MIB MiB, WAN $WAN_DOWN down / $WAN_UP up, origin $ORIGIN_UP up"
+echo "== Flotilla: $S sites x $K devices behind NAT ($REACHABLE reachable), $SIZE_MIB MiB, WAN $WAN_DOWN down / $WAN_UP up, origin $ORIGIN_UP up, origin delay $DELAY s"
 printf '%-6s %14s %14s %10s\n' site "WAN body/F" "WAN wire/F" "last done"
 MAX_BODY=0 MAX_WIRE=0
 for ((s = 1; s <= S; s++)); do
@@ -224,7 +235,9 @@ for ((s = 1; s <= S; s++)); do
 done
 EGRESS=$(calc "$(origin_bytes "") / $F")
 echo "origin egress (HTTP body bytes): $EGRESS x the release ($(calc "$EGRESS / $S") x S)"
-echo "all done: ${ALL}s; the topology's bound max(S*F/origin_up, F/wan_down) = ${BOUND}s: $(calc "$ALL / $BOUND") x"
+note=''
+[ "$REACHABLE" -gt 0 ] && note=" (the bound of sites that reach no one: with reachable sites and a long origin delay, their uplinks carry the fleet instead)"
+echo "all done: ${ALL}s; the topology's bound max(S*F/origin_up, F/wan_down) = ${BOUND}s: $(calc "$ALL / $BOUND") x$note"
 
 # --- the origin alone ---------------------------------------------------------------------------
 BASE=''
@@ -241,6 +254,10 @@ if [ "$BASELINE" = 1 ]; then
     echo "== the origin alone (every device curls the file at once): all done ${BASE}s, $(calc "$BASE / $BOUND") x the bound;" \
         "origin egress $(calc "$(origin_bytes "") / $F") x; Flotilla is $(calc "$BASE / $ALL") x faster"
 fi
-echo "RESULT sites=$S per_site=$K size_mib=$SIZE_MIB all_done_s=$ALL bound_s=$BOUND ratio=$(calc "$ALL / $BOUND")" \
+echo "RESULT sites=$S per_site=$K reachable=$REACHABLE origin_delay=$DELAY size_mib=$SIZE_MIB all_done_s=$ALL bound_s=$BOUND ratio=$(calc "$ALL / $BOUND")" \
     "origin_egress=$EGRESS max_site_wan_body=$MAX_BODY max_site_wan_wire=$MAX_WIRE baseline_s=${BASE:-none} copies_ok=$((1 - bad))"
+if [ -n "$MAX_EGRESS" ] && [ "$(calc "$EGRESS > $MAX_EGRESS" 0)" = 1 ]; then
+    echo "sites: the origin sent $EGRESS copies, more than --max-egress $MAX_EGRESS"
+    bad=1
+fi
 exit "$bad"

@@ -54,6 +54,18 @@ pub(super) struct Conn {
     wlen: usize,
 }
 
+impl Conn {
+    /// We dialled it (it came from a dial table) rather than accepted it.
+    pub(super) fn outbound(&self) -> bool {
+        self.dial.is_some()
+    }
+
+    /// Its handshake finished at some point.
+    pub(super) fn was_active(&self) -> bool {
+        self.was_active
+    }
+}
+
 /// Why the shell closes a connection: the release's reason, or the socket's own end.
 pub(super) type Why = Result<CloseReason, &'static str>;
 

@@ -19,7 +19,7 @@ use crate::core::release::OriginProgress;
 use mio::net::TcpStream;
 use mio::{Interest, Token};
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 /// Tokens of origin connections start here, far above the connection slots.
@@ -146,7 +146,7 @@ impl Agent {
     pub(super) fn drive_origins(&mut self, now: Instant) {
         let from = self.local;
         for r in 0..self.releases.len() {
-            let share = self.site_share(r);
+            let role = self.origin_role(r);
             let h = &mut self.releases[r];
             let (complete, paused) = (h.release.is_complete(), h.is_paused(now));
             match h.origin.as_mut() {
@@ -154,35 +154,58 @@ impl Agent {
                 // Whole: nothing more to ask; the connection goes.
                 Some(o) if complete => reset(o),
                 Some(_) if paused => {}
-                Some(_) => drive(h, share, from, &self.poll, now),
+                Some(_) => drive(h, role, from, &self.poll, now),
             }
         }
     }
 
-    /// This device's share of release `r` among the devices of its site: its rank by IPv4
-    /// address among itself and the peers of `r` connected on one of its links, and their number.
-    /// None without a LAN (no discovery, or not listening on an IPv4 address) or alone on it.
-    fn site_share(&self, r: usize) -> Option<(u32, u32)> {
-        let (Some(SocketAddr::V4(me)), Some(lan)) = (self.local, self.lan.as_ref()) else { return None };
-        let mut site: Vec<Ipv4Addr> = self
-            .conns
-            .iter()
-            .flatten()
-            .filter(|c| c.release == Some(r) && !c.connecting)
-            .filter_map(|c| match c.addr.ip() {
-                IpAddr::V4(ip) if ip != *me.ip() && sys::on_link(ip, &lan.subnets) => Some(ip),
-                _ => None,
-            })
-            .collect();
+    /// How this device uses the origin for release `r`, from its connections (see [`Role`]).
+    /// Without a LAN (no discovery, or not listening on an IPv4 address) it knows no site:
+    /// [`Role::Share`] of everything.
+    fn origin_role(&self, r: usize) -> Role {
+        let (Some(SocketAddr::V4(me)), Some(lan)) = (self.local, self.lan.as_ref()) else { return Role::Share(None) };
+        let (mut site, mut reachable, mut behind) = (Vec::new(), false, false);
+        for c in self.conns.iter().flatten().filter(|c| c.release == Some(r) && !c.connecting && c.was_active()) {
+            let IpAddr::V4(ip) = c.addr.ip() else { continue };
+            match (sys::on_link(ip, &lan.subnets), c.outbound()) {
+                (true, _) if ip != *me.ip() => site.push(ip),
+                (true, _) => {}
+                // Someone beyond our links dialled us: we are reachable from outside.
+                (false, false) => reachable = true,
+                // We reached a peer beyond our links: it is reachable, and serves us.
+                (false, true) => behind = true,
+            }
+        }
+        if reachable {
+            return Role::Reachable;
+        }
+        if behind {
+            return Role::Behind;
+        }
         site.sort_unstable();
         site.dedup();
         let rank = site.iter().filter(|&&ip| ip < *me.ip()).count() as u32;
-        (!site.is_empty()).then_some((rank, site.len() as u32 + 1))
+        Role::Share((!site.is_empty()).then_some((rank, site.len() as u32 + 1)))
     }
 }
 
-/// One step (or a few) of release `h`'s origin client; `share`: the device's share of its site.
-fn drive(h: &mut Held, share: Option<(u32, u32)>, from: Option<SocketAddr>, poll: &mio::Poll, now: Instant) {
+/// How a device uses the origin, from what its connections say about where it stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    /// Its share of its site's chunks (`(rank, of)`), or everything alone: the usual case,
+    /// devices behind NAT with only their LAN peers.
+    Share(Option<(u32, u32)>),
+    /// Peers beyond its links dialled it, so it is reachable from outside (a forwarded port, a
+    /// public address): the super-peer of whoever reaches it, it takes any chunk from the origin.
+    Reachable,
+    /// It reached a peer beyond its links (a reachable one): it leaves the origin to that peer
+    /// and fetches from it and its LAN, so the origin sends a copy per reachable peer, not per
+    /// site. A chunk already asked of the origin is finished.
+    Behind,
+}
+
+/// One step (or a few) of release `h`'s origin client, as a device of `role`.
+fn drive(h: &mut Held, role: Role, from: Option<SocketAddr>, poll: &mio::Poll, now: Instant) {
     let Some(o) = h.origin.as_mut() else { return };
     if o.deadline.is_some_and(|d| now >= d) {
         return fail(h, "no whole chunk within its time (a slow or stalled server)", now);
@@ -191,6 +214,14 @@ fn drive(h: &mut Held, share: Option<(u32, u32)>, from: Option<SocketAddr>, poll
         if now < o.not_before {
             return;
         }
+        let share = match role {
+            Role::Behind => {
+                o.not_before = now + IDLE_CHECK;
+                return;
+            }
+            Role::Reachable => None,
+            Role::Share(share) => share,
+        };
         // Our share of the site's chunks first; the rest only once ours is done and the others
         // had `steal_after` to finish theirs (a device that left, or is slower, is covered).
         let mut taken = h.release.origin_take(share);
