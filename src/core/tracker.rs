@@ -245,9 +245,8 @@ impl TrackerClient {
                 }
                 self.interval = interval;
                 self.failures = 0;
-                if self.event != AnnounceEvent::None {
-                    self.event = AnnounceEvent::None;
-                }
+                // Told: `started` and `completed` are said once.
+                self.event = AnnounceEvent::None;
                 self.phase = Phase::Waiting { at: now + interval };
                 Reply::Peers { interval, peers }
             }
