@@ -146,7 +146,6 @@ impl Agent {
     pub(super) fn drive_origins(&mut self, now: Instant) {
         let from = self.local;
         for r in 0..self.releases.len() {
-            let role = self.origin_role(r);
             let h = &mut self.releases[r];
             let (complete, paused) = (h.release.is_complete(), h.is_paused(now));
             match h.origin.as_mut() {
@@ -154,7 +153,11 @@ impl Agent {
                 // Whole: nothing more to ask; the connection goes.
                 Some(o) if complete => reset(o),
                 Some(_) if paused => {}
-                Some(_) => drive(h, role, from, &self.poll, now),
+                Some(_) => {
+                    // Read from the connections only for a release that uses the origin now.
+                    let role = self.origin_role(r);
+                    drive(&mut self.releases[r], role, from, &self.poll, now);
+                }
             }
         }
     }
