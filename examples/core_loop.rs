@@ -24,6 +24,7 @@ fn main() {
         chunk_hashes: image.chunks(256 * 1024).map(|c| Sha256::digest(c).into()).collect(),
         expires: None,
         targets: Vec::new(),
+        rollout: None,
     };
     // Unsigned here for brevity; a device takes it from `SignedManifest::read_file` + `check_trust`.
     let m = SignedManifest { manifest, bytes: Vec::new(), swarm_id: [1; 32], signers: Vec::new() };
@@ -38,8 +39,8 @@ fn main() {
     let mut fetch = Release::new(&m, fetch_store, &Bitfield::new(n), config(2), 2, now);
     // Connection slot 0 on both sides: the fetcher dialled the seed.
     // Nonces come from the OS's CSPRNG in a real agent (they key the fleet channel).
-    fetch.add_peer(0, NewPeer { outbound: true, remote: None, nonce: [1; 16] }, now);
-    seed.add_peer(0, NewPeer { outbound: false, remote: None, nonce: [2; 16] }, now);
+    fetch.add_peer(0, NewPeer { outbound: true, remote: None, beyond_lan: false, nonce: [1; 16] }, now);
+    seed.add_peer(0, NewPeer { outbound: false, remote: None, beyond_lan: false, nonce: [2; 16] }, now);
 
     let mut frame = vec![0u8; MAX_FRAME];
     while !fetch.is_complete() {

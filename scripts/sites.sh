@@ -210,7 +210,10 @@ while [ ${#DONE[@]} -lt $((S * K)) ]; do
     for ((s = 1; s <= S; s++)); do
         for ((k = 1; k <= K; k++)); do
             [ -n "${DONE[$s.$k]:-}" ] && continue
-            [ -f "$TMP/s${s}d$k/fw.img" ] && DONE[$s.$k]=$(calc "$EPOCHREALTIME - $T0")
+            [ -f "$TMP/s${s}d$k/fw.img" ] && DONE[$s.$k]=$(calc "$EPOCHREALTIME - $T0") && continue
+            # A device that exited before its copy was whole will not finish: say why now.
+            kill -0 "${DEV_PIDS[$(((s - 1) * K + k - 1))]}" 2>/dev/null ||
+                die "site $s device $k exited early: $(tail -n 3 "$TMP/s${s}d$k/agent.log")"
         done
     done
     [ "$(calc "$EPOCHREALTIME - $T0 > $LIMIT" 0)" = 1 ] && die "not all done after ${LIMIT}s (${#DONE[@]} of $((S * K)))"

@@ -301,6 +301,7 @@ fn manifest(data: &[u8], name: &str, release: u64, swarm_id: SwarmId) -> SignedM
         chunk_hashes: data.chunks(CHUNK as usize).map(|c| Sha256::digest(c).into()).collect(),
         expires: None,
         targets: Vec::new(),
+        rollout: None,
     };
     SignedManifest { manifest, bytes: Vec::new(), swarm_id, signers: Vec::new() }
 }
@@ -354,8 +355,16 @@ impl Case {
         nonce.iter_mut().for_each(|n| self.rng.fill(n));
         fetch.remove_peer(SLOT, self.now);
         self.seed.remove_peer(SLOT, self.now);
-        assert!(fetch.add_peer(SLOT, NewPeer { outbound: true, remote: None, nonce: nonce[0] }, self.now));
-        assert!(self.seed.add_peer(SLOT, NewPeer { outbound: false, remote: None, nonce: nonce[1] }, self.now));
+        assert!(fetch.add_peer(
+            SLOT,
+            NewPeer { outbound: true, remote: None, beyond_lan: false, nonce: nonce[0] },
+            self.now
+        ));
+        assert!(self.seed.add_peer(
+            SLOT,
+            NewPeer { outbound: false, remote: None, beyond_lan: false, nonce: nonce[1] },
+            self.now
+        ));
     }
 
     /// Runs the fetcher until it completes or the power fails; true if it completed.

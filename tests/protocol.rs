@@ -102,6 +102,7 @@ fn manifest_for(data: &[u8], chunk_size: u32) -> Manifest {
         chunk_hashes: data.chunks(chunk_size as usize).map(|c| Sha256::digest(c).into()).collect(),
         expires: None,
         targets: Vec::new(),
+        rollout: None,
     }
 }
 
@@ -149,8 +150,8 @@ impl Sim {
         self.links.push(Link { ends: [a, b], closed: None });
         let (na, nb) = (self.rng.next_u64().to_le_bytes(), self.rng.next_u64().to_le_bytes());
         let nonce = |n: [u8; 8]| [n, n].concat().try_into().unwrap();
-        let dialler = NewPeer { outbound: true, remote: Some(Self::addr(b)), nonce: nonce(na) };
-        let acceptor = NewPeer { outbound: false, remote: Some(Self::addr(a)), nonce: nonce(nb) };
+        let dialler = NewPeer { outbound: true, remote: Some(Self::addr(b)), beyond_lan: false, nonce: nonce(na) };
+        let acceptor = NewPeer { outbound: false, remote: Some(Self::addr(a)), beyond_lan: false, nonce: nonce(nb) };
         assert!(self.nodes[a].release.add_peer(id, dialler, self.now));
         assert!(self.nodes[b].release.add_peer(id, acceptor, self.now));
     }
@@ -403,7 +404,7 @@ fn upload_rate_limit_holds_within_ten_percent() {
 
 /// An accepted connection with a fixed nonce.
 fn inbound() -> NewPeer {
-    NewPeer { outbound: false, remote: None, nonce: [1; 16] }
+    NewPeer { outbound: false, remote: None, beyond_lan: false, nonce: [1; 16] }
 }
 
 /// A lone swarm and session to poke with hand-made messages.
@@ -628,7 +629,7 @@ fn a_replayed_fleet_handshake_is_refused() {
     let (mut a, mut b) = (seeded(1, true), seeded(2, false));
     let now = Instant::now();
     a.add_peer(0, inbound(), now);
-    b.add_peer(0, NewPeer { outbound: true, remote: None, nonce: [2; 16] }, now);
+    b.add_peer(0, NewPeer { outbound: true, remote: None, beyond_lan: false, nonce: [2; 16] }, now);
     let recorded = handshake(&mut b, &mut a, 0, now);
     assert!(a.session(0).unwrap().is_active(), "the genuine handshake completes");
     assert!(b.session(0).unwrap().is_active(), "on both ends");
@@ -781,7 +782,7 @@ fn a_flipped_bit_in_a_sealed_frame_closes_without_blame() {
     let now = Instant::now();
     let (mut seed, mut fetch) = (make(1, true), make(2, false));
     seed.add_peer(0, inbound(), now);
-    fetch.add_peer(0, NewPeer { outbound: true, remote: None, nonce: [2; 16] }, now);
+    fetch.add_peer(0, NewPeer { outbound: true, remote: None, beyond_lan: false, nonce: [2; 16] }, now);
     handshake(&mut fetch, &mut seed, 0, now);
     assert!(fetch.session(0).unwrap().is_active());
     // The seed's next frame (a keepalive, after 21 s of quiet) with one bit flipped.

@@ -336,6 +336,7 @@ pub fn session(data: &[u8]) {
             chunk_hashes: image.chunks(CHUNK as usize).map(|c| Sha256::digest(c).into()).collect(),
             expires: None,
             targets: Vec::new(),
+            rollout: None,
         };
         (image, m)
     });
@@ -356,8 +357,8 @@ pub fn session(data: &[u8]) {
         Release::new(&signed, store, &present, ReleaseConfig { swarm: config(1), ..Default::default() }, 1, now0);
     let peer_have = if we_seed { Bitfield::new(n) } else { Bitfield::full(n) };
     let mut peer = Swarm::new(m, [3; 32], &peer_have, config(2), 2);
-    us.add_peer(0, NewPeer { outbound: we_dial, remote: None, nonce: [1; 16] }, now0);
-    peer.add_peer(0, NewPeer { outbound: !we_dial, remote: None, nonce: [2; 16] }, now0);
+    us.add_peer(0, NewPeer { outbound: we_dial, remote: None, beyond_lan: false, nonce: [1; 16] }, now0);
+    peer.add_peer(0, NewPeer { outbound: !we_dial, remote: None, beyond_lan: false, nonce: [2; 16] }, now0);
 
     let mut now = now0;
     let mut frame = vec![0u8; MAX_FRAME];

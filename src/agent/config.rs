@@ -24,6 +24,11 @@ pub struct AgentConfig {
     pub origin_rate: u64,
     /// A chunk from the origin must be whole within this, plus its length at 16 KiB/s.
     pub origin_timeout: Duration,
+    /// Release names followed (`serve --follow`): new releases of these are looked for at the
+    /// origin and taken from peers.
+    pub follow: Vec<String>,
+    /// How often the origin is polled for each followed name's manifest.
+    pub poll_interval: Duration,
     /// Connection slots.
     pub max_peers: usize,
     /// Peers uploaded to at once.
@@ -68,6 +73,8 @@ impl Default for AgentConfig {
             origin_delay: Duration::from_secs(10),
             origin_rate: 0,
             origin_timeout: Duration::from_secs(30),
+            follow: Vec::new(),
+            poll_interval: Duration::from_secs(300),
             max_peers: 32,
             upload_slots: 2,
             max_upload_rate: 0,
@@ -103,6 +110,8 @@ pub enum AgentError {
     Random(io::Error),
     /// The no-rollback history could not be read or written.
     History(io::Error),
+    /// The device id could not be read or made.
+    DeviceId(io::Error),
     /// A release older than one already accepted under its name.
     Rollback { name: String, release: u64, highest: u64 },
     /// A manifest this device may not act on.
@@ -118,6 +127,7 @@ impl std::fmt::Display for AgentError {
             AgentError::Status(p, e) => write!(f, "cannot open the status socket {}: {e}", p.display()),
             AgentError::Random(e) => write!(f, "cannot read random bytes from the kernel: {e}"),
             AgentError::History(e) => write!(f, "no-rollback history: {e}"),
+            AgentError::DeviceId(e) => write!(f, "device id: {e}"),
             AgentError::Manifest(e) => write!(f, "{e}"),
             AgentError::Rollback { name, release, highest } => write!(
                 f,

@@ -13,7 +13,7 @@ use crate::core::wire::{self, Message, RefuseReason, MAX_FRAME};
 use mio::net::TcpStream;
 use mio::{Interest, Token};
 use std::io::{self, Read, Write};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 /// Receive buffer: one whole frame, so any legal frame fits and nothing larger is ever needed.
@@ -38,6 +38,8 @@ const NEVER_TRADED_GRACE: Duration = Duration::from_secs(3);
 pub(super) struct Conn {
     stream: TcpStream,
     pub(super) addr: SocketAddr,
+    /// The peer is not on any of our links (see [`Agent::beyond_lan`]).
+    pub(super) beyond_lan: bool,
     /// Set for connections we opened, until the connect completes.
     pub(super) connecting: bool,
     /// The release this connection serves; `None` for an inbound one until its Hello.
@@ -52,6 +54,18 @@ pub(super) struct Conn {
     wbuf: Box<[u8]>,
     wpos: usize,
     wlen: usize,
+}
+
+impl Agent {
+    /// True if `addr` is beyond our LAN: LAN discovery is on (so we know our links) and it is
+    /// on none of them. Without discovery every peer counts as local.
+    pub(super) fn beyond_lan(&self, addr: SocketAddr) -> bool {
+        let Some(lan) = self.lan.as_ref() else { return false };
+        match addr.ip() {
+            IpAddr::V4(ip) => !sys::on_link(ip, &lan.subnets),
+            IpAddr::V6(_) => true,
+        }
+    }
 }
 
 impl Conn {
@@ -173,9 +187,11 @@ impl Agent {
         if let Err(e) = sys::set_notsent_lowat(&stream, UNSENT_MARK as u32) {
             log::debug!("cannot cap unsent bytes to {addr}: {e}");
         }
+        let beyond_lan = self.beyond_lan(addr);
         self.conns[slot] = Some(Conn {
             stream,
             addr,
+            beyond_lan,
             connecting: dial.is_some(),
             release: dial.map(|d| d.0),
             dial: dial.map(|d| d.1),
@@ -199,10 +215,11 @@ impl Agent {
                     conn.connecting = false;
                     log::debug!("connected to {}", conn.addr);
                     let (r, addr, opened_at) = (conn.release.unwrap_or(0), conn.addr, conn.opened_at);
+                    let beyond_lan = conn.beyond_lan;
                     let Ok(nonce) = sys::random_nonce() else {
                         return self.close(slot, Err("no randomness for a nonce"), now);
                     };
-                    let new = NewPeer { outbound: true, remote: Some(addr), nonce };
+                    let new = NewPeer { outbound: true, remote: Some(addr), beyond_lan, nonce };
                     self.releases[r].release.add_peer(slot, new, opened_at);
                 }
                 (Ok(None), Err(e)) if e.kind() == io::ErrorKind::NotConnected => return,
@@ -268,7 +285,7 @@ impl Agent {
                         Err("refused its hello")
                     })?;
                     let nonce = sys::random_nonce().map_err(|_| Err("no randomness for a nonce"))?;
-                    let new = NewPeer { outbound: false, remote: Some(conn.addr), nonce };
+                    let new = NewPeer { outbound: false, remote: Some(conn.addr), beyond_lan: conn.beyond_lan, nonce };
                     conn.release = Some(r);
                     releases[r].release.add_peer(slot, new, conn.opened_at);
                     r

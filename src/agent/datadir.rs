@@ -70,6 +70,43 @@ impl Agent {
         Ok(added)
     }
 
+    /// Takes the manifests learnt for the names followed (from the origin or peers): each one
+    /// newer than anything accepted under its name and passing the same checks as one dropped
+    /// into `dir` (signatures, targets, expiry, the fast-forward bound) is written to
+    /// `dir/NAME.flotilla` (atomically: a power cut leaves the old manifest or the new one), and
+    /// the rescan that follows fetches it. One refused is logged, and remembered so that a peer
+    /// offering it again costs nothing. Returns how many were written.
+    pub fn adopt_learnt(&mut self, dir: &Path, acceptor: &Acceptor) -> usize {
+        let mut adopted = 0;
+        for m in self.take_learnt() {
+            let (name, release) = (m.manifest.name.clone(), m.manifest.release);
+            if !self.config.follow.contains(&name) || self.refused_learnt.iter().any(|id| *id == m.swarm_id) {
+                continue;
+            }
+            if let Some(highest) = self.highest_known(&name).filter(|&h| h >= release) {
+                log::debug!("{name}: release {release} offered, not newer than #{highest}");
+                continue;
+            }
+            if let Err(e) = acceptor.check(&m, wall_clock()) {
+                log::warn!("{name}: refusing the manifest of release {release} learnt from the fleet: {e}");
+                if self.refused_learnt.is_full() {
+                    self.refused_learnt.pop_front();
+                }
+                let _ = self.refused_learnt.push_back(m.swarm_id);
+                continue;
+            }
+            let path = dir.join(format!("{name}.flotilla"));
+            match crate::store::atomic::replace_file(&path, &m.bytes, crate::store::safe_fs::DATA_MODE) {
+                Ok(()) => {
+                    log::info!("{name}: learnt of release {release}; its manifest is now {}", path.display());
+                    adopted += 1;
+                }
+                Err(e) => log::error!("{name}: cannot write {}: {e}", path.display()),
+            }
+        }
+        adopted
+    }
+
     /// Reads, checks and adds one release of a data directory; false (logged) if refused.
     fn load(&mut self, dir: &Path, manifest: &Path, acceptor: &Acceptor) -> bool {
         let (m, deferred) = match load_manifest(manifest, acceptor) {

@@ -10,6 +10,7 @@
 use super::{Agent, AgentError, Held};
 use crate::core::manifest::{to_hex, SwarmId};
 use crate::core::storage::Storage;
+use crate::store::device_id::DeviceId;
 use crate::store::pending_hooks::{PendingHook, PendingHooks};
 use std::io;
 use std::os::unix::process::CommandExt;
@@ -64,11 +65,12 @@ impl Agent {
             return pending.add(PendingHook::new(swarm, name, release)).map_err(AgentError::History);
         }
         if let Some(owed) = pending.get(&swarm) {
+            let install_at = install_time(h, self.device_id, now);
             let name = h.release.name();
             h.hook = match &owed.failed {
                 None => {
                     log::info!("{name}: its install hook is owed from an earlier run");
-                    HookState::Due { not_before: now, failures: 0 }
+                    HookState::Due { not_before: install_at, failures: 0 }
                 }
                 Some(f) => {
                     // The back-off runs from the last failure by the wall clock, so a restart
@@ -81,7 +83,7 @@ impl Agent {
                         f.how,
                         wait.as_secs()
                     );
-                    HookState::Due { not_before: now + wait, failures: f.count }
+                    HookState::Due { not_before: (now + wait).max(install_at), failures: f.count }
                 }
             };
         }
@@ -104,7 +106,12 @@ impl Agent {
             None => true, // no state directory (a library caller): run it once, in this run
         };
         if owed && !self.config.on_complete.is_empty() {
-            h.hook = HookState::Due { not_before: now, failures: 0 };
+            let not_before = install_time(h, self.device_id, now);
+            if not_before > now {
+                let secs = (not_before - now).as_secs();
+                log::info!("{}: staged rollout: this device installs in {secs} s", h.release.name());
+            }
+            h.hook = HookState::Due { not_before, failures: 0 };
         }
     }
 
@@ -228,6 +235,21 @@ fn backoff(failures: u32) -> Duration {
 
 fn wall_clock() -> u64 {
     super::datadir::wall_clock()
+}
+
+/// When release `h` may be installed on device `device`: at once, or at its moment in the
+/// manifest's staged-rollout window. The window is in wall-clock time; a clock still unset
+/// (before [`crate::core::trust::CLOCK_FLOOR`]) cannot place the device in it, so it installs
+/// at once rather than never.
+fn install_time(h: &Held, device: Option<DeviceId>, now: Instant) -> Instant {
+    let (Some(rollout), Some(device)) = (h.release.rollout(), device) else { return now };
+    let wall = wall_clock();
+    if wall < crate::core::trust::CLOCK_FLOOR {
+        log::warn!("{}: the clock is unset, so its staged rollout is not waited for", h.release.name());
+        return now;
+    }
+    let at = rollout.install_at(&device.0, h.release.id());
+    now + Duration::from_secs(at.saturating_sub(wall))
 }
 
 /// Starts the install hook: the operator's program and arguments, then the release's path as

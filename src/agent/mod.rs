@@ -11,7 +11,9 @@
 //! - `conn`: accepting, reading frames, writing frames, closing;
 //! - `dial`: whom to dial for each release, with back-off, and the addresses that are banned;
 //! - `lan`: LAN discovery datagrams;
+//! - `site`: where the device stands in its site (its share of the chunks, reachable or not);
 //! - `datadir`: a `--data` directory looked at again on request ([`Agent::rescan`]);
+//! - `follow`: polling the origin for new releases of the names followed (`--follow`);
 //! - `hooks`: the operator's install hook, a few children at once, never waited for in the loop;
 //! - `status`: the Unix status socket and the report it answers with.
 
@@ -19,10 +21,12 @@ mod config;
 mod conn;
 mod datadir;
 mod dial;
+mod follow;
 mod guard;
 mod hooks;
 mod lan;
 mod origin;
+mod site;
 pub mod status;
 mod status_socket;
 mod sys;
@@ -37,6 +41,7 @@ use crate::core::rng::Rng;
 use crate::core::session::HANDSHAKE_TIMEOUT;
 use crate::core::storage::{Storage, StoreError};
 use crate::core::swarm::SwarmConfig;
+use crate::store::device_id::DeviceId;
 use crate::store::file::FileStore;
 use crate::store::history::History;
 use crate::store::safe_fs;
@@ -128,10 +133,18 @@ pub struct Agent {
     /// The address `listener` is bound to.
     local: Option<SocketAddr>,
     lan: Option<Lan>,
+    /// When the releases are next told their site shares (`site`).
+    shares_at: Instant,
     /// The trackers' socket (`--tracker`).
     trackers: Option<tracker::Trackers>,
     /// Origin connections opened so far: each gets its own poll token.
     origin_tokens: usize,
+    /// The origin polls of the names followed (`follow`).
+    polls: Vec<follow::ManifestPoll>,
+    /// Manifests learnt (from the origin or peers), for [`Agent::take_learnt`].
+    learnt: Vec<SignedManifest>,
+    /// Swarm ids of learnt manifests the trust rules refused: not fetched or logged again.
+    refused_learnt: heapless::Deque<crate::core::manifest::SwarmId, 64>,
     conns: Vec<Option<Conn>>,
     releases: Vec<Held>,
     bans: Bans,
@@ -146,6 +159,8 @@ pub struct Agent {
     refused: heapless::Deque<datadir::Refused, { datadir::MAX_REFUSED }>,
     /// The record of the highest release accepted per name ([`Agent::keep_state`]).
     history: Option<History>,
+    /// This device's id, from the state directory ([`Agent::keep_state`]).
+    device_id: Option<DeviceId>,
     /// The trust root's fast-forward bound ([`Agent::apply_root`]).
     max_jump: Option<u64>,
     /// The install hooks still owed ([`Agent::keep_state`]).
@@ -167,13 +182,17 @@ impl Agent {
         let mut seed = [0u8; 8];
         sys::os_random(&mut seed).map_err(AgentError::Random)?;
         let mut rng = Rng::new(u64::from_le_bytes(seed));
-        Ok(Agent {
+        let mut agent = Agent {
             poll,
             listener: None,
             local: None,
             lan: None,
+            shares_at: Instant::now(),
             trackers: None,
             origin_tokens: 0,
+            polls: Vec::new(),
+            learnt: Vec::new(),
+            refused_learnt: heapless::Deque::new(),
             unread: Vec::with_capacity(conns.len()),
             rereading: Vec::with_capacity(conns.len()),
             conns,
@@ -187,11 +206,14 @@ impl Agent {
             hooks_failed: 0,
             refused: heapless::Deque::new(),
             history: None,
+            device_id: None,
             pending_hooks: None,
             max_jump: None,
             started: Instant::now(),
             fatal: None,
-        })
+        };
+        agent.start_polls(Instant::now());
+        Ok(agent)
     }
 
     /// Opens the listening socket and the status socket, those the configuration names that are
@@ -242,6 +264,34 @@ impl Agent {
         safe_fs::create_private_dir(dir).map_err(AgentError::History)?;
         self.history = Some(History::load(dir).map_err(AgentError::History)?);
         self.load_pending_hooks(dir)
+    }
+
+    /// The release names followed (`--follow`).
+    pub fn follows(&self) -> &[String] {
+        &self.config.follow
+    }
+
+    /// True if manifests were learnt since [`Agent::take_learnt`] was last called.
+    pub fn has_learnt(&self) -> bool {
+        !self.learnt.is_empty()
+    }
+
+    /// The manifests learnt from the origin or from peers of the names followed: decoded and of
+    /// the right name, but not yet checked against the trust rules (the caller's to do).
+    pub fn take_learnt(&mut self) -> Vec<SignedManifest> {
+        std::mem::take(&mut self.learnt)
+    }
+
+    /// Takes this device's id from `dir` (the state directory), made on the first start: it
+    /// places the device in staged rollouts (without one, every release installs at once).
+    pub fn identify(&mut self, dir: &Path) -> Result<(), AgentError> {
+        self.device_id = Some(DeviceId::load_or_create(dir).map_err(AgentError::DeviceId)?);
+        Ok(())
+    }
+
+    /// This device's id, once [`Agent::identify`] took it.
+    pub fn device_id(&self) -> Option<DeviceId> {
+        self.device_id
     }
 
     /// The highest release of `name` accepted here, by the history or held now.
@@ -429,7 +479,9 @@ impl Agent {
         self.sample_rates(now);
         self.announce(now);
         self.announce_trackers(now);
+        self.refresh_site_shares(now);
         self.drive_origins(now);
+        self.drive_polls(now);
         self.dial(now);
     }
 
@@ -499,6 +551,7 @@ impl Agent {
         if let Some(lan) = &self.lan {
             consider(lan.schedule.next());
         }
+        self.polls.iter().for_each(|p| consider(p.wakeup()));
         for c in self.conns.iter().flatten().filter(|c| c.release.is_none() || c.connecting) {
             consider(c.opened_at + HANDSHAKE_TIMEOUT);
         }

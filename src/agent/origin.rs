@@ -19,7 +19,7 @@ use crate::core::release::OriginProgress;
 use mio::net::TcpStream;
 use mio::{Interest, Token};
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 /// Tokens of origin connections start here, far above the connection slots.
@@ -142,6 +142,17 @@ impl Agent {
         Some(OriginClient::new(urls, token, c.origin_rate, c.origin_timeout, now + c.origin_delay))
     }
 
+    /// A poll of the origin for each followed name, at the first `--origin` base URL.
+    pub(super) fn start_polls(&mut self, now: Instant) {
+        let Some(OriginSpec::Base(bases)) = self.config.origin.as_ref() else { return };
+        let Some(base) = bases.first().cloned() else { return };
+        for name in self.config.follow.clone() {
+            self.origin_tokens += 1;
+            let token = Token(ORIGIN_TOKENS + self.origin_tokens);
+            self.polls.push(super::follow::ManifestPoll::new(&name, &base, token, self.config.poll_interval, now));
+        }
+    }
+
     /// Drives every release's origin: takes chunks when due, writes requests, reads answers.
     pub(super) fn drive_origins(&mut self, now: Instant) {
         let from = self.local;
@@ -163,32 +174,14 @@ impl Agent {
     }
 
     /// How this device uses the origin for release `r`, from its connections (see [`Role`]).
-    /// Without a LAN (no discovery, or not listening on an IPv4 address) it knows no site:
-    /// [`Role::Share`] of everything.
     fn origin_role(&self, r: usize) -> Role {
-        let (Some(SocketAddr::V4(me)), Some(lan)) = (self.local, self.lan.as_ref()) else { return Role::Share(None) };
-        let (mut site, mut reachable, mut behind) = (Vec::new(), false, false);
-        for c in self.conns.iter().flatten().filter(|c| c.release == Some(r) && !c.connecting && c.was_active()) {
-            let IpAddr::V4(ip) = c.addr.ip() else { continue };
-            match (sys::on_link(ip, &lan.subnets), c.outbound()) {
-                (true, _) if ip != *me.ip() => site.push(ip),
-                (true, _) => {}
-                // Someone beyond our links dialled us: we are reachable from outside.
-                (false, false) => reachable = true,
-                // We reached a peer beyond our links: it is reachable, and serves us.
-                (false, true) => behind = true,
-            }
-        }
-        if reachable {
-            return Role::Reachable;
-        }
-        if behind {
+        let view = self.site_view(r);
+        // Reachable first: two reachable devices that dialled each other must not both leave
+        // the origin to the other.
+        if view.behind && !view.reachable {
             return Role::Behind;
         }
-        site.sort_unstable();
-        site.dedup();
-        let rank = site.iter().filter(|&&ip| ip < *me.ip()).count() as u32;
-        Role::Share((!site.is_empty()).then_some((rank, site.len() as u32 + 1)))
+        Role::Share(view.share)
     }
 }
 
@@ -198,12 +191,11 @@ enum Role {
     /// Its share of its site's chunks (`(rank, of)`), or everything alone: the usual case,
     /// devices behind NAT with only their LAN peers.
     Share(Option<(u32, u32)>),
-    /// Peers beyond its links dialled it, so it is reachable from outside (a forwarded port, a
-    /// public address): the super-peer of whoever reaches it, it takes any chunk from the origin.
-    Reachable,
-    /// It reached a peer beyond its links (a reachable one): it leaves the origin to that peer
-    /// and fetches from it and its LAN, so the origin sends a copy per reachable peer, not per
-    /// site. A chunk already asked of the origin is finished.
+    /// It reached a peer beyond its links (a reachable one) and no one beyond its links reached
+    /// it: it leaves the origin to that peer and fetches from it and its LAN, so the origin sends
+    /// a copy per reachable site, not per site. A chunk already asked of the origin is finished.
+    /// A device reachable from outside (the super-peer of whoever reaches it) takes its site
+    /// share like any other: its site fetches one copy.
     Behind,
 }
 
@@ -222,7 +214,6 @@ fn drive(h: &mut Held, role: Role, from: Option<SocketAddr>, poll: &mio::Poll, n
                 o.not_before = now + IDLE_CHECK;
                 return;
             }
-            Role::Reachable => None,
             Role::Share(share) => share,
         };
         // Our share of the site's chunks first; the rest only once ours is done and the others

@@ -60,15 +60,22 @@ impl Agent {
                 }
             }
             let complete = h.release.is_complete();
-            let peerless = !self.conns.iter().flatten().any(|c| c.release == Some(r) && !c.connecting);
+            // Company means a peer beyond the LAN (or any peer, when we know no LAN): LAN peers
+            // alone cannot bring a site the release without the origin.
+            let lan_known = self.lan.is_some();
+            let alone = !self
+                .conns
+                .iter()
+                .flatten()
+                .any(|c| c.release == Some(r) && !c.connecting && (c.beyond_lan || !lan_known));
             let stats = h.release.stats();
             let left = h.release.size().saturating_sub(h.release.have_bytes());
             let progress = Progress { downloaded: stats.downloaded, uploaded: stats.uploaded, left };
             for (client, &addr) in h.trackers.iter_mut().zip(&self.config.trackers) {
                 if complete {
                     client.completed(now);
-                } else if peerless {
-                    client.needs_peers(now);
+                } else if alone {
+                    client.needs_peers();
                 }
                 if let Some(n) = client.poll_transmit(now, progress, &mut buf) {
                     if let Err(e) = t.socket.send_to(&buf[..n], addr) {

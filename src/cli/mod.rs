@@ -7,7 +7,7 @@ mod root;
 use flotilla::agent::status::fixed;
 use flotilla::agent::{Agent, AgentConfig, Held, OriginSpec};
 use flotilla::core::manifest::{
-    self, Manifest, ManifestError, PublicKey, SecretKey, SignedManifest, DEFAULT_CHUNK_SIZE,
+    self, Manifest, ManifestError, PublicKey, Rollout, SecretKey, SignedManifest, DEFAULT_CHUNK_SIZE,
 };
 use flotilla::core::storage::Storage;
 use flotilla::core::storage::StoreError;
@@ -183,7 +183,8 @@ fn keygen(mut p: lexopt::Parser) -> Result<(), Failure> {
 
 const PUBLISH_HELP: &str = "\
 Usage: flotilla publish FILE --secret KEYFILE... [--name NAME] [--release N] [--chunk-size BYTES]
-                        [--expires TIME] [--target NAME]... [--out MANIFEST]
+                        [--expires TIME] [--target NAME]... [--rollout-hours H [--rollout-start TIME]]
+                        [--out MANIFEST]
 
 Hashes FILE chunk by chunk and signs the result with each KEYFILE. Writes MANIFEST (default
 FILE.flotilla) and prints the swarm id, the release's name on the wire.
@@ -197,12 +198,24 @@ FILE.flotilla) and prints the swarm id, the release's name on the wire.
   --target NAME        hardware the release is for (repeatable, up to 8; e.g. rpi4-arm64):
                        a device given other --target names, or none, refuses it (default:
                        no targets, for every device)
+  --rollout-hours H    a staged rollout over H hours (1..=8784): every device fetches and
+                       seeds the release as soon as it learns of it, but runs its install
+                       hook at start + f x H, f in [0, 1) fixed by its device id and the
+                       release, so a steady share of the fleet installs each hour. To halt a
+                       bad rollout, publish the fix (or the old image) under a higher number
+  --rollout-start TIME RFC 3339 UTC start of the window (default: now)
   --out MANIFEST       where to write the manifest
 ";
+
+/// Seconds since the Unix epoch by the system clock.
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
 
 fn publish(mut p: lexopt::Parser) -> Result<(), Failure> {
     let (mut file, mut secrets, mut name, mut out) = (None, Vec::new(), None, None);
     let mut draft = Manifest { release: 1, chunk_size: DEFAULT_CHUNK_SIZE, ..Manifest::default() };
+    let (mut rollout_hours, mut rollout_start) = (None, None);
     while let Some(arg) = p.next()? {
         match arg {
             Value(v) if file.is_none() => file = Some(PathBuf::from(v)),
@@ -215,17 +228,35 @@ fn publish(mut p: lexopt::Parser) -> Result<(), Failure> {
                 let at = parse_rfc3339(&t)
                     .ok_or_else(|| usage(format!("{t:?} is not an RFC 3339 UTC time like 2027-06-30T00:00:00Z")))?;
                 // Every device would refuse it at once; a typo in the year is the likely cause.
-                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-                if at <= now {
+                if at <= unix_now() {
                     return Err(usage(format!("--expires {t} is already past: devices would refuse the release")));
                 }
                 draft.expires = Some(at);
             }
             Long("target") => draft.targets.push(p.value()?.string()?),
+            Long("rollout-hours") => {
+                let hours: u32 = p.value()?.parse()?;
+                if !(1..=manifest::MAX_ROLLOUT_HOURS).contains(&hours) {
+                    let max = manifest::MAX_ROLLOUT_HOURS;
+                    return Err(usage(format!("--rollout-hours {hours}: the window must be 1..={max} hours")));
+                }
+                rollout_hours = Some(hours);
+            }
+            Long("rollout-start") => {
+                let t = p.value()?.string()?;
+                let at = parse_rfc3339(&t)
+                    .ok_or_else(|| usage(format!("{t:?} is not an RFC 3339 UTC time like 2027-06-30T00:00:00Z")))?;
+                rollout_start = Some(at);
+            }
             Long("out") => out = Some(PathBuf::from(p.value()?)),
             a => help_or(a, PUBLISH_HELP)?,
         }
     }
+    draft.rollout = match (rollout_hours, rollout_start) {
+        (Some(hours), start) => Some(Rollout { start: start.unwrap_or_else(unix_now), hours }),
+        (None, Some(_)) => return Err(usage("--rollout-start needs --rollout-hours")),
+        (None, None) => None,
+    };
     let file = required(file, "FILE")?;
     if secrets.is_empty() {
         return Err(usage("missing --secret KEYFILE (see --help)"));
@@ -294,6 +325,10 @@ fn inspect(mut p: lexopt::Parser) -> Result<(), Failure> {
     match mf.expires {
         Some(at) => println!("expires:     {}", flotilla::core::trust::format_rfc3339(at)),
         None => println!("expires:     never"),
+    }
+    if let Some(r) = mf.rollout {
+        let end = flotilla::core::trust::format_rfc3339(r.start + u64::from(r.hours) * 3600);
+        println!("rollout:     {} over {} h (to {end})", flotilla::core::trust::format_rfc3339(r.start), r.hours);
     }
     match mf.targets.is_empty() {
         true => println!("targets:     any"),
@@ -632,6 +667,15 @@ again only when it or its file changes.
   --data DIR                the releases
   --rescan SECS             look for new manifests this often, 0 for never (default 10)
   --max-releases N          releases held at most; more are refused with a warning (default 16)
+  --follow NAME             keep this device on the newest trusted release of NAME (repeatable):
+                            learn of new ones from peers (LAN announcements) and, with --origin,
+                            by polling BASE/NAME.flotilla; each is checked like a manifest
+                            dropped into DIR, then written there and fetched; once it is whole it
+                            replaces the old file and the install hook runs (at the device's
+                            moment, if the release has a staged rollout)
+  --poll SECS               how often the origin is polled for a followed name's manifest, with
+                            10% jitter; an unchanged manifest costs one request and a 304
+                            (default 300)
 {TRUST_OPTIONS_HELP}{NET_OPTIONS_HELP}"
     )
 }
@@ -644,6 +688,14 @@ fn serve(mut p: lexopt::Parser) -> Result<(), Failure> {
         match arg {
             Long("data") => dir = Some(PathBuf::from(p.value()?)),
             Long("rescan") => rescan = Duration::from_secs(p.value()?.parse()?),
+            Long("follow") => {
+                let name = p.value()?.string()?;
+                if !manifest::valid_name(&name) {
+                    return Err(usage(format!("--follow {name:?}: a release name is 1-64 of A-Z a-z 0-9 . _ -")));
+                }
+                net.config.follow.push(name);
+            }
+            Long("poll") => net.config.poll_interval = Duration::from_secs(p.value()?.parse::<u64>()?.max(1)),
             Long("max-releases") => net.config.max_releases = p.value()?.parse::<usize>()?.clamp(1, 4096),
             Long(name) if name != "help" => {
                 let name = name.to_owned();
@@ -662,6 +714,7 @@ fn serve(mut p: lexopt::Parser) -> Result<(), Failure> {
     }
     let mut agent = Agent::new(net.config)?;
     agent.keep_state(&state_dir)?;
+    agent.identify(&state_dir)?;
     if let Some(keeper) = &mut roots {
         let fresh = keeper.take_fresh();
         agent.apply_root(&keeper.current().root, fresh)?;
@@ -675,13 +728,19 @@ fn serve(mut p: lexopt::Parser) -> Result<(), Failure> {
     if let Some(addr) = agent.listen()? {
         log::info!("listening on {addr}");
     }
-    if rescan.is_zero() {
+    if rescan.is_zero() && agent.follows().is_empty() {
         agent.run_until(|_, _| false)?;
         return Ok(());
     }
+    // Without a rescan period the directory is read again only when a manifest was learnt.
+    let period = if rescan.is_zero() { Duration::from_secs(u64::MAX / 4) } else { rescan };
     loop {
-        let due = Instant::now() + rescan;
-        agent.run_until(|_, now| now >= due)?;
+        let due = Instant::now() + period;
+        agent.run_until(|a, now| now >= due || a.has_learnt())?;
+        let adopted = agent.has_learnt() && agent.adopt_learnt(&dir, &acceptor) > 0;
+        if !adopted && Instant::now() < due {
+            continue;
+        }
         if let Some(keeper) = &mut roots {
             take_new_roots(&mut agent, keeper, &mut acceptor, &dir)?;
         }

@@ -7,6 +7,10 @@
 //! that ignores Range (200), answers with another range, an error status or a malformed head is
 //! refused with a line that says which, and the caller backs off. Redirects (301, 302, 303, 307,
 //! 308) name the next URL, to a bounded depth the caller keeps.
+//!
+//! A followed release's manifest is polled with a conditional GET ([`manifest_request`]):
+//! the validators of the last answer (`ETag`, `Last-Modified`) go back as `If-None-Match` and
+//! `If-Modified-Since`, so an unchanged manifest costs one small request and a `304`.
 
 /// Longest response head read; a server sending more is refused.
 pub const MAX_HEAD: usize = 8 * 1024;
@@ -83,6 +87,95 @@ pub fn range_request(url: &OriginUrl, offset: u64, len: u32, out: &mut Vec<u8>) 
         )
         .as_bytes(),
     );
+}
+
+/// What identifies the version of a file the server sent last: sent back with the next poll.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Validators {
+    pub etag: Option<String>,
+    pub last_modified: Option<String>,
+}
+
+/// The conditional GET of a (small) file at `url`, on a connection closed after the answer.
+pub fn manifest_request(url: &OriginUrl, since: &Validators, out: &mut Vec<u8>) {
+    out.clear();
+    let mut head = format!(
+        "GET {} HTTP/1.1\r\nHost: {}:{}\r\nUser-Agent: flotilla\r\nAccept-Encoding: identity\r\nConnection: close\r\n",
+        url.path, url.host, url.port
+    );
+    if let Some(etag) = &since.etag {
+        head.push_str(&format!("If-None-Match: {etag}\r\n"));
+    }
+    if let Some(at) = &since.last_modified {
+        head.push_str(&format!("If-Modified-Since: {at}\r\n"));
+    }
+    head.push_str("\r\n");
+    out.extend_from_slice(head.as_bytes());
+}
+
+/// What a response head says about a polled file.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PollAnswer {
+    /// `304 Not Modified`: what we have is current.
+    NotModified,
+    /// `200 OK`: the file follows, exactly `len` bytes; its validators, for the next poll.
+    Body { len: usize, validators: Validators },
+    /// Go there instead.
+    Redirect(String),
+    /// Not usable; the reason, one line.
+    Refused(String),
+}
+
+/// Reads the response head of a poll from `buf`; a body over `max` bytes is refused. As
+/// [`read_head`]: `Ok(None)` until the head is whole, then the answer and the head's length.
+pub fn read_poll_head(buf: &[u8], max: usize) -> Result<Option<(PollAnswer, usize)>, String> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut response = httparse::Response::new(&mut headers);
+    let n = match response.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
+            return Err(format!("response head over {MAX_HEAD} bytes"))
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(format!("malformed response head ({e})")),
+    };
+    let header = |name: &str| {
+        response
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .and_then(|h| std::str::from_utf8(h.value).ok())
+            .map(str::trim)
+    };
+    // A validator goes back in a header line: only short printable values are kept.
+    let validator = |v: Option<&str>| {
+        v.filter(|v| v.len() <= 128 && v.bytes().all(|b| b == b' ' || b.is_ascii_graphic())).map(str::to_owned)
+    };
+    let code = response.code.unwrap_or(0);
+    let reason = response.reason.unwrap_or("").chars().filter(|c| !c.is_control()).collect::<String>();
+    let answer = match code {
+        304 => PollAnswer::NotModified,
+        200 if header("transfer-encoding").is_some_and(|e| !e.eq_ignore_ascii_case("identity")) => {
+            PollAnswer::Refused("a chunked or encoded body".into())
+        }
+        200 => match header("content-length").map(str::parse::<usize>) {
+            Some(Ok(len)) if len <= max => PollAnswer::Body {
+                len,
+                validators: Validators {
+                    etag: validator(header("etag")),
+                    last_modified: validator(header("last-modified")),
+                },
+            },
+            Some(Ok(len)) => PollAnswer::Refused(format!("a body of {len} bytes, over the {max} a manifest may have")),
+            _ => PollAnswer::Refused("200 without a valid Content-Length".into()),
+        },
+        301 | 302 | 303 | 307 | 308 => match header("location") {
+            Some(l) => PollAnswer::Redirect(l.to_owned()),
+            None => PollAnswer::Refused(format!("{code} {reason} without a Location")),
+        },
+        _ => PollAnswer::Refused(format!("the server answered {code} {reason}")),
+    };
+    Ok(Some((answer, n)))
 }
 
 /// What a response head says about the range asked for.
@@ -225,5 +318,47 @@ mod tests {
         assert!(head("NOT HTTP AT ALL\r\n\r\n").is_err());
         let huge = format!("HTTP/1.1 206 OK\r\nX: {}", "a".repeat(MAX_HEAD));
         assert!(head(&huge).is_err(), "an endless head is refused, not waited for");
+    }
+
+    #[test]
+    fn a_poll_is_conditional_and_its_answer_bounded() {
+        let u = OriginUrl::parse("http://h:8080/rel/fw.img.flotilla").unwrap();
+        let mut req = Vec::new();
+        manifest_request(&u, &Validators::default(), &mut req);
+        let text = String::from_utf8(req.clone()).unwrap();
+        assert!(text.starts_with("GET /rel/fw.img.flotilla HTTP/1.1\r\n") && !text.contains("If-"), "{text}");
+        let since =
+            Validators { etag: Some("\"5f-1a\"".into()), last_modified: Some("Mon, 07 Dec 2026 10:00:00 GMT".into()) };
+        manifest_request(&u, &since, &mut req);
+        let text = String::from_utf8(req).unwrap();
+        assert!(text.contains("\r\nIf-None-Match: \"5f-1a\"\r\n"), "{text}");
+        assert!(text.contains("\r\nIf-Modified-Since: Mon, 07 Dec 2026 10:00:00 GMT\r\n"), "{text}");
+
+        let poll = |t: &str| read_poll_head(t.as_bytes(), 100).unwrap().unwrap().0;
+        assert_eq!(poll("HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\n\r\n"), PollAnswer::NotModified);
+        let ok = "HTTP/1.1 200 OK\r\nContent-Length: 40\r\nETag: \"abc\"\r\nLast-Modified: Mon, 07 Dec 2026 10:00:00 GMT\r\n\r\n";
+        let (a, n) = read_poll_head(ok.as_bytes(), 100).unwrap().unwrap();
+        assert_eq!(n, ok.len());
+        assert_eq!(
+            a,
+            PollAnswer::Body {
+                len: 40,
+                validators: Validators {
+                    etag: Some("\"abc\"".into()),
+                    last_modified: Some("Mon, 07 Dec 2026 10:00:00 GMT".into())
+                }
+            }
+        );
+        let refused = |t: &str, needle: &str| match poll(t) {
+            PollAnswer::Refused(why) => assert!(why.contains(needle), "{why:?} lacks {needle:?}"),
+            other => panic!("{other:?} for {t:?}"),
+        };
+        refused("HTTP/1.1 200 OK\r\nContent-Length: 101\r\n\r\n", "over the 100");
+        refused("HTTP/1.1 200 OK\r\n\r\n", "without a valid Content-Length");
+        refused("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", "chunked");
+        refused("HTTP/1.1 404 Not Found\r\n\r\n", "404");
+        assert_eq!(poll("HTTP/1.1 301 Moved\r\nLocation: /x\r\n\r\n"), PollAnswer::Redirect("/x".into()));
+        let long = format!("HTTP/1.1 200 OK\r\nContent-Length: 1\r\nETag: \"{}\"\r\n\r\n", "a".repeat(200));
+        assert!(matches!(poll(&long), PollAnswer::Body { validators: Validators { etag: None, .. }, .. }));
     }
 }

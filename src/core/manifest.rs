@@ -18,11 +18,15 @@
 //!                       file_hash: 32 bytes, chunk_hashes: bytes (varint length 32*n, then n
 //!                       SHA-256 hashes in chunk order), expires: Option<u64> (0, or 1 then Unix
 //!                       seconds UTC), targets: seq of str (varint count <= 8, each a name)
+//!             version 3 only, after targets: rollout: start (u64 varint, Unix seconds UTC) and
+//!                       hours (u32 varint, 1..=8760): the staged-rollout window
 //! sig_count   u8        1..=8 signatures follow
 //! signatures  96 bytes each: ed25519 public key (32) ‖ ed25519 signature (64) over the signed part
 //! ```
 //!
-//! Nothing may follow the last signature. A reader refuses a file over `MAX_MANIFEST_BYTES`, an
+//! A manifest without a rollout window is written as version 2, so that every manifest an older
+//! build could read keeps its bytes and its swarm id; one with a window is version 3, which
+//! an older build refuses by name. Nothing may follow the last signature. A reader refuses a file over `MAX_MANIFEST_BYTES`, an
 //! unknown version, any signature that does not verify or a key that signs twice, and any field
 //! out of range: name and targets `[A-Za-z0-9._-]{1,64}` but not `.` or `..`; chunk size a power
 //! of two in 16 KiB..=4 MiB; file size at least 1; n = ceil(file_size / chunk_size) and at most
@@ -62,7 +66,12 @@ pub const MAX_MANIFEST_BYTES: usize = MAX_CHUNKS as usize * 32 + 2048;
 pub(crate) const MAGIC: &[u8; 8] = b"FLOTMAN2";
 /// The first format's magic: named in the error, so an old manifest is not called garbage.
 const MAGIC_V1: &[u8; 8] = b"FLOTMAN1";
+/// The body version of a manifest without a rollout window.
 pub(crate) const VERSION: u16 = 2;
+/// The body version of a manifest with one: version 2's body, then the window.
+pub(crate) const VERSION_ROLLOUT: u16 = 3;
+/// Longest rollout window: a year.
+pub const MAX_ROLLOUT_HOURS: u32 = 24 * 366;
 
 pub(crate) const SECRET_PREFIX: &str = "flotilla-secret-key-v1 ";
 /// Key files are one short line; anything bigger is not one, so it is not read into memory.
@@ -88,6 +97,41 @@ pub struct Manifest {
     pub expires: Option<u64>,
     /// The hardware it is for (at most `MAX_TARGETS`); empty means any.
     pub targets: Vec<String>,
+    /// The staged-rollout window, if the operator set one: each device installs at a moment
+    /// within it chosen by its own id ([`Rollout::install_at`]).
+    pub rollout: Option<Rollout>,
+}
+
+/// A staged rollout: devices install from `start` over `hours`, a fixed share of the fleet
+/// per hour. Every device fetches and seeds at once; only the install hook waits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rollout {
+    /// When the first devices install (Unix seconds, UTC).
+    pub start: u64,
+    /// How long until the last device installs, 1..=`MAX_ROLLOUT_HOURS`.
+    pub hours: u32,
+}
+
+impl Rollout {
+    /// Where in the window the device `device` installs release `swarm`: a fraction in [0, 1)
+    /// from SHA-256 of both, so it is fixed per device and release, spread evenly across a
+    /// fleet, and differs from one release to the next (the same devices do not always go first).
+    pub fn fraction(device: &[u8], swarm: &SwarmId) -> f64 {
+        let mut h = Sha256::new();
+        h.update(b"flotilla-rollout-v1");
+        h.update(device);
+        h.update(swarm);
+        let d = h.finalize();
+        let x = u64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]]);
+        // The top 53 bits: exactly representable, and strictly below 1.
+        (x >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// When device `device` installs release `swarm` (Unix seconds): start + fraction × window.
+    pub fn install_at(&self, device: &[u8], swarm: &SwarmId) -> u64 {
+        let window = u64::from(self.hours) * 3600;
+        self.start + (Self::fraction(device, swarm) * window as f64) as u64
+    }
 }
 
 impl Manifest {
@@ -191,8 +235,12 @@ impl SignedManifest {
         if manifest.targets.len() > MAX_TARGETS {
             return Err(ManifestError::TooManyTargets);
         }
-        check_fields(&body_of(&manifest))?;
-        let body = postcard::to_extend(&body_of(&manifest), Vec::new()).map_err(|_| corrupt("cannot be encoded"))?;
+        check_fields(&body_of(&manifest), manifest.rollout)?;
+        let mut body =
+            postcard::to_extend(&body_of(&manifest), Vec::new()).map_err(|_| corrupt("cannot be encoded"))?;
+        if let Some(rollout) = manifest.rollout {
+            body = postcard::to_extend(&rollout, body).map_err(|_| corrupt("cannot be encoded"))?;
+        }
         let bytes = signed::seal(MAGIC, &body, secrets).map_err(corrupt)?;
         SignedManifest::decode(&bytes)
     }
@@ -211,14 +259,15 @@ impl SignedManifest {
             return Err(ManifestError::BadMagic);
         }
         let opened = signed::open(MAGIC, bytes).map_err(corrupt)?;
-        let manifest = check_fields(&parse_body(opened.body)?)?;
+        let (body, rollout) = parse_body(opened.body)?;
+        let manifest = check_fields(&body, rollout)?;
         Ok(SignedManifest { manifest, bytes: bytes.to_vec(), swarm_id: sha256(opened.signed), signers: opened.signers })
     }
 }
 
 fn body_of(m: &Manifest) -> ManifestBody<'_> {
     ManifestBody {
-        version: VERSION,
+        version: if m.rollout.is_some() { VERSION_ROLLOUT } else { VERSION },
         name: &m.name,
         release: m.release,
         file_size: m.file_size,
@@ -231,21 +280,31 @@ fn body_of(m: &Manifest) -> ManifestBody<'_> {
     }
 }
 
-fn parse_body(body: &[u8]) -> Result<ManifestBody<'_>, ManifestError> {
+fn parse_body(body: &[u8]) -> Result<(ManifestBody<'_>, Option<Rollout>), ManifestError> {
     // The version comes first and alone, so a future layout is named, not called garbage.
     let (version, _) = postcard::take_from_bytes::<u16>(body).map_err(|_| corrupt("truncated"))?;
-    if version != VERSION {
+    if version != VERSION && version != VERSION_ROLLOUT {
         return Err(ManifestError::UnsupportedVersion(version));
     }
-    match postcard::take_from_bytes::<ManifestBody>(body) {
-        Ok((body, [])) => Ok(body),
-        Ok(_) => Err(corrupt("trailing bytes in body")),
-        Err(_) => Err(corrupt("undecodable body")),
+    let (fields, rest) = postcard::take_from_bytes::<ManifestBody>(body).map_err(|_| corrupt("undecodable body"))?;
+    let (rollout, rest) = match version {
+        VERSION_ROLLOUT => {
+            let (r, rest) = postcard::take_from_bytes::<Rollout>(rest).map_err(|_| corrupt("undecodable rollout"))?;
+            (Some(r), rest)
+        }
+        _ => (None, rest),
+    };
+    if !rest.is_empty() {
+        return Err(corrupt("trailing bytes in body"));
     }
+    Ok((fields, rollout))
 }
 
 /// Checks the fields a signer vouched for, then copies them out.
-fn check_fields(body: &ManifestBody) -> Result<Manifest, ManifestError> {
+fn check_fields(body: &ManifestBody, rollout: Option<Rollout>) -> Result<Manifest, ManifestError> {
+    if rollout.is_some_and(|r| !(1..=MAX_ROLLOUT_HOURS).contains(&r.hours)) {
+        return Err(corrupt("rollout window out of range"));
+    }
     if !valid_name(body.name) {
         return Err(ManifestError::InvalidName(body.name.to_string()));
     }
@@ -274,6 +333,7 @@ fn check_fields(body: &ManifestBody) -> Result<Manifest, ManifestError> {
         chunk_hashes: body.chunk_hashes.chunks_exact(32).map(to_hash).collect(),
         expires: body.expires,
         targets: body.targets.iter().map(|t| t.to_string()).collect(),
+        rollout,
     })
 }
 
@@ -357,12 +417,17 @@ pub fn to_hex(bytes: &[u8]) -> String {
 }
 
 pub(crate) fn from_hex32(s: &str) -> Option<[u8; 32]> {
+    from_hex_bytes::<32>(s)
+}
+
+/// `N` bytes from exactly `2 * N` hex digits.
+pub(crate) fn from_hex_bytes<const N: usize>(s: &str) -> Option<[u8; N]> {
     let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
     let s = s.as_bytes();
-    if s.len() != 64 {
+    if s.len() != 2 * N {
         return None;
     }
-    let mut out = [0; 32];
+    let mut out = [0; N];
     for (byte, pair) in out.iter_mut().zip(s.chunks_exact(2)) {
         *byte = digit(pair[0])? << 4 | digit(pair[1])?;
     }
@@ -525,14 +590,15 @@ mod tests {
         };
         seal_decode(good()).unwrap();
         type Edit = fn(&mut ManifestBody<'static>);
-        let cases: [(Edit, &str); 9] = [
+        let cases: [(Edit, &str); 10] = [
             (|b| b.file_size = 3 * 16384, "chunk count does not match"),
             (|b| b.file_size = 100, "chunk count does not match"),
             (|b| b.chunk_hashes = &HASHES[1..], "chunk count does not match"),
             (|b| (b.file_size, b.chunk_hashes) = (0, &[]), "file size is zero"),
             (|b| b.chunk_size = 20000, "chunk size 20000 is invalid"),
             (|b| b.name = "../x", "release name \"../x\" is invalid"),
-            (|b| b.version = 3, "manifest version 3 is not supported"),
+            (|b| b.version = 4, "manifest version 4 is not supported"),
+            (|b| b.version = VERSION_ROLLOUT, "undecodable rollout"),
             (|b| b.targets = heapless::Vec::from_slice(&["a", "a"]).unwrap(), "a target is named twice"),
             (|b| b.targets = heapless::Vec::from_slice(&["a/b"]).unwrap(), "target \"a/b\" is invalid"),
         ];
@@ -542,5 +608,51 @@ mod tests {
             let err = seal_decode(body).unwrap_err();
             assert!(err.to_string().contains(want), "{err} (wanted {want})");
         }
+    }
+
+    #[test]
+    fn a_rollout_window_is_signed_in_as_version_3_and_its_absence_keeps_version_2() {
+        let draft = || Manifest {
+            name: "fw".into(),
+            release: 4,
+            file_size: 1,
+            chunk_size: MIN_CHUNK_SIZE,
+            chunk_hashes: vec![[3; 32]],
+            ..Manifest::default()
+        };
+        let plain = SignedManifest::sign(draft(), &[&key(5)]).unwrap();
+        let body_version = |m: &SignedManifest| postcard::take_from_bytes::<u16>(&m.bytes[12..]).unwrap().0;
+        assert_eq!((body_version(&plain), plain.manifest.rollout), (VERSION, None));
+        let window = Rollout { start: 1_800_000_000, hours: 48 };
+        let staged = SignedManifest::sign(Manifest { rollout: Some(window), ..draft() }, &[&key(5)]).unwrap();
+        assert_eq!(body_version(&staged), VERSION_ROLLOUT);
+        assert_eq!(SignedManifest::decode(&staged.bytes).unwrap().manifest.rollout, Some(window));
+        assert_ne!(staged.swarm_id, plain.swarm_id, "the window is signed");
+        for hours in [0, MAX_ROLLOUT_HOURS + 1] {
+            let bad = Manifest { rollout: Some(Rollout { start: 0, hours }), ..draft() };
+            let err = SignedManifest::sign(bad, &[&key(5)]).unwrap_err();
+            assert!(err.to_string().contains("rollout window out of range"), "{err}");
+        }
+    }
+
+    #[test]
+    fn rollout_fractions_spread_a_fleet_evenly_and_change_with_the_release() {
+        let (a, b) = ([1u8; 32], [2u8; 32]);
+        let fractions: Vec<f64> = (0u32..2000).map(|d| Rollout::fraction(&d.to_be_bytes(), &a)).collect();
+        assert!(fractions.iter().all(|f| (0.0..1.0).contains(f)));
+        // Each tenth of the window holds a tenth of the fleet, give or take.
+        for decile in 0..10 {
+            let lo = decile as f64 / 10.0;
+            let n = fractions.iter().filter(|&&f| f >= lo && f < lo + 0.1).count();
+            assert!((140..=260).contains(&n), "decile {decile}: {n} of 2000");
+        }
+        let first_in_both = (0u32..2000)
+            .filter(|d| Rollout::fraction(&d.to_be_bytes(), &a) < 0.1 && Rollout::fraction(&d.to_be_bytes(), &b) < 0.1)
+            .count();
+        assert!(first_in_both < 60, "the same devices went first in both releases: {first_in_both}");
+        let window = Rollout { start: 1000, hours: 2 };
+        let at = window.install_at(b"device", &a);
+        assert!((1000..1000 + 7200).contains(&at));
+        assert_eq!(at, window.install_at(b"device", &a), "fixed per device and release");
     }
 }

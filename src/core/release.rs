@@ -82,6 +82,7 @@ pub struct Release<S: Storage> {
     name: String,
     release: u64,
     expires: Option<u64>,
+    rollout: Option<crate::core::manifest::Rollout>,
     swarm: Swarm,
     store: S,
     config: ReleaseConfig,
@@ -110,6 +111,7 @@ impl<S: Storage> Release<S> {
             name: m.manifest.name.clone(),
             release: m.manifest.release,
             expires: m.manifest.expires,
+            rollout: m.manifest.rollout,
             swarm,
             store,
             config,
@@ -128,6 +130,11 @@ impl<S: Storage> Release<S> {
     /// The release number from the manifest.
     pub fn number(&self) -> u64 {
         self.release
+    }
+
+    /// The staged-rollout window its manifest signs, if any.
+    pub fn rollout(&self) -> Option<crate::core::manifest::Rollout> {
+        self.rollout
     }
 
     /// When the manifest expires (Unix seconds), if ever.
@@ -240,6 +247,11 @@ impl<S: Storage> Release<S> {
             }
         }
         self.is_open(peer)
+    }
+
+    /// This device's share of its site's chunks (see [`Swarm::set_site_share`]).
+    pub fn set_site_share(&mut self, share: Option<(u32, u32)>) {
+        self.swarm.set_site_share(share);
     }
 
     /// A chunk for the HTTP origin to fetch (see `core::swarm` origin.rs), of this device's

@@ -181,9 +181,14 @@ pub struct Session {
     pub(crate) head_deadline: Option<Instant>,
     /// When a block last went either way: how useful the connection is to keep.
     pub(crate) last_data: Instant,
+    /// It is beyond our LAN ([`crate::core::swarm::NewPeer::beyond_lan`]).
+    pub(crate) beyond_lan: bool,
+    /// When it joined the upload queue: how long it has waited for a slot.
+    pub(crate) queued_at: Instant,
     /// Chunks from this peer that failed their hash.
     pub(crate) bad_chunks: u8,
-    /// Times this peer left our requests unanswered past the timeout.
+    /// Times in a row this peer left our requests unanswered past the timeout: a whole chunk
+    /// from it starts the count again, so a busy peer that answers late now and then stays.
     pub(crate) stalls: u8,
     /// Chunks a spreading seed has announced to this peer and it has not yet asked for.
     pub(crate) offered: heapless::Vec<u32, MAX_OFFERED>,
@@ -220,6 +225,8 @@ impl Session {
             last_send: now,
             progress_at: now,
             last_data: now,
+            queued_at: now,
+            beyond_lan: false,
             head_deadline: None,
             bad_chunks: 0,
             stalls: 0,

@@ -27,9 +27,13 @@ const MAX_RETRY: u32 = 8;
 /// in a tight loop, nor silence us for a day.
 const MIN_INTERVAL: Duration = Duration::from_secs(30);
 const MAX_INTERVAL: Duration = Duration::from_secs(3600);
-/// While a release is incomplete and has no peer, it announces again this soon at the latest,
-/// whatever the interval: a device that started before anyone else asks again for company.
-pub const NEEDY_INTERVAL: Duration = Duration::from_secs(30);
+/// While a release is incomplete and has no peer beyond its LAN, it announces again this soon
+/// after an answer at the latest, whatever the interval: a device that started before the others
+/// (a whole fleet starts at once after a publish) asks again for company. The wait doubles with
+/// each answer, up to [`NEEDY_MAX`], so a site that can reach no one costs the tracker little.
+pub const NEEDY_FIRST: Duration = Duration::from_secs(5);
+/// The longest wait between announces of a release looking for company.
+pub const NEEDY_MAX: Duration = Duration::from_secs(60);
 /// Peers read from one announce reply; the rest are ignored.
 pub const MAX_TRACKER_PEERS: usize = 64;
 /// Largest datagram we send (an announce request).
@@ -98,6 +102,10 @@ pub struct TrackerClient {
     interval: Duration,
     /// Consecutive requests that went unanswered or were refused, for the back-off.
     failures: u32,
+    /// When a release looking for company announces again at the latest ([`NEEDY_FIRST`]), and
+    /// the wait after the next answer.
+    needy_at: Instant,
+    needy_wait: Duration,
     next_tid: u32,
 }
 
@@ -119,6 +127,8 @@ impl TrackerClient {
             completed: false,
             interval: MIN_INTERVAL,
             failures: 0,
+            needy_at: now,
+            needy_wait: NEEDY_FIRST,
             next_tid: tid_seed,
         }
     }
@@ -140,10 +150,11 @@ impl TrackerClient {
         }
     }
 
-    /// An incomplete release with no peer: announce again within [`NEEDY_INTERVAL`].
-    pub fn needs_peers(&mut self, now: Instant) {
+    /// An incomplete release with no peer beyond its LAN: announce again soon (see
+    /// [`NEEDY_FIRST`]).
+    pub fn needs_peers(&mut self) {
         if let Phase::Waiting { at } = &mut self.phase {
-            *at = (*at).min(now + NEEDY_INTERVAL);
+            *at = (*at).min(self.needy_at);
         }
     }
 
@@ -245,6 +256,8 @@ impl TrackerClient {
                 }
                 self.interval = interval;
                 self.failures = 0;
+                self.needy_at = now + self.needy_wait;
+                self.needy_wait = (self.needy_wait * 2).min(NEEDY_MAX);
                 // Told: `started` and `completed` are said once.
                 self.event = AnnounceEvent::None;
                 self.phase = Phase::Waiting { at: now + interval };
@@ -402,13 +415,24 @@ mod tests {
         let Reply::Refused(why) = c.handle(&refusal, t0) else { panic!("refused") };
         assert_eq!(why.as_str(), "Requested download is not authorized");
         assert_eq!(c.poll_timeout(), t0 + Duration::from_secs(30));
-        // Answered with a long interval, a peerless fetcher still asks again within 30 s.
-        let t1 = t0 + Duration::from_secs(30);
-        let req = send(&mut c, t1);
-        c.handle(&connect_reply(&req, 5), t1);
-        let req = send(&mut c, t1);
-        c.handle(&announce_reply(&req, 3000, &[]), t1);
-        c.needs_peers(t1);
-        assert_eq!(c.poll_timeout(), t1 + NEEDY_INTERVAL);
+        // Answered with a long interval, a fetcher without company asks again soon, then less
+        // and less often, to a floor of once a minute.
+        let mut t = t0 + Duration::from_secs(30);
+        let req = send(&mut c, t);
+        c.handle(&connect_reply(&req, 5), t);
+        let mut waits = Vec::new();
+        for _ in 0..6 {
+            let req = send(&mut c, t);
+            c.handle(&announce_reply(&req, 3000, &[]), t);
+            assert_eq!(c.poll_timeout(), t + Duration::from_secs(3000), "the tracker's interval");
+            c.needs_peers();
+            waits.push((c.poll_timeout() - t).as_secs());
+            t = c.poll_timeout();
+            if c.connection.is_some_and(|(_, at)| t >= at + CONNECTION_LIFETIME) {
+                let req = send(&mut c, t);
+                c.handle(&connect_reply(&req, 5), t);
+            }
+        }
+        assert_eq!(waits, [5, 10, 20, 40, 60, 60]);
     }
 }

@@ -387,6 +387,7 @@ mod tests {
             chunk_hashes: data.chunks(CHUNK as usize).map(|c| Sha256::digest(c).into()).collect(),
             expires: None,
             targets: Vec::new(),
+            rollout: None,
         };
         let m = SignedManifest { manifest, bytes: Vec::new(), swarm_id: [1; 32], signers: Vec::new() };
         (dir.join("fw.img"), data, m)

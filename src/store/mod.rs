@@ -6,6 +6,7 @@
 //! no-rollback history live here too: every file the agent reads or writes has its owner in
 //! this folder.
 pub mod atomic;
+pub mod device_id;
 pub mod file;
 pub mod fleet_secret;
 pub mod history;

@@ -12,7 +12,7 @@ impl Swarm {
     pub(super) fn on_bitfield(&mut self, id: PeerId, bytes: &[u8], now: Instant) -> Result<Received, CloseReason> {
         let s = self.peers[id].as_mut().expect("session present");
         for c in s.bits.iter_ones() {
-            self.availability[c as usize] -= 1;
+            self.availability.remove(c, s.beyond_lan);
         }
         if s.bits.copy_from_bytes(bytes).is_err() {
             s.bits = Bitfield::new(self.hashes.len() as u32);
@@ -20,7 +20,7 @@ impl Swarm {
         }
         s.got_bitfield = true;
         for c in s.bits.iter_ones() {
-            self.availability[c as usize] += 1;
+            self.availability.add(c, s.beyond_lan);
             if let Some(sp) = self.spread.as_mut() {
                 sp.mark_out(c);
             }
@@ -37,8 +37,10 @@ impl Swarm {
         if chunk >= self.chunk_count() {
             return Err(CloseReason::Protocol("have for a chunk out of range"));
         }
-        if self.session_mut(id).bits.set(chunk) {
-            self.availability[chunk as usize] += 1;
+        let s = self.session_mut(id);
+        if s.bits.set(chunk) {
+            let beyond_lan = s.beyond_lan;
+            self.availability.add(chunk, beyond_lan);
             if let Some(sp) = self.spread.as_mut() {
                 sp.mark_out(chunk);
             }
@@ -62,9 +64,9 @@ impl Swarm {
             return Ok(Received::Nothing);
         }
         // A refusal for a chunk it advertised: believe the refusal, not the advertisement.
-        let had = s.bits.clear(chunk);
+        let (had, beyond_lan) = (s.bits.clear(chunk), s.beyond_lan);
         if had {
-            self.availability[chunk as usize] -= 1;
+            self.availability.remove(chunk, beyond_lan);
         }
         self.in_flight[chunk as usize] -= 1;
         self.fill_all(now);
@@ -176,7 +178,8 @@ impl Swarm {
         let s = self.session_mut(id);
         s.bad_chunks += 1;
         if s.bits.clear(chunk) {
-            self.availability[chunk as usize] -= 1;
+            let beyond_lan = s.beyond_lan;
+            self.availability.remove(chunk, beyond_lan);
         }
         if self.session_mut(id).bad_chunks >= 2 {
             return Err(CloseReason::BadData);
@@ -198,7 +201,8 @@ impl Swarm {
     pub fn chunk_stored(&mut self, id: PeerId, chunk: u32, now: Instant) {
         self.verified.set(chunk);
         self.cancel_duplicates(chunk);
-        if self.session(id).is_some() {
+        if let Some(s) = self.peers.get_mut(id).and_then(Option::as_mut) {
+            s.stalls = 0;
             self.fill_requests(id, now);
         }
     }
@@ -310,12 +314,17 @@ impl Swarm {
     }
 
     /// Chooses the next chunk to ask peer `id` for, or none.
+    /// The chunk to ask peer `id` for next, if any. From a peer beyond our LAN, never a chunk a
+    /// LAN peer holds (it comes over the LAN), and our site share's chunks before the others:
+    /// each of a site's devices fetches different chunks over the site's WAN link.
     pub(super) fn pick_chunk(&mut self, id: PeerId) -> Option<u32> {
         let n = self.chunk_count();
         let start = self.rng.below(n as u64) as u32;
         let random_first = self.verified.count() < RANDOM_FIRST;
         let s = self.peers[id].as_ref()?;
-        let mut best: Option<(u16, u32)> = None;
+        let beyond_lan = s.beyond_lan;
+        let outside_share = |c: u32| beyond_lan && self.site_share.is_some_and(|(rank, of)| c % of.max(1) != rank);
+        let mut best: Option<((bool, u16), u32)> = None;
         let mut unrequested_left = false;
         for k in 0..n {
             let c = (start + k) % n;
@@ -323,17 +332,17 @@ impl Swarm {
                 continue;
             }
             unrequested_left = true;
-            if !s.bits.get(c) {
+            if !s.bits.get(c) || (beyond_lan && self.availability.lan_holders(c) > 0) {
                 continue;
             }
-            if random_first {
+            let rank = (outside_share(c), self.availability.holders(c));
+            if random_first && !rank.0 {
                 return Some(c);
             }
-            let a = self.availability[c as usize];
-            if best.is_none_or(|(b, _)| a < b) {
-                best = Some((a, c));
+            if best.is_none_or(|(b, _)| rank < b) {
+                best = Some((rank, c));
                 // This peer has it, so no chunk it can give us is rarer: stop scanning.
-                if a <= 1 {
+                if rank <= (false, 1) {
                     break;
                 }
             }

@@ -13,6 +13,7 @@
 //! bytes; duplicates of in-flight chunks only once nothing else is left (endgame); uploads limited
 //! to a number of slots that rotate after each chunk, served block by block.
 
+mod availability;
 mod download;
 mod handshake;
 mod origin;
@@ -25,6 +26,7 @@ use crate::core::rate::TokenBucket;
 use crate::core::rng::Rng;
 use crate::core::session::{CloseReason, Control, Outstanding, Phase, Session, Timeouts, MAX_REQUESTS};
 use crate::core::wire::{self, Bytes, Message, BLOCK_SIZE, MAX_PEX_PEERS, PEER_ENTRY, VERSION};
+use availability::Availability;
 pub use origin::OriginOverrun;
 use sha2::{Digest, Sha256};
 use std::time::{Duration, Instant};
@@ -145,8 +147,11 @@ pub struct Swarm {
     have: Bitfield,
     /// Chunks whose hash checked, durable or not yet; never requested again.
     verified: Bitfield,
-    /// How many connected peers have each chunk.
-    availability: Vec<u16>,
+    /// How many connected peers have each chunk, and how many of those are on our LAN.
+    availability: Availability,
+    /// This device's share of its site's chunks, `(rank, of)`: from a peer beyond the LAN it
+    /// asks for these first, so a site's devices fetch different chunks over the WAN link.
+    site_share: Option<(u32, u32)>,
     /// Live requests per chunk across all sessions.
     in_flight: Vec<u8>,
     peers: Vec<Option<Session>>,
@@ -186,6 +191,9 @@ pub struct NewPeer {
     pub outbound: bool,
     /// Its address, if the caller knows it.
     pub remote: Option<std::net::SocketAddr>,
+    /// It is beyond our LAN (not on any of our links): chunks a LAN peer holds are not asked
+    /// of it. False when the caller knows no LAN.
+    pub beyond_lan: bool,
     /// Fresh random bytes for this connection's Hello, from the OS's CSPRNG: the fleet
     /// channel's keys depend on them, so they must not be predictable.
     pub nonce: [u8; crate::core::auth::NONCE_LEN],
@@ -223,7 +231,8 @@ impl Swarm {
             hashes: manifest.chunk_hashes.clone(),
             have: have.clone(),
             verified: have.clone(),
-            availability: vec![0; n],
+            availability: Availability::new(n),
+            site_share: None,
             in_flight: vec![0; n],
             peers: (0..config.max_peers).map(|_| None).collect(),
             upload_queue: Vec::with_capacity(config.max_peers),
@@ -286,6 +295,11 @@ impl Swarm {
         self.peers.get(id)?.as_ref()
     }
 
+    /// Sets this device's share of its site's chunks, `(rank, of)` (see `site_share`), or none.
+    pub fn set_site_share(&mut self, share: Option<(u32, u32)>) {
+        self.site_share = share;
+    }
+
     /// Peers whose handshake is done.
     pub fn active_peers(&self) -> usize {
         self.peers.iter().flatten().filter(|s| s.is_active()).count()
@@ -294,13 +308,14 @@ impl Swarm {
     /// Starts a session in slot `id`. An outbound session sends its Hello at once; an inbound one
     /// waits for the peer's. Returns false if the slot is out of range or taken.
     pub fn add_peer(&mut self, id: PeerId, peer: NewPeer, now: Instant) -> bool {
-        let NewPeer { outbound, remote, nonce } = peer;
+        let NewPeer { outbound, remote, beyond_lan, nonce } = peer;
         let chunks = self.chunk_count();
         let Some(slot @ None) = self.peers.get_mut(id) else {
             return false;
         };
         let mut s = Session::new(chunks, outbound, remote, now);
         s.nonce = nonce;
+        s.beyond_lan = beyond_lan;
         if outbound {
             s.push_control(Control::Hello);
         }
@@ -314,7 +329,7 @@ impl Swarm {
             return;
         };
         for c in s.bits.iter_ones() {
-            self.availability[c as usize] -= 1;
+            self.availability.remove(c, s.beyond_lan);
         }
         if let Some(sp) = self.spread.as_mut() {
             // Offers it never received go back to the pool.
@@ -375,7 +390,7 @@ impl Swarm {
             Message::Refuse(r) => Err(CloseReason::Refused(r)),
             Message::Bitfield(Bytes(bytes)) => self.on_bitfield(id, bytes, now),
             Message::Have(c) => self.on_have(id, c, now),
-            Message::Request(c) => self.on_request(id, c),
+            Message::Request(c) => self.on_request(id, c, now),
             Message::Cancel(c) => {
                 self.session_mut(id).withdraw_serving(c);
                 self.drop_from_upload_queue_if_idle(id);
@@ -561,6 +576,7 @@ mod tests {
             chunk_hashes: vec![[0; 32]; 12],
             expires: None,
             targets: Vec::new(),
+            rollout: None,
         };
         let mut bits = Bitfield::new(12);
         have.iter().for_each(|&c| _ = bits.set(c));
@@ -570,7 +586,12 @@ mod tests {
 
     /// Connects peer `id` (we dialled it) and hands in its Hello and a bitfield of `chunks`.
     fn join(s: &mut Swarm, id: PeerId, chunks: &[u32], now: Instant) {
-        assert!(s.add_peer(id, NewPeer { outbound: true, remote: None, nonce: [id as u8; 16] }, now));
+        join_from(s, id, chunks, false, now)
+    }
+
+    /// As [`join`], for a peer on our LAN or beyond it.
+    fn join_from(s: &mut Swarm, id: PeerId, chunks: &[u32], beyond_lan: bool, now: Instant) {
+        assert!(s.add_peer(id, NewPeer { outbound: true, remote: None, beyond_lan, nonce: [id as u8; 16] }, now));
         let hello =
             Message::Hello { version: VERSION, swarm: [9; 32], listen_port: 0, node: 100 + id as u64, nonce: [0; 16] };
         s.handle_message(id, &hello, now).unwrap();
@@ -602,6 +623,28 @@ mod tests {
         let mut asked = requests(&mut s, 2, now);
         asked.sort();
         assert_eq!(asked, vec![10, 11]);
+    }
+
+    #[test]
+    fn a_peer_beyond_the_lan_is_asked_for_our_site_share_and_never_what_a_lan_peer_holds() {
+        let now = Instant::now();
+        let mut s = swarm(&[0, 1, 2, 3], 2);
+        // We are device 0 of 2 at our site: even chunks are ours to bring over the WAN link.
+        s.set_site_share(Some((0, 2)));
+        join(&mut s, 0, &[4, 5], now);
+        let _ = requests(&mut s, 0, now);
+        join_from(&mut s, 1, &(4..12).collect::<Vec<_>>(), true, now);
+        let asked = requests(&mut s, 1, now);
+        assert_eq!(asked.len(), 2, "{asked:?}");
+        assert!(asked.iter().all(|c| c % 2 == 0 && *c > 5), "our share, and not the LAN peer's chunks: {asked:?}");
+        // The share is an order, not a bar: outside chunks no LAN peer holds are asked for too.
+        let mut s = swarm(&[0, 1, 2, 3], 2);
+        s.set_site_share(Some((0, 2)));
+        join_from(&mut s, 1, &[5, 7, 9], true, now);
+        let mut asked = requests(&mut s, 1, now);
+        asked.sort();
+        assert_eq!(asked.len(), 2, "{asked:?}");
+        assert!(asked.iter().all(|c| [5, 7, 9].contains(c)), "{asked:?}");
     }
 
     #[test]
@@ -667,11 +710,83 @@ mod tests {
     }
 
     #[test]
+    fn a_peer_whose_chunk_is_common_is_not_starved_by_rarer_ones() {
+        let t0 = Instant::now();
+        let mut s = swarm(&(0..12).collect::<Vec<_>>(), 1);
+        // Chunk 0 is held by all three peers: rarest-first would always serve it last.
+        for id in 0..3 {
+            join(&mut s, id, &[0], t0);
+        }
+        s.handle_message(1, &Message::Request(5), t0).unwrap();
+        s.handle_message(0, &Message::Request(0), t0).unwrap();
+        s.handle_message(2, &Message::Request(6), t0).unwrap();
+        let patience = s.config.timeouts.request / 3;
+        let mut now = t0;
+        let mut rare = 7;
+        // Peers 1 and 2 take turns, each asking for a chunk nobody has as its turn ends; until
+        // peer 0 has waited its patience, their rarity wins.
+        loop {
+            let holder = (0..3).find(|&p| s.wants_block(p)).expect("someone holds the slot");
+            assert_eq!(send_blocks(&mut s, holder, now), 1);
+            if s.wants_block(0) {
+                break;
+            }
+            assert!(now < t0 + patience, "peer 0 waited past its patience");
+            now += Duration::from_secs(1);
+            s.handle_message(holder, &Message::Request(rare), now).unwrap();
+            rare = if rare == 11 { 5 } else { rare + 1 };
+        }
+        assert!(now >= t0 + patience, "rarer chunks went first while peer 0 could wait");
+    }
+
+    #[test]
+    fn a_peer_is_dropped_for_two_stalls_in_a_row_not_for_two_in_its_life() {
+        let t0 = Instant::now();
+        let zero: Hash = Sha256::digest(vec![0u8; CHUNK as usize]).into();
+        let mut s = swarm(&[0, 1, 2, 3], 2);
+        s.hashes = vec![zero; 12];
+        join(&mut s, 0, &(0..12).collect::<Vec<_>>(), t0);
+        let stall = |s: &mut Swarm, now: &mut Instant| {
+            let _ = requests(s, 0, *now);
+            *now += s.config.timeouts.request;
+            s.handle_timeout(*now);
+        };
+        // The peer acknowledges the cancelled requests, then sends the first live one whole.
+        let answer = |s: &mut Swarm, now: Instant| {
+            let _ = requests(s, 0, now);
+            let cancelled: Vec<u32> =
+                s.peers[0].as_ref().unwrap().requested.iter().filter(|r| r.cancelled).map(|r| r.chunk).collect();
+            for c in cancelled {
+                s.handle_message(0, &Message::Reject(c), now).unwrap();
+            }
+            let c = s.peers[0].as_ref().unwrap().requested.front().expect("a request outstanding").chunk;
+            let block = Message::Block { chunk: c, offset: 0, data: Bytes(&[0; CHUNK as usize]) };
+            match s.handle_message(0, &block, now).unwrap() {
+                Received::Write { verdict: Some(Verdict::Good(got)), .. } => s.chunk_stored(0, got, now),
+                other => panic!("a whole good chunk expected, got {other:?}"),
+            }
+        };
+        let mut now = t0;
+        for _ in 0..3 {
+            stall(&mut s, &mut now);
+            assert!(!s.peers[0].as_ref().unwrap().is_closing(), "one stall re-routes, no more");
+            answer(&mut s, now);
+        }
+        stall(&mut s, &mut now);
+        stall(&mut s, &mut now);
+        assert!(s.peers[0].as_ref().unwrap().is_closing(), "two stalls in a row close it");
+    }
+
+    #[test]
     fn a_peer_list_yields_only_addresses_the_sender_may_name() {
         let now = Instant::now();
         let mut s = swarm(&[], 2);
         let lan_peer = "192.168.1.5:7070".parse().unwrap();
-        assert!(s.add_peer(0, NewPeer { outbound: true, remote: Some(lan_peer), nonce: [0; 16] }, now));
+        assert!(s.add_peer(
+            0,
+            NewPeer { outbound: true, remote: Some(lan_peer), beyond_lan: false, nonce: [0; 16] },
+            now
+        ));
         let hello = Message::Hello { version: VERSION, swarm: [9; 32], listen_port: 0, node: 100, nonce: [0; 16] };
         s.handle_message(0, &hello, now).unwrap();
         let named = ["127.0.0.1:22", "169.254.0.1:80", "239.255.70.70:7071", "192.168.1.6:7070", "203.0.113.9:7070"];
@@ -691,7 +806,11 @@ mod tests {
         let now = Instant::now();
         let mut s = swarm(&[], 2);
         let lan_peer = "192.168.1.5:7070".parse().unwrap();
-        assert!(s.add_peer(0, NewPeer { outbound: true, remote: Some(lan_peer), nonce: [0; 16] }, now));
+        assert!(s.add_peer(
+            0,
+            NewPeer { outbound: true, remote: Some(lan_peer), beyond_lan: false, nonce: [0; 16] },
+            now
+        ));
         let hello = Message::Hello { version: VERSION, swarm: [9; 32], listen_port: 0, node: 100, nonce: [0; 16] };
         s.handle_message(0, &hello, now).unwrap();
         let mut named = 0u32;

@@ -2,7 +2,8 @@
 //! distinct chunks before any is repeated.
 //!
 //! Uploads are limited to a number of slots that rotate after each chunk, served block by
-//! block; a freed slot goes to the waiting peer whose next chunk is rarest.
+//! block; a freed slot goes to the waiting peer whose next chunk is rarest, unless a peer has
+//! waited too long.
 
 use super::*;
 
@@ -39,7 +40,7 @@ impl Spread {
 }
 
 impl Swarm {
-    pub(super) fn on_request(&mut self, id: PeerId, chunk: u32) -> Result<Received, CloseReason> {
+    pub(super) fn on_request(&mut self, id: PeerId, chunk: u32, now: Instant) -> Result<Received, CloseReason> {
         if chunk >= self.chunk_count() {
             return Err(CloseReason::Protocol("request for a chunk out of range"));
         }
@@ -53,7 +54,7 @@ impl Swarm {
             return Err(CloseReason::Protocol("too many requests"));
         }
         if !self.upload_queue.contains(&id) {
-            self.upload_queue.push(id);
+            self.enqueue_upload(id, now);
         }
         self.offer(id);
         Ok(Received::Nothing)
@@ -123,7 +124,7 @@ impl Swarm {
             let s = self.session_mut(id);
             let _ = s.serving.pop_front();
             s.serve_offset = 0;
-            self.rotate_upload_slot(id);
+            self.rotate_upload_slot(id, now);
             if let Some(sp) = self.spread.as_mut() {
                 sp.mark_out(chunk);
                 self.offer(id);
@@ -135,21 +136,37 @@ impl Swarm {
 
     /// After a whole chunk, a peer gives its slot up. The slot goes to the waiting peer whose
     /// next chunk is rarest among our peers: that copy spreads furthest. The peer that just had
-    /// its turn waits at the back.
-    pub(super) fn rotate_upload_slot(&mut self, id: PeerId) {
+    /// its turn waits at the back. Rarity must not starve anyone: a peer that has waited a third
+    /// of the request timeout goes first (the longest-waiting of them), so a busy uploader's
+    /// queue never looks to its peers like a stall.
+    pub(super) fn rotate_upload_slot(&mut self, id: PeerId, now: Instant) {
         self.upload_queue.retain(|&p| p != id);
         let first_waiting = self.config.upload_slots.saturating_sub(1);
-        let rarest = (first_waiting..self.upload_queue.len()).min_by_key(|&i| {
-            let head = self.peers[self.upload_queue[i]].as_ref().and_then(|s| s.serving.front().copied());
-            (head.map_or(u16::MAX, |c| self.availability[c as usize]), i)
+        let patience = self.config.timeouts.request / 3;
+        let waited =
+            |p: PeerId| self.peers[p].as_ref().map_or(Duration::ZERO, |s| now.saturating_duration_since(s.queued_at));
+        let starved = (first_waiting..self.upload_queue.len())
+            .filter(|&i| waited(self.upload_queue[i]) >= patience)
+            .max_by_key(|&i| (waited(self.upload_queue[i]), std::cmp::Reverse(i)));
+        let next = starved.or_else(|| {
+            (first_waiting..self.upload_queue.len()).min_by_key(|&i| {
+                let head = self.peers[self.upload_queue[i]].as_ref().and_then(|s| s.serving.front().copied());
+                (head.map_or(u16::MAX, |c| self.availability.holders(c)), i)
+            })
         });
-        if let Some(i) = rarest.filter(|&i| i != first_waiting) {
+        if let Some(i) = next.filter(|&i| i != first_waiting) {
             let p = self.upload_queue.remove(i);
             self.upload_queue.insert(first_waiting, p);
         }
         if !self.session_mut(id).serving.is_empty() {
-            self.upload_queue.push(id);
+            self.enqueue_upload(id, now);
         }
+    }
+
+    /// Puts peer `id` at the back of the upload queue, its wait starting now.
+    fn enqueue_upload(&mut self, id: PeerId, now: Instant) {
+        self.session_mut(id).queued_at = now;
+        self.upload_queue.push(id);
     }
 
     pub(super) fn drop_from_upload_queue_if_idle(&mut self, id: PeerId) {

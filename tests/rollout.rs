@@ -1,0 +1,246 @@
+//! The fleet upgrading itself: staged rollouts, following a release line (`serve --follow`),
+//! learning of new releases from peers and from the origin, and the metrics file.
+//!
+//! Each test owns its 127.0.0.x addresses (220 and up), runs every agent with `--no-discovery`
+//! unless it tests discovery, and holds its children in a [`Procs`] guard. Conditions are polled
+//! with a deadline, never slept for.
+
+use flotilla::core::manifest::{Rollout, SignedManifest};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+mod common;
+use common::*;
+
+/// An install hook that appends `RELEASE|FILE` to `log`.
+fn hook(log: &Path) -> String {
+    let script = log.with_extension("sh");
+    fs::write(&script, format!("printf '%s|%s\\n' \"$FLOTILLA_RELEASE\" \"$1\" >> '{}'\n", log.display())).unwrap();
+    format!("/bin/sh {}", script.display())
+}
+
+fn hook_runs(log: &Path) -> Vec<String> {
+    fs::read_to_string(log).unwrap_or_default().lines().map(str::to_owned).collect()
+}
+
+/// Publishes `bytes` as release `n` of `fw.img` in `dir/NAME/` with `extra` publish options.
+fn publish(dir: &Path, name: &str, n: u64, bytes: &[u8], extra: &[&str]) -> (PathBuf, SignedManifest) {
+    let seed = dir.join(name);
+    fs::create_dir_all(&seed).unwrap();
+    let file = seed.join("fw.img");
+    fs::write(&file, bytes).unwrap();
+    let secret = dir.join("operator.key");
+    let n = n.to_string();
+    let args = ["publish", file.to_str().unwrap(), "--secret", secret.to_str().unwrap(), "--release", &n];
+    run_ok(dir, &[&args[..], &["--chunk-size", "64K"], extra].concat());
+    let manifest = seed.join("fw.img.flotilla");
+    let signed = SignedManifest::read_file(&manifest).unwrap();
+    (seed, signed)
+}
+
+/// A device id (as its state file holds it) whose moment in `window` for release `swarm` is
+/// `wanted` seconds after the start, give or take `slack`: searched for, since the moment is a
+/// hash of both.
+fn device_at(window: Rollout, swarm: &[u8; 32], wanted: u64, slack: u64) -> [u8; 16] {
+    (0u64..)
+        .map(|n| {
+            let mut id = [0u8; 16];
+            id[..8].copy_from_slice(&n.to_be_bytes());
+            id
+        })
+        .find(|id| window.install_at(id, swarm).abs_diff(window.start + wanted) <= slack)
+        .unwrap()
+}
+
+fn write_device_id(state: &Path, id: &[u8; 16]) {
+    fs::create_dir_all(state).unwrap();
+    fs::write(state.join(".flotilla-device"), format!("{}\n", flotilla::core::manifest::to_hex(id))).unwrap();
+}
+
+/// A staged rollout over an hour: both devices fetch release 1 at once and serve it, but only
+/// the device whose moment has come installs; the other says when it will. Release 2, published
+/// without a window, supersedes the rollout in progress: the waiting device installs #2 at once
+/// and never #1. Uses 127.0.0.220-222.
+#[test]
+fn a_staged_rollout_installs_each_device_at_its_moment_and_a_newer_release_supersedes_it() {
+    let tmp = TempDir::new("staged");
+    let dir = tmp.path();
+    let rel = make_release(dir, 300_000, "64K", 0x220);
+    let (seed, first) = publish(dir, "seed", 1, &rel.bytes, &["--rollout-hours", "1"]);
+    let window = first.manifest.rollout.expect("the window is signed in");
+    let early = device_at(window, &first.swarm_id, 0, 2);
+    let late = device_at(window, &first.swarm_id, 3000, 100);
+    let late_wait = window.install_at(&late, &first.swarm_id) - window.start;
+
+    let mut procs = Procs::in_dir();
+    let (s, a, b, s2) = (free_addr(220), free_addr(221), free_addr(222), free_addr(223));
+    let seed_args = ["serve", "--data", seed.to_str().unwrap(), "--listen", &s.to_string(), "--no-discovery"];
+    let i = procs.spawn(dir, "seed", &[&seed_args[..], &["--trust", &rel.key]].concat());
+    procs.wait_for_log(i, "listening on");
+    let device = |procs: &mut Procs, name: &str, id: &[u8; 16], addr: std::net::SocketAddr| {
+        let data = tmp.sub(name);
+        write_device_id(&data, id);
+        fs::copy(seed.join("fw.img.flotilla"), data.join("fw.img.flotilla")).unwrap();
+        let log = dir.join(format!("{name}.hooks"));
+        let (data_s, addr_s, peer, peer2) =
+            (data.to_str().unwrap().to_owned(), addr.to_string(), s.to_string(), s2.to_string());
+        let args =
+            ["serve", "--data", &data_s, "--listen", &addr_s, "--no-discovery", "--peer", &peer, "--peer", &peer2];
+        let hook_cmd = hook(&log);
+        let args = [&args[..], &["--trust", &rel.key, "--rescan", "1", "--on-complete", &hook_cmd]].concat();
+        (procs.spawn(dir, name, &args), data, log)
+    };
+    let (ea, _, early_log) = device(&mut procs, "early", &early, a);
+    let (la, late_dir, late_log) = device(&mut procs, "late", &late, b);
+    wait_until("the early device to install #1", || !hook_runs(&early_log).is_empty());
+    assert_eq!(hook_runs(&early_log)[0].split('|').next(), Some("1"));
+    procs.wait_for_log(la, "fw.img: complete and verified");
+    procs.wait_for_log(la, "staged rollout: this device installs in");
+    let said = procs.stderr(la);
+    let secs: u64 = said.split("installs in ").nth(1).and_then(|t| t.split(' ').next()).unwrap().parse().unwrap();
+    let elapsed = fs::metadata(seed.join("fw.img.flotilla")).unwrap().modified().unwrap().elapsed().unwrap();
+    assert!(
+        secs <= late_wait && secs + elapsed.as_secs() + 5 >= late_wait,
+        "waits {secs} s, its moment is {late_wait} s into the window"
+    );
+    assert!(hook_runs(&late_log).is_empty(), "the late device installed before its moment");
+    assert_eq!(fs::read(late_dir.join("fw.img")).unwrap(), rel.bytes, "yet it holds the release and serves it");
+
+    // The operator halts the rollout with release 2 (no window): it goes everywhere at once.
+    let second = random_bytes(200_000, 0x221);
+    let (seed2, _) = publish(dir, "seed2", 2, &second, &[]);
+    let seed2_args = ["serve", "--data", seed2.to_str().unwrap(), "--listen", &s2.to_string(), "--no-discovery"];
+    let j = procs.spawn(dir, "seed2", &[&seed2_args[..], &["--trust", &rel.key]].concat());
+    procs.wait_for_log(j, "listening on");
+    fs::copy(seed2.join("fw.img.flotilla"), late_dir.join("fw.img.flotilla")).unwrap();
+    wait_until("the late device to install #2", || !hook_runs(&late_log).is_empty());
+    procs.wait_for_log(la, "fw.img #1: replaced by a newer release");
+    assert_eq!(fs::read(late_dir.join("fw.img")).unwrap(), second);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let runs = hook_runs(&late_log);
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert!(runs[0].starts_with("2|"), "#1's install was superseded, never run: {runs:?}");
+    assert!(procs.running(ea) && procs.running(la));
+}
+
+/// nginx serving `root` on 127.0.0.`x`; its access log is `dir/access.log`.
+struct Nginx(std::process::Child);
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_nginx(dir: &Path, root: &Path, x: u8) -> (Nginx, u16) {
+    let bin = Path::new("/usr/sbin/nginx");
+    assert!(bin.exists(), "this test needs Debian's nginx: apt-get install nginx");
+    let port = std::net::TcpListener::bind((ip(x), 0)).unwrap().local_addr().unwrap().port();
+    let conf = dir.join("nginx.conf");
+    let d = dir.display();
+    fs::write(
+        &conf,
+        format!(
+            "daemon off; master_process off; worker_processes 1; error_log {d}/error.log; pid {d}/nginx.pid;\n\
+             events {{ worker_connections 64; }}\n\
+             http {{ log_format polls '$remote_addr $status $request_uri'; access_log {d}/access.log polls;\n\
+             client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d};\n\
+             scgi_temp_path {d}; server {{ listen 127.0.0.{x}:{port}; root {}; }} }}\n",
+            root.display()
+        ),
+    )
+    .unwrap();
+    let child = std::process::Command::new(bin)
+        .args(["-c", conf.to_str().unwrap(), "-p", dir.to_str().unwrap()])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let nginx = Nginx(child);
+    wait_until("nginx to listen", || std::net::TcpStream::connect((ip(x), port)).is_ok());
+    (nginx, port)
+}
+
+/// The statuses nginx answered polls of the manifest from 127.0.0.`x` with, in order.
+fn polls_from(dir: &Path, x: u8) -> Vec<u16> {
+    let log = fs::read_to_string(dir.join("access.log")).unwrap_or_default();
+    let from = format!("127.0.0.{x} ");
+    log.lines()
+        .filter(|l| l.starts_with(&from) && l.ends_with("/fw.img.flotilla"))
+        .map(|l| l.split(' ').nth(1).unwrap().parse().unwrap())
+        .collect()
+}
+
+/// Places a release on the origin as an operator's upload would: the file, then the manifest,
+/// each renamed into place.
+fn upload(www: &Path, seed: &Path) {
+    for name in ["fw.img", "fw.img.flotilla"] {
+        fs::copy(seed.join(name), www.join(format!(".{name}.tmp"))).unwrap();
+        fs::rename(www.join(format!(".{name}.tmp")), www.join(name)).unwrap();
+    }
+}
+
+/// Three devices follow `fw.img` through the origin alone (no seed, no peers named, no
+/// discovery). They find release 1 there, fetch and install it; while it is unchanged each poll
+/// is a 304. The operator uploads release 2: each running device learns of it within two polls
+/// and installs it once; the third, down meanwhile, catches up when it returns. Uses 127.0.0.225-228.
+#[test]
+fn devices_following_a_name_pick_up_each_release_from_the_origin_with_conditional_polls() {
+    let tmp = TempDir::new("origin-follow");
+    let dir = tmp.path();
+    let rel = make_release(dir, 400_000, "64K", 0x225);
+    let www = tmp.sub("www");
+    upload(&www, &rel.data_dir);
+    let (_nginx, port) = start_nginx(dir, &www, 225);
+    let base = format!("http://127.0.0.225:{port}/");
+
+    let mut procs = Procs::in_dir();
+    let device = |procs: &mut Procs, k: u8| {
+        let data = dir.join(format!("dev{k}"));
+        fs::create_dir_all(&data).unwrap();
+        let log = dir.join(format!("dev{k}.hooks"));
+        let (data_s, listen) = (data.to_str().unwrap().to_owned(), free_addr(225 + k).to_string());
+        let hook_cmd = hook(&log);
+        let args = ["serve", "--data", &data_s, "--listen", &listen, "--no-discovery", "--trust", &rel.key];
+        let more = ["--follow", "fw.img", "--origin", &base, "--origin-delay", "0", "--poll", "2"];
+        let i = procs.spawn(dir, &format!("dev{k}"), &[&args[..], &more[..], &["--on-complete", &hook_cmd]].concat());
+        (i, data, log)
+    };
+    let devs: Vec<_> = (1..=3).map(|k| device(&mut procs, k)).collect();
+    for (_, data, log) in &devs {
+        wait_until("release 1 to be installed", || hook_runs(log).len() == 1);
+        assert_eq!(fs::read(data.join("fw.img")).unwrap(), rel.bytes);
+    }
+    // Two more polls each, unchanged.
+    wait_until("polls of an unchanged manifest", || (1..=3).all(|k| polls_from(dir, 225 + k).len() >= 3));
+    for k in 1..=3 {
+        let polls = polls_from(dir, 225 + k);
+        assert_eq!(polls[0], 200, "device {k}: {polls:?}");
+        assert!(polls[1..].iter().all(|&s| s == 304), "device {k}: unchanged means 304: {polls:?}");
+    }
+
+    // Device 3 goes down; the operator uploads release 2.
+    procs.kill(devs[2].0);
+    let second = random_bytes(300_000, 0x226);
+    let (seed2, _) = publish(dir, "seed2", 2, &second, &[]);
+    let before: Vec<usize> = (1..=2).map(|k| polls_from(dir, 225 + k).len()).collect();
+    upload(&www, &seed2);
+    for (k, (_, data, log)) in devs.iter().enumerate().take(2) {
+        wait_until("release 2 to be installed", || hook_runs(log).len() == 2);
+        assert_eq!(fs::read(data.join("fw.img")).unwrap(), second);
+        let polls = polls_from(dir, 226 + k as u8);
+        let after = &polls[before[k]..];
+        let first_200 = after.iter().position(|&s| s == 200).expect("release 2's manifest was fetched");
+        assert!(first_200 < 2, "device {}: learnt of it within two polls of the upload: {after:?}", k + 1);
+    }
+    let (i, data3, log3) = device(&mut procs, 3);
+    wait_until("the returning device to install release 2", || hook_runs(&log3).len() == 2);
+    assert_eq!(fs::read(data3.join("fw.img")).unwrap(), second);
+    for (k, (_, _, log)) in devs.iter().enumerate() {
+        let runs = hook_runs(log);
+        assert!(runs[0].starts_with("1|") && runs[1].starts_with("2|"), "device {}: once per release: {runs:?}", k + 1);
+    }
+    assert!(procs.running(i));
+}
