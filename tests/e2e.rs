@@ -691,7 +691,12 @@ fn a_unicast_announcement_is_not_heard_and_the_same_to_the_group_is() {
     let swarm = flotilla::core::manifest::SignedManifest::read_file(Path::new(rel.manifest_arg())).unwrap().swarm_id;
     let mut datagram = [0u8; flotilla::core::discovery::MAX_DATAGRAM];
     let decoy_port = decoy.local_addr().unwrap().port();
-    let n = flotilla::core::discovery::encode(false, decoy_port, 0x5eed, [&swarm].into_iter(), &mut datagram);
+    let advert = flotilla::core::discovery::Advert {
+        swarm,
+        release: 1,
+        name_tag: flotilla::core::discovery::name_tag("fw.img"),
+    };
+    let n = flotilla::core::discovery::encode(false, decoy_port, 0x5eed, [advert].into_iter(), &mut datagram);
     let spoofer = std::net::UdpSocket::bind("127.0.0.78:0").unwrap();
     let dialled = |decoy: &TcpListener| decoy.accept().is_ok();
     for _ in 0..20 {

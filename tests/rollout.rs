@@ -104,7 +104,7 @@ fn a_staged_rollout_installs_each_device_at_its_moment_and_a_newer_release_super
         "waits {secs} s, its moment is {late_wait} s into the window"
     );
     assert!(hook_runs(&late_log).is_empty(), "the late device installed before its moment");
-    assert_eq!(fs::read(late_dir.join("fw.img")).unwrap(), rel.bytes, "yet it holds the release and serves it");
+    assert!(fs::read(late_dir.join("fw.img")).unwrap() == rel.bytes, "yet it holds the release and serves it");
 
     // The operator halts the rollout with release 2 (no window): it goes everywhere at once.
     let second = random_bytes(200_000, 0x221);
@@ -115,7 +115,7 @@ fn a_staged_rollout_installs_each_device_at_its_moment_and_a_newer_release_super
     fs::copy(seed2.join("fw.img.flotilla"), late_dir.join("fw.img.flotilla")).unwrap();
     wait_until("the late device to install #2", || !hook_runs(&late_log).is_empty());
     procs.wait_for_log(la, "fw.img #1: replaced by a newer release");
-    assert_eq!(fs::read(late_dir.join("fw.img")).unwrap(), second);
+    assert!(fs::read(late_dir.join("fw.img")).unwrap() == second);
     std::thread::sleep(std::time::Duration::from_millis(1500));
     let runs = hook_runs(&late_log);
     assert_eq!(runs.len(), 1, "{runs:?}");
@@ -211,7 +211,7 @@ fn devices_following_a_name_pick_up_each_release_from_the_origin_with_conditiona
     let devs: Vec<_> = (1..=3).map(|k| device(&mut procs, k)).collect();
     for (_, data, log) in &devs {
         wait_until("release 1 to be installed", || hook_runs(log).len() == 1);
-        assert_eq!(fs::read(data.join("fw.img")).unwrap(), rel.bytes);
+        assert!(fs::read(data.join("fw.img")).unwrap() == rel.bytes);
     }
     // Two more polls each, unchanged.
     wait_until("polls of an unchanged manifest", || (1..=3).all(|k| polls_from(dir, 225 + k).len() >= 3));
@@ -221,7 +221,8 @@ fn devices_following_a_name_pick_up_each_release_from_the_origin_with_conditiona
         assert!(polls[1..].iter().all(|&s| s == 304), "device {k}: unchanged means 304: {polls:?}");
     }
 
-    // Device 3 goes down; the operator uploads release 2.
+    // Device 3 goes down (once its hook is recorded done); the operator uploads release 2.
+    procs.wait_for_log(devs[2].0, "the install hook finished");
     procs.kill(devs[2].0);
     let second = random_bytes(300_000, 0x226);
     let (seed2, _) = publish(dir, "seed2", 2, &second, &[]);
@@ -229,7 +230,7 @@ fn devices_following_a_name_pick_up_each_release_from_the_origin_with_conditiona
     upload(&www, &seed2);
     for (k, (_, data, log)) in devs.iter().enumerate().take(2) {
         wait_until("release 2 to be installed", || hook_runs(log).len() == 2);
-        assert_eq!(fs::read(data.join("fw.img")).unwrap(), second);
+        assert!(fs::read(data.join("fw.img")).unwrap() == second, "not release 2");
         let polls = polls_from(dir, 226 + k as u8);
         let after = &polls[before[k]..];
         let first_200 = after.iter().position(|&s| s == 200).expect("release 2's manifest was fetched");
@@ -237,10 +238,131 @@ fn devices_following_a_name_pick_up_each_release_from_the_origin_with_conditiona
     }
     let (i, data3, log3) = device(&mut procs, 3);
     wait_until("the returning device to install release 2", || hook_runs(&log3).len() == 2);
-    assert_eq!(fs::read(data3.join("fw.img")).unwrap(), second);
+    assert!(fs::read(data3.join("fw.img")).unwrap() == second, "not release 2");
     for (k, (_, _, log)) in devs.iter().enumerate() {
         let runs = hook_runs(log);
         assert!(runs[0].starts_with("1|") && runs[1].starts_with("2|"), "device {}: once per release: {runs:?}", k + 1);
     }
     assert!(procs.running(i));
+}
+
+/// Serves, once, release `bytes` of a manifest to whoever connects and asks: what a lying
+/// peer does when it announces an old manifest as a newer release.
+fn liar_serving(manifest: Vec<u8>) -> (std::net::SocketAddr, std::thread::JoinHandle<bool>) {
+    use flotilla::core::wire::{encode_frame, Bytes, Message, MAX_FRAME};
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind((ip(235), 0)).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let serve = std::thread::spawn(move || {
+        let Ok((mut s, _)) = listener.accept() else { return false };
+        let mut first = [0u8; 64];
+        let _ = s.read(&mut first);
+        let mut frame = vec![0u8; MAX_FRAME];
+        for (i, part) in manifest.chunks(16 * 1024).enumerate() {
+            let msg = Message::ManifestPart {
+                total: manifest.len() as u32,
+                offset: (i * 16 * 1024) as u32,
+                data: Bytes(part),
+            };
+            let n = encode_frame(&msg, &mut frame).unwrap();
+            if s.write_all(&frame[..n]).is_err() {
+                return false;
+            }
+        }
+        true
+    });
+    (addr, serve)
+}
+
+/// A seed and three devices following `fw.img` on one LAN (discovery on a group of the test's
+/// own; no `--peer` anywhere, no origin). The operator publishes release 2 into the seed's
+/// directory: each device hears it announced, asks the seed for the manifest, fetches the
+/// release and installs it once; the device that was down catches up when it returns. A liar
+/// announcing release 1's (validly signed) manifest as release 9 is refused and banned, and
+/// the devices stay on release 2. Uses 127.0.0.230-235.
+#[test]
+fn devices_following_a_name_learn_of_a_new_release_from_their_neighbours() {
+    let tmp = TempDir::new("gossip");
+    let dir = tmp.path();
+    let rel = make_release(dir, 500_000, "64K", 0x230);
+    let first_manifest = fs::read(&rel.manifest).unwrap();
+    let group = format!("239.255.70.70:{}", free_addr(230).port());
+    let mut procs = Procs::in_dir();
+    let lan = ["--discovery-group", &group, "--trust", &rel.key, "--rescan", "1"];
+    let seed_listen = free_addr(230).to_string();
+    let seed_args = ["serve", "--data", rel.data_dir.to_str().unwrap(), "--listen", &seed_listen];
+    let s = procs.spawn(dir, "seed", &[&seed_args[..], &lan[..]].concat());
+    procs.wait_for_log(s, "listening on");
+    let device = |procs: &mut Procs, k: u8| {
+        let data = dir.join(format!("dev{k}"));
+        fs::create_dir_all(&data).unwrap();
+        if !data.join("fw.img.flotilla").exists() {
+            fs::copy(&rel.manifest, data.join("fw.img.flotilla")).unwrap();
+        }
+        let log = dir.join(format!("dev{k}.hooks"));
+        let (data_s, listen, hook_cmd) =
+            (data.to_str().unwrap().to_owned(), free_addr(230 + k).to_string(), hook(&log));
+        let args =
+            ["-v", "serve", "--data", &data_s, "--listen", &listen, "--follow", "fw.img", "--on-complete", &hook_cmd];
+        (procs.spawn(dir, &format!("dev{k}"), &[&args[..], &lan[..]].concat()), data, log)
+    };
+    let devs: Vec<_> = (1..=3).map(|k| device(&mut procs, k)).collect();
+    for (_, _, log) in &devs {
+        wait_until("release 1 to be installed", || hook_runs(log).len() == 1);
+    }
+
+    // Device 3 goes down (once its hook is recorded done: killed before, it would run again,
+    // as it must); the operator publishes release 2 into the seed's directory.
+    procs.wait_for_log(devs[2].0, "the install hook finished");
+    procs.kill(devs[2].0);
+    let second = random_bytes(350_000, 0x231);
+    let image = rel.data_dir.join("fw.img");
+    fs::write(rel.data_dir.join(".fw.img.new"), &second).unwrap();
+    fs::rename(rel.data_dir.join(".fw.img.new"), &image).unwrap();
+    let secret = dir.join("operator.key");
+    let args = ["publish", image.to_str().unwrap(), "--secret", secret.to_str().unwrap(), "--release", "2"];
+    run_ok(dir, &[&args[..], &["--chunk-size", "64K"]].concat());
+    for (i, data, log) in devs.iter().take(2) {
+        wait_until("release 2 to be installed", || hook_runs(log).len() == 2);
+        assert!(fs::read(data.join("fw.img")).unwrap() == second, "not release 2");
+        assert!(procs.stderr(*i).contains("asking it for the manifest"), "{}", procs.stderr(*i));
+    }
+    let (i3, data3, log3) = device(&mut procs, 3);
+    wait_until("the returning device to install release 2", || hook_runs(&log3).len() == 2);
+    assert!(fs::read(data3.join("fw.img")).unwrap() == second, "not release 2");
+    for (k, (_, _, log)) in devs.iter().enumerate() {
+        let runs = hook_runs(log);
+        assert!(runs[0].starts_with("1|") && runs[1].starts_with("2|"), "device {}: once per release: {runs:?}", k + 1);
+    }
+
+    // The liar: release 1's manifest announced as release 9.
+    let (liar, served) = liar_serving(first_manifest);
+    let advert = flotilla::core::discovery::Advert {
+        swarm: rel.signed.swarm_id,
+        release: 9,
+        name_tag: flotilla::core::discovery::name_tag("fw.img"),
+    };
+    let mut datagram = [0u8; flotilla::core::discovery::MAX_DATAGRAM];
+    let n = flotilla::core::discovery::encode(false, liar.port(), 0x11a7, [advert].into_iter(), &mut datagram);
+    let udp = std::net::UdpSocket::bind((ip(235), 0)).unwrap();
+    wait_until("a device to refuse the liar's manifest", || {
+        udp.send_to(&datagram[..n], &group).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        devs.iter()
+            .take(2)
+            .chain([&(i3, data3.clone(), log3.clone())])
+            .any(|(i, _, _)| procs.stderr(*i).contains("is refused"))
+    });
+    assert!(served.join().unwrap(), "the liar was asked and sent its manifest");
+    for (i, data, log) in devs.iter().take(2).chain([&(i3, data3.clone(), log3.clone())]) {
+        let held = SignedManifest::read_file(&data.join("fw.img.flotilla")).unwrap();
+        assert_eq!(held.manifest.release, 2, "{}", procs.stderr(*i));
+        assert_eq!(hook_runs(log).len(), 2);
+        assert!(procs.running(*i));
+    }
+    let refusing =
+        devs.iter().take(2).map(|d| d.0).chain([i3]).find(|&i| procs.stderr(i).contains("is refused")).unwrap();
+    let log = procs.stderr(refusing);
+    assert!(log.contains("it announced release 9 of fw.img, and sent release 1 of fw.img"), "{log}");
+    assert!(log.contains("banned for"), "{log}");
 }

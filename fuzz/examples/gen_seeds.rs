@@ -131,7 +131,12 @@ fn announcement_seeds(seeds: &Path) {
     ];
     for (name, query, port, node, count) in cases {
         let mut out = [0u8; discovery::MAX_DATAGRAM];
-        let n = discovery::encode(query, port, node, ids[..count].iter(), &mut out);
+        let adverts = ids[..count].iter().enumerate().map(|(i, &swarm)| discovery::Advert {
+            swarm,
+            release: i as u64 * 1000 + 1,
+            name_tag: discovery::name_tag("fw.img"),
+        });
+        let n = discovery::encode(query, port, node, adverts, &mut out);
         write(&seeds.join("announcement"), &format!("{name}.bin"), &out[..n]);
     }
 }

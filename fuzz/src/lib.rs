@@ -108,12 +108,12 @@ pub fn announcement(data: &[u8]) {
     assert!(data.len() <= MAX_DATAGRAM, "accepted a {}-byte datagram", data.len());
     assert_eq!((&data[..8], data[8]), (&b"FLOTANN1"[..], 1), "accepted a bad magic or version");
     let count = usize::from(data[20]);
-    assert!(count <= MAX_IDS && data.len() == ANNOUNCE_HEADER + 32 * count, "count {count} vs length {}", data.len());
+    assert!(count <= MAX_IDS && data.len() == ANNOUNCE_HEADER + 48 * count, "count {count} vs length {}", data.len());
     assert_ne!(a.listen_port, 0, "accepted listen port 0");
     assert_eq!(a.listen_port, u16::from_be_bytes([data[10], data[11]]));
     assert_eq!(a.node.to_be_bytes(), data[12..20]);
     assert_eq!(a.query, data[9] & 1 != 0);
-    let ids: Vec<[u8; 32]> = data[ANNOUNCE_HEADER..].chunks_exact(32).map(|c| c.try_into().unwrap()).collect();
+    let ids: Vec<[u8; 32]> = data[ANNOUNCE_HEADER..].chunks_exact(48).map(|c| c[..32].try_into().unwrap()).collect();
     for id in &ids {
         assert!(a.names(id), "an id in the datagram is not named");
     }
@@ -123,7 +123,7 @@ pub fn announcement(data: &[u8]) {
     assert!(!a.names(&other), "an id not in the datagram is named");
     // Re-encoding gives the datagram back, except flag bits this version does not know.
     let mut out = [0u8; MAX_DATAGRAM];
-    let n = discovery::encode(a.query, a.listen_port, a.node, ids.iter(), &mut out);
+    let n = discovery::encode(a.query, a.listen_port, a.node, a.entries(), &mut out);
     let mut expected = data.to_vec();
     expected[9] &= 1;
     assert_eq!(&out[..n], &expected[..], "re-encoding differs");

@@ -40,6 +40,8 @@ pub(super) struct Conn {
     pub(super) addr: SocketAddr,
     /// The peer is not on any of our links (see [`Agent::beyond_lan`]).
     pub(super) beyond_lan: bool,
+    /// Its first frame asked for this swarm's manifest (`gossip`), not for a session.
+    manifest_request: Option<crate::core::manifest::SwarmId>,
     /// Set for connections we opened, until the connect completes.
     pub(super) connecting: bool,
     /// The release this connection serves; `None` for an inbound one until its Hello.
@@ -192,6 +194,7 @@ impl Agent {
             stream,
             addr,
             beyond_lan,
+            manifest_request: None,
             connecting: dial.is_some(),
             release: dial.map(|d| d.0),
             dial: dial.map(|d| d.1),
@@ -280,6 +283,11 @@ impl Agent {
             let r = match conn.release {
                 Some(r) => r,
                 None => {
+                    if let Ok(Message::ManifestGet(swarm)) = wire::check_crc(frame).and_then(wire::decode_message) {
+                        // Not a session: the stream is handed to the gossip as the slot closes.
+                        conn.manifest_request = Some(swarm);
+                        return Err(Err("asked for a manifest"));
+                    }
                     let r = route(releases, frame, now).map_err(|refusal| {
                         refuse(&mut conn.stream, refusal);
                         Err("refused its hello")
@@ -375,6 +383,9 @@ impl Agent {
     pub(super) fn close(&mut self, slot: usize, why: Why, now: Instant) {
         let Some(mut conn) = self.conns[slot].take() else { return };
         let _ = self.poll.registry().deregister(&mut conn.stream);
+        if let Some(swarm) = conn.manifest_request {
+            return self.serve_manifest(conn.stream, conn.addr, swarm, now);
+        }
         match why {
             Ok(reason) if reason.is_offence() => {
                 log::warn!("dropping {}: {reason}; banned for {} s", conn.addr, BAN_TIME.as_secs());

@@ -57,7 +57,12 @@ impl Agent {
         let query = self.releases.iter().any(|h| !h.release.is_complete());
         let mut buf = [0u8; discovery::MAX_DATAGRAM];
         for group in self.releases.chunks(discovery::MAX_IDS) {
-            let n = discovery::encode(query, port, self.node, group.iter().map(|h| h.release.id()), &mut buf);
+            let adverts = group.iter().map(|h| discovery::Advert {
+                swarm: *h.release.id(),
+                release: h.release.number(),
+                name_tag: discovery::name_tag(h.release.name()),
+            });
+            let n = discovery::encode(query, port, self.node, adverts, &mut buf);
             if let Err(e) = lan.sender.send_to(&buf[..n], lan.group) {
                 log::debug!("cannot announce on {}: {e}", lan.group);
             }
@@ -96,6 +101,9 @@ impl Agent {
             }
             for h in self.releases.iter_mut().filter(|h| !h.release.is_complete() && a.names(h.release.id())) {
                 dial::add_dial(h, peer, me, now);
+            }
+            for advert in a.entries() {
+                self.heard_advert(advert, peer, now);
             }
         }
     }

@@ -14,6 +14,7 @@
 //! - `site`: where the device stands in its site (its share of the chunks, reachable or not);
 //! - `datadir`: a `--data` directory looked at again on request ([`Agent::rescan`]);
 //! - `follow`: polling the origin for new releases of the names followed (`--follow`);
+//! - `gossip`: learning of them from peers (the manifest asked of an announcer, and given);
 //! - `hooks`: the operator's install hook, a few children at once, never waited for in the loop;
 //! - `status`: the Unix status socket and the report it answers with.
 
@@ -22,6 +23,7 @@ mod conn;
 mod datadir;
 mod dial;
 mod follow;
+mod gossip;
 mod guard;
 mod hooks;
 mod lan;
@@ -141,6 +143,8 @@ pub struct Agent {
     origin_tokens: usize,
     /// The origin polls of the names followed (`follow`).
     polls: Vec<follow::ManifestPoll>,
+    /// Manifest transfers with peers (`gossip`).
+    gossip: gossip::Gossip,
     /// Manifests learnt (from the origin or peers), for [`Agent::take_learnt`].
     learnt: Vec<SignedManifest>,
     /// Swarm ids of learnt manifests the trust rules refused: not fetched or logged again.
@@ -191,6 +195,7 @@ impl Agent {
             trackers: None,
             origin_tokens: 0,
             polls: Vec::new(),
+            gossip: gossip::Gossip::default(),
             learnt: Vec::new(),
             refused_learnt: heapless::Deque::new(),
             unread: Vec::with_capacity(conns.len()),
@@ -482,6 +487,7 @@ impl Agent {
         self.refresh_site_shares(now);
         self.drive_origins(now);
         self.drive_polls(now);
+        self.drive_gossip(now);
         self.dial(now);
     }
 
@@ -552,6 +558,7 @@ impl Agent {
             consider(lan.schedule.next());
         }
         self.polls.iter().for_each(|p| consider(p.wakeup()));
+        self.gossip_wakeup().into_iter().for_each(&mut consider);
         for c in self.conns.iter().flatten().filter(|c| c.release.is_none() || c.connecting) {
             consider(c.opened_at + HANDSHAKE_TIMEOUT);
         }

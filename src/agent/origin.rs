@@ -136,8 +136,7 @@ impl Agent {
             OriginSpec::File(urls) => urls.clone(),
             OriginSpec::Base(bases) => bases.iter().map(|b| b.join(name)).collect(),
         };
-        self.origin_tokens += 1;
-        let token = Token(ORIGIN_TOKENS + self.origin_tokens);
+        let token = self.next_side_token();
         let c = &self.config;
         Some(OriginClient::new(urls, token, c.origin_rate, c.origin_timeout, now + c.origin_delay))
     }
@@ -147,8 +146,7 @@ impl Agent {
         let Some(OriginSpec::Base(bases)) = self.config.origin.as_ref() else { return };
         let Some(base) = bases.first().cloned() else { return };
         for name in self.config.follow.clone() {
-            self.origin_tokens += 1;
-            let token = Token(ORIGIN_TOKENS + self.origin_tokens);
+            let token = self.next_side_token();
             self.polls.push(super::follow::ManifestPoll::new(&name, &base, token, self.config.poll_interval, now));
         }
     }

@@ -7,10 +7,14 @@
 //! Datagrams that do not decode exactly are ignored. This module owns the datagram format and
 //! the announcement schedule; it does no I/O (the agent sends and receives).
 //!
-//! Datagram: `"FLOTANN1"` ‖ version u8 (1) ‖ flags u8 ‖ listen port u16 BE ‖ node u64 BE (the
+//! Datagram: `"FLOTANN1"` ‖ version u8 (2) ‖ flags u8 ‖ listen port u16 BE ‖ node u64 BE (the
 //! sender's random node number, so an agent listening on 0.0.0.0 knows its own) ‖ count u8
-//! (≤ 16) ‖ count × 32-byte swarm ids. Flag bit 0, "query": the sender is fetching and asks listeners to
-//! announce now rather than at their next interval (each answers at most once a second).
+//! (≤ 16) ‖ count × entries of 48 bytes: swarm id (32) ‖ release number u64 BE ‖ name tag (the
+//! first 8 bytes of SHA-256 of the release name). Flag bit 0, "query": the sender is fetching
+//! and asks listeners to announce now rather than at their next interval (each answers at most
+//! once a second). The number and tag are the "latest" advertisement: a device following a name
+//! hears that a neighbour holds a newer release of it, and asks that neighbour for the manifest.
+//! They are claims like the rest; the signed manifest is what is believed.
 
 use crate::core::manifest::SwarmId;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -20,11 +24,13 @@ use std::time::{Duration, Instant};
 pub const DEFAULT_GROUP: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(239, 255, 70, 70), 7071);
 /// Swarm ids in one announcement.
 pub const MAX_IDS: usize = 16;
+/// Bytes of one entry: swarm id, release number, name tag.
+const ENTRY: usize = 48;
 /// Largest announcement.
-pub const MAX_DATAGRAM: usize = HEADER + MAX_IDS * 32;
+pub const MAX_DATAGRAM: usize = HEADER + MAX_IDS * ENTRY;
 
 const MAGIC: &[u8; 8] = b"FLOTANN1";
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 const HEADER: usize = 21;
 const FLAG_QUERY: u8 = 1;
 /// Time between announcements.
@@ -51,7 +57,7 @@ impl<'a> Announcement<'a> {
             return None;
         }
         let count = d[20] as usize;
-        if count > MAX_IDS || d.len() != HEADER + count * 32 {
+        if count > MAX_IDS || d.len() != HEADER + count * ENTRY {
             return None;
         }
         let listen_port = u16::from_be_bytes([d[10], d[11]]);
@@ -66,16 +72,45 @@ impl<'a> Announcement<'a> {
 
     /// True if the announcement names swarm `id`.
     pub fn names(&self, id: &SwarmId) -> bool {
-        self.ids.chunks_exact(32).any(|c| c == id)
+        self.ids.chunks_exact(ENTRY).any(|c| &c[..32] == id)
+    }
+
+    /// Its entries: what the sender says each swarm is.
+    pub fn entries(&self) -> impl Iterator<Item = Advert> + '_ {
+        self.ids.chunks_exact(ENTRY).map(|c| {
+            let mut swarm = [0u8; 32];
+            swarm.copy_from_slice(&c[..32]);
+            let mut n = [0u8; 8];
+            n.copy_from_slice(&c[32..40]);
+            let mut tag = [0u8; 8];
+            tag.copy_from_slice(&c[40..]);
+            Advert { swarm, release: u64::from_be_bytes(n), name_tag: tag }
+        })
     }
 }
 
-/// Encodes an announcement of up to [`MAX_IDS`] ids into `out`; returns its length.
-pub fn encode<'i>(
+/// One entry of an announcement: a swarm, and which release of which name it says it is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Advert {
+    pub swarm: SwarmId,
+    pub release: u64,
+    pub name_tag: [u8; 8],
+}
+
+/// The tag of a release name in announcements: the first 8 bytes of its SHA-256.
+pub fn name_tag(name: &str) -> [u8; 8] {
+    let d = crate::core::manifest::sha256(name.as_bytes());
+    let mut tag = [0u8; 8];
+    tag.copy_from_slice(&d[..8]);
+    tag
+}
+
+/// Encodes an announcement of up to [`MAX_IDS`] entries into `out`; returns its length.
+pub fn encode(
     query: bool,
     listen_port: u16,
     node: u64,
-    ids: impl Iterator<Item = &'i SwarmId>,
+    adverts: impl Iterator<Item = Advert>,
     out: &mut [u8; MAX_DATAGRAM],
 ) -> usize {
     out[..8].copy_from_slice(MAGIC);
@@ -84,12 +119,15 @@ pub fn encode<'i>(
     out[10..12].copy_from_slice(&listen_port.to_be_bytes());
     out[12..20].copy_from_slice(&node.to_be_bytes());
     let mut n = 0;
-    for id in ids.take(MAX_IDS) {
-        out[HEADER + n * 32..HEADER + (n + 1) * 32].copy_from_slice(id);
+    for a in adverts.take(MAX_IDS) {
+        let e = &mut out[HEADER + n * ENTRY..HEADER + (n + 1) * ENTRY];
+        e[..32].copy_from_slice(&a.swarm);
+        e[32..40].copy_from_slice(&a.release.to_be_bytes());
+        e[40..].copy_from_slice(&a.name_tag);
         n += 1;
     }
     out[20] = n as u8;
-    HEADER + n * 32
+    HEADER + n * ENTRY
 }
 
 /// When to announce: at start, every [`INTERVAL`], and soon after a query (rate-limited).
@@ -135,21 +173,28 @@ mod tests {
     #[test]
     fn roundtrip_and_exact_decoding() {
         let ids = [[1u8; 32], [2u8; 32]];
+        let adverts: Vec<Advert> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, &swarm)| Advert { swarm, release: 7 + i as u64, name_tag: name_tag("fw.img") })
+            .collect();
         let mut buf = [0u8; MAX_DATAGRAM];
-        let n = encode(true, 7070, 0xfeed, ids.iter(), &mut buf);
+        let n = encode(true, 7070, 0xfeed, adverts.iter().copied(), &mut buf);
         let a = Announcement::decode(&buf[..n]).unwrap();
         assert!(a.query && a.listen_port == 7070 && a.node == 0xfeed && a.names(&ids[1]) && !a.names(&[3; 32]));
+        assert_eq!(a.entries().collect::<Vec<_>>(), adverts);
+        assert_ne!(name_tag("fw.img"), name_tag("fw.im"));
         for cut in 0..n {
             assert!(Announcement::decode(&buf[..cut]).is_none(), "truncated at {cut}");
         }
         assert!(Announcement::decode(&buf[..n + 1]).is_none(), "trailing byte");
-        let mut long = vec![0u8; HEADER + 17 * 32];
+        let mut long = vec![0u8; HEADER + 17 * ENTRY];
         long[..HEADER].copy_from_slice(&buf[..HEADER]);
         long[20] = 17;
         assert!(Announcement::decode(&long).is_none(), "too many ids");
         let mut bad = buf;
-        bad[8] = 2;
-        assert!(Announcement::decode(&bad[..n]).is_none(), "unknown version");
+        bad[8] = 1;
+        assert!(Announcement::decode(&bad[..n]).is_none(), "the first version (ids alone) is refused");
         bad = buf;
         bad[10] = 0;
         bad[11] = 0;
@@ -166,7 +211,7 @@ mod tests {
             let count = rng.below(MAX_IDS as u64 + 3) as usize;
             let len = match rng.below(3) {
                 0 => rng.below(MAX_DATAGRAM as u64 + 40) as usize,
-                _ => HEADER + count * 32,
+                _ => HEADER + count * ENTRY,
             };
             let mut d = rng.bytes(len.max(MAGIC.len()));
             d[..MAGIC.len()].copy_from_slice(MAGIC);
@@ -177,7 +222,7 @@ mod tests {
             let valid = d.len() >= HEADER
                 && d[8] == VERSION
                 && (d[20] as usize) <= MAX_IDS
-                && d.len() == HEADER + d[20] as usize * 32
+                && d.len() == HEADER + d[20] as usize * ENTRY
                 && u16::from_be_bytes([d[10], d[11]]) != 0;
             assert_eq!(Announcement::decode(&d).is_some(), valid, "datagram {d:?}");
             if valid {

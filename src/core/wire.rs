@@ -101,6 +101,11 @@ pub enum Message<'a> {
     /// Proof of the fleet secret (see [`crate::core::auth`]); with a fleet secret, the only message
     /// allowed between the Hellos and the Bitfield.
     Auth([u8; 32]),
+    /// Instead of a Hello, as a connection's first frame: send me the manifest of this swarm (a
+    /// device following its name heard it announced). Answered with `ManifestPart`s, then closed.
+    ManifestGet([u8; 32]),
+    /// Part of a manifest file: `data` starts at `offset` of its `total` bytes; parts come in order.
+    ManifestPart { total: u32, offset: u32, data: Bytes<'a> },
 }
 
 /// Bytes of one address in [`Message::Peers`].

@@ -387,6 +387,9 @@ impl Swarm {
         }
         match *msg {
             Message::Hello { .. } => Err(CloseReason::Protocol("second hello")),
+            Message::ManifestGet(_) | Message::ManifestPart { .. } => {
+                Err(CloseReason::Protocol("a manifest transfer inside a session"))
+            }
             Message::Refuse(r) => Err(CloseReason::Refused(r)),
             Message::Bitfield(Bytes(bytes)) => self.on_bitfield(id, bytes, now),
             Message::Have(c) => self.on_have(id, c, now),
