@@ -22,7 +22,8 @@
 # WAN interface) in release sizes, the origin's egress, the all-done time against the topology's
 # bound max(S*F/origin_up, F/wan_down) (the origin must send each site a copy: no site reaches
 # another), and the same beside the origin-alone baseline; a `RESULT ...` line. Exits 1 if a copy
-# is wrong or a device failed.
+# is wrong or a device failed. Environment: SITES_AGENT_ARGS (more `fetch` options for every
+# device), SITES_VERBOSE=1 (debug logs), SITES_KEEP_LOGS=DIR (copy every log there at the end).
 set -euo pipefail
 export LC_ALL=C
 START_DIR=$PWD
@@ -193,7 +194,7 @@ for ((s = 1; s <= S; s++)); do
         dd=$TMP/s${s}d$k; mkdir -p "$dd"; cp "$TMP/www/fw.img.flotilla" "$dd/"
         # Every device waits for $TMP/go, so that all learn of the release at the same instant.
         ip netns exec "$P-s${s}d$k" bash -c 'until [ -e "$0" ]; do sleep 0.01; done; exec "$@"' "$TMP/go" \
-            "$BIN" fetch "$dd/fw.img.flotilla" --trust "$PUB" --out "$dd/fw.img" \
+            "$BIN" ${SITES_VERBOSE:+-v} fetch "$dd/fw.img.flotilla" --trust "$PUB" --out "$dd/fw.img" \
             --listen "10.79.$s.$((10 + k)):$PORT" --origin "$URL" --origin-delay "$DELAY" \
             --tracker "udp://10.78.0.2:$TRACKER_PORT" --seed-for 100000 ${SITES_AGENT_ARGS:-} \
             </dev/null >"$dd/agent.log" 2>&1 &

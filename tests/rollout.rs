@@ -205,7 +205,10 @@ fn devices_following_a_name_pick_up_each_release_from_the_origin_with_conditiona
         let hook_cmd = hook(&log);
         let args = ["serve", "--data", &data_s, "--listen", &listen, "--no-discovery", "--trust", &rel.key];
         let more = ["--follow", "fw.img", "--origin", &base, "--origin-delay", "0", "--poll", "2"];
-        let i = procs.spawn(dir, &format!("dev{k}"), &[&args[..], &more[..], &["--on-complete", &hook_cmd]].concat());
+        let (metrics, socket) = (dir.join(format!("dev{k}.prom")), dir.join(format!("dev{k}.sock")));
+        let (metrics, socket) = (metrics.to_str().unwrap().to_owned(), socket.to_str().unwrap().to_owned());
+        let watch = ["--metrics", &metrics, "--status", &socket, "--on-complete", &hook_cmd];
+        let i = procs.spawn(dir, &format!("dev{k}"), &[&args[..], &more[..], &watch[..]].concat());
         (i, data, log)
     };
     let devs: Vec<_> = (1..=3).map(|k| device(&mut procs, k)).collect();
@@ -244,6 +247,26 @@ fn devices_following_a_name_pick_up_each_release_from_the_origin_with_conditiona
         assert!(runs[0].starts_with("1|") && runs[1].starts_with("2|"), "device {}: once per release: {runs:?}", k + 1);
     }
     assert!(procs.running(i));
+
+    // What the device reports of itself: the metrics file and `status --json`.
+    let id = fs::read_to_string(dir.join("dev1/.flotilla-device")).unwrap().trim().to_owned();
+    wait_until("the metrics to show release 2 installed", || {
+        fs::read_to_string(dir.join("dev1.prom"))
+            .is_ok_and(|t| t.contains("flotilla_release_installed{name=\"fw.img\"} 2\n"))
+    });
+    let prom = fs::read_to_string(dir.join("dev1.prom")).unwrap();
+    assert!(prom.contains(&format!("flotilla_device_info{{device_id=\"{id}\"}} 1")), "{prom}");
+    let from_origin = prom
+        .lines()
+        .find(|l| l.starts_with("flotilla_received_bytes_total{name=\"fw.img\",release=\"2\",source=\"origin\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no origin bytes for release 2:\n{prom}"));
+    assert_eq!(from_origin, second.len() as u64, "release 2 came from the origin alone:\n{prom}");
+    assert!(prom.contains("flotilla_hook_runs_total{result=\"ok\"} 2"), "{prom}");
+    let json = run_ok(dir, &["status", dir.join("dev1.sock").to_str().unwrap(), "--json"]);
+    assert!(json.starts_with('{') && json.contains(&format!("\"device_id\":\"{id}\"")), "{json}");
+    assert!(json.contains("\"release\":2,") && json.contains("\"installed\":true"), "{json}");
 }
 
 /// Serves, once, release `bytes` of a manifest to whoever connects and asks: what a lying

@@ -57,6 +57,8 @@ pub struct AgentConfig {
     pub on_complete: Vec<String>,
     /// Longest an install hook may run before it is killed and counted as failed.
     pub hook_timeout: Duration,
+    /// Where to write the Prometheus metrics every few seconds (`--metrics`), if anywhere.
+    pub metrics: Option<PathBuf>,
     /// Where to open the Unix socket that answers status queries, if anywhere.
     pub status: Option<PathBuf>,
     /// Its permissions (who may connect): 0600, only our user, unless said otherwise.
@@ -87,6 +89,7 @@ impl Default for AgentConfig {
             max_releases: 16,
             on_complete: Vec::new(),
             hook_timeout: Duration::from_secs(600),
+            metrics: None,
             status: None,
             status_mode: 0o600,
         }

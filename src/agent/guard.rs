@@ -68,6 +68,11 @@ impl Bans {
         self.entries.iter().any(|e| e.key == key && e.banned_until.is_some_and(|t| t > now))
     }
 
+    /// How many addresses (by key) are banned at `now`.
+    pub(super) fn active(&self, now: Instant) -> usize {
+        self.entries.iter().filter(|e| e.banned_until.is_some_and(|t| t > now)).count()
+    }
+
     /// Bans `ip` (by its key) for `BAN_TIME` from `now`.
     pub(super) fn ban(&mut self, ip: IpAddr, now: Instant) {
         self.entry(ip, now).banned_until = Some(now + BAN_TIME);

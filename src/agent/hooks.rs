@@ -181,7 +181,10 @@ impl Agent {
     /// one word), which the record keeps with the time, and due again after a back-off.
     fn hook_ended(&mut self, swarm: SwarmId, outcome: Result<(), String>, now: Instant) {
         let record = match &outcome {
-            Ok(()) => self.pending_hooks.as_mut().map(|p| p.remove(&swarm)),
+            Ok(()) => {
+                self.hooks_ok += 1;
+                self.pending_hooks.as_mut().map(|p| p.remove(&swarm))
+            }
             Err(how) => {
                 self.hooks_failed += 1;
                 self.pending_hooks.as_mut().map(|p| p.failed(&swarm, wall_clock(), how))

@@ -16,7 +16,8 @@
 //! - `follow`: polling the origin for new releases of the names followed (`--follow`);
 //! - `gossip`: learning of them from peers (the manifest asked of an announcer, and given);
 //! - `hooks`: the operator's install hook, a few children at once, never waited for in the loop;
-//! - `status`: the Unix status socket and the report it answers with.
+//! - `status`: the Unix status socket and the report it answers with;
+//! - `metrics`: the same facts as Prometheus text (`--metrics FILE`) and JSON (`status --json`).
 
 mod config;
 mod conn;
@@ -27,6 +28,7 @@ mod gossip;
 mod guard;
 mod hooks;
 mod lan;
+pub mod metrics;
 mod origin;
 mod site;
 pub mod status;
@@ -102,6 +104,11 @@ impl Held {
         let (rate_up, rate_down) = self.rates.per_second(now, stats.uploaded, stats.downloaded);
         ReleaseStatus {
             name: r.name().to_owned(),
+            release: r.number(),
+            installed: r.is_complete() && self.hook == hooks::HookState::Idle,
+            from_wan: stats.received_wan,
+            from_origin: stats.received_origin,
+            to_wan: stats.sent_wan,
             path: r.store().path().display().to_string(),
             swarm_id: *r.id(),
             have: r.have_bytes(),
@@ -135,6 +142,8 @@ pub struct Agent {
     /// The address `listener` is bound to.
     local: Option<SocketAddr>,
     lan: Option<Lan>,
+    /// When the `--metrics` file is next written.
+    metrics_at: Instant,
     /// When the releases are next told their site shares (`site`).
     shares_at: Instant,
     /// The trackers' socket (`--tracker`).
@@ -160,6 +169,8 @@ pub struct Agent {
     status: Option<StatusSocket>,
     hooks: Vec<Hook>,
     hooks_failed: usize,
+    /// Install hooks that finished well since start.
+    hooks_ok: u64,
     refused: heapless::Deque<datadir::Refused, { datadir::MAX_REFUSED }>,
     /// The record of the highest release accepted per name ([`Agent::keep_state`]).
     history: Option<History>,
@@ -192,6 +203,7 @@ impl Agent {
             local: None,
             lan: None,
             shares_at: Instant::now(),
+            metrics_at: Instant::now(),
             trackers: None,
             origin_tokens: 0,
             polls: Vec::new(),
@@ -209,6 +221,7 @@ impl Agent {
             status: None,
             hooks: Vec::with_capacity(hooks::MAX_HOOKS),
             hooks_failed: 0,
+            hooks_ok: 0,
             refused: heapless::Deque::new(),
             history: None,
             device_id: None,
@@ -258,6 +271,10 @@ impl Agent {
             listen: self.local_addr(),
             uptime: now.saturating_duration_since(self.started),
             releases: self.releases.iter().map(|h| h.status(now)).collect(),
+            device_id: self.device_id.map(|d| d.to_hex()),
+            bans: self.bans.active(now),
+            hooks_ok: self.hooks_ok,
+            hooks_failed: self.hooks_failed as u64,
         }
     }
 
@@ -488,6 +505,7 @@ impl Agent {
         self.drive_origins(now);
         self.drive_polls(now);
         self.drive_gossip(now);
+        self.write_metrics(now);
         self.dial(now);
     }
 
@@ -559,6 +577,9 @@ impl Agent {
         }
         self.polls.iter().for_each(|p| consider(p.wakeup()));
         self.gossip_wakeup().into_iter().for_each(&mut consider);
+        if self.config.metrics.is_some() {
+            consider(self.metrics_at);
+        }
         for c in self.conns.iter().flatten().filter(|c| c.release.is_none() || c.connecting) {
             consider(c.opened_at + HANDSHAKE_TIMEOUT);
         }

@@ -24,6 +24,13 @@ pub struct Snapshot {
     pub uptime: Duration,
     /// One entry per release, in the order they were added.
     pub releases: Vec<ReleaseStatus>,
+    /// This device's id (hex), if the agent keeps one (`serve`).
+    pub device_id: Option<String>,
+    /// Peer addresses banned now.
+    pub bans: usize,
+    /// Install hooks that finished well, and that failed, since start.
+    pub hooks_ok: u64,
+    pub hooks_failed: u64,
 }
 
 /// The state of one release.
@@ -31,6 +38,15 @@ pub struct Snapshot {
 pub struct ReleaseStatus {
     /// The release name from its manifest.
     pub name: String,
+    /// Its release number.
+    pub release: u64,
+    /// Complete, and its install hook (if any) has run: what the device runs now.
+    pub installed: bool,
+    /// Of `downloaded`, the bytes from peers beyond the LAN and from the HTTP origin (the rest
+    /// came from LAN peers); of `uploaded`, the bytes sent to peers beyond the LAN.
+    pub from_wan: u64,
+    pub from_origin: u64,
+    pub to_wan: u64,
     /// Where its file is (or will be, when complete).
     pub path: String,
     /// The swarm id.
@@ -210,6 +226,7 @@ mod tests {
             expires: Some(crate::core::trust::CLOCK_FLOOR),
             expiry_unchecked: true,
             hook: "",
+            ..ReleaseStatus::default()
         }
     }
 
@@ -232,6 +249,7 @@ mod tests {
             listen: Some("127.0.0.1:7070".parse().unwrap()),
             uptime: Duration::from_secs(3725),
             releases: vec![fetching(), seeding],
+            ..Snapshot::default()
         };
         let text = report(&s);
         let expected = format!(

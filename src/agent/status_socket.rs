@@ -1,4 +1,5 @@
-//! The Unix status socket: each connection gets one [`report`] in one write and is closed.
+//! The Unix status socket: each connection gets one [`report`] and its JSON (after a NUL) in
+//! one write and is closed.
 //! The report's format is `status.rs`'s; this is only the socket.
 
 use super::status::report;
@@ -47,7 +48,9 @@ impl Agent {
             };
             // The report is a few hundred bytes a release; a reader that cannot take it at once
             // gets what fitted rather than a buffer kept for it.
-            let report = report(&self.snapshot(now));
+            // The text, then a NUL and the same facts as JSON: `status` prints one or the other.
+            let snapshot = self.snapshot(now);
+            let report = format!("{}\0{}", report(&snapshot), super::metrics::json(&snapshot));
             match stream.write(report.as_bytes()) {
                 Ok(n) if n == report.len() => {}
                 Ok(n) => log::debug!("status socket: report cut at {n} of {} bytes", report.len()),

@@ -676,6 +676,9 @@ again only when it or its file changes.
   --poll SECS               how often the origin is polled for a followed name's manifest, with
                             10% jitter; an unchanged manifest costs one request and a 304
                             (default 300)
+  --metrics FILE            write Prometheus metrics to FILE every 5 s, atomically (for
+                            node_exporter's textfile collector): releases held and installed per
+                            name, bytes by source (lan, wan, origin), peers, bans, hook results
 {TRUST_OPTIONS_HELP}{NET_OPTIONS_HELP}"
     )
 }
@@ -695,6 +698,7 @@ fn serve(mut p: lexopt::Parser) -> Result<(), Failure> {
                 }
                 net.config.follow.push(name);
             }
+            Long("metrics") => net.config.metrics = Some(PathBuf::from(p.value()?)),
             Long("poll") => net.config.poll_interval = Duration::from_secs(p.value()?.parse::<u64>()?.max(1)),
             Long("max-releases") => net.config.max_releases = p.value()?.parse::<usize>()?.clamp(1, 4096),
             Long(name) if name != "help" => {
@@ -818,18 +822,24 @@ fn fetch(mut p: lexopt::Parser) -> Result<(), Failure> {
 }
 
 const STATUS_HELP: &str = "\
-Usage: flotilla status [--status] PATH
+Usage: flotilla status [--status] PATH [--json]
 
 Asks the agent (serve or fetch) started with --status PATH how it is doing and prints its
 report: each release with its path, swarm id, progress, peers, rates and bytes sent and
 received. Exits 1 if no agent answers at PATH.
+
+  --json    the same as one JSON object, for scripts: device_id, uptime_s, bans, hooks_ok,
+            hooks_failed, and per release name, release, swarm, path, have, total, complete,
+            installed, peers, rate_up, rate_down, uploaded, downloaded, from_wan, from_origin,
+            to_wan, expires, hook
 ";
 
 fn status(mut p: lexopt::Parser) -> Result<(), Failure> {
-    let mut path = None;
+    let (mut path, mut as_json) = (None, false);
     while let Some(arg) = p.next()? {
         match arg {
             Value(v) if path.is_none() => path = Some(PathBuf::from(v)),
+            Long("json") => as_json = true,
             Long("status") if path.is_none() => path = Some(PathBuf::from(p.value()?)),
             a => help_or(a, STATUS_HELP)?,
         }
@@ -845,6 +855,14 @@ fn status(mut p: lexopt::Parser) -> Result<(), Failure> {
     if report.is_empty() {
         return Err(runtime(format!("the agent at {} sent no report", path.display())));
     }
+    let (text, json) = report.split_once('\0').unwrap_or((&report, ""));
+    let report = match (as_json, json.is_empty()) {
+        (false, _) => text.to_owned(),
+        (true, false) => json.to_owned(),
+        (true, true) => {
+            return Err(runtime(format!("the agent at {} sent no JSON (an older flotilla?)", path.display())))
+        }
+    };
     // Whatever answers at PATH might not be an agent: nothing it sends may drive the terminal.
     let printable: String =
         report.chars().map(|c| if c.is_control() && c != '\n' && c != '\t' { '?' } else { c }).collect();

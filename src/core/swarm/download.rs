@@ -110,7 +110,11 @@ impl Swarm {
         hasher.update(data);
         s.bytes_down += data.len() as u64;
         s.last_data = now;
+        let beyond_lan = s.beyond_lan;
         self.stats.downloaded += data.len() as u64;
+        if beyond_lan {
+            self.stats.received_wan += data.len() as u64;
+        }
         let file_offset = self.geometry.chunk_offset(chunk) + offset as u64;
         let verdict = if finished { Some(self.complete_chunk(id, head, now)?) } else { None };
         if finished {

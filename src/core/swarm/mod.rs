@@ -210,6 +210,11 @@ pub struct Stats {
     pub wasted: u64,
     /// Chunks that failed their hash.
     pub bad_chunks: u64,
+    /// Of the block bytes received, those from peers beyond our LAN, and from the HTTP origin.
+    pub received_wan: u64,
+    pub received_origin: u64,
+    /// Of the block bytes sent, those to peers beyond our LAN.
+    pub sent_wan: u64,
 }
 
 impl Stats {

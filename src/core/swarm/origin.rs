@@ -60,6 +60,7 @@ impl Swarm {
         o.hasher.update(data);
         o.received += data.len() as u32;
         self.stats.downloaded += data.len() as u64;
+        self.stats.received_origin += data.len() as u64;
         if o.received < len {
             return Ok((file_offset, None));
         }

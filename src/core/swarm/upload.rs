@@ -119,7 +119,11 @@ impl Swarm {
         s.bytes_up += len as u64;
         s.last_data = now;
         s.serve_offset += len;
+        let beyond_lan = s.beyond_lan;
         self.stats.uploaded += len as u64;
+        if beyond_lan {
+            self.stats.sent_wan += len as u64;
+        }
         if offset + len == chunk_len {
             let s = self.session_mut(id);
             let _ = s.serving.pop_front();
