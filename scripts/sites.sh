@@ -205,7 +205,8 @@ sleep 1
 touch "$TMP/go"
 T0=$EPOCHREALTIME
 BOUND=$(calc "$(calc "$S * $F * 8 / $(bps "$ORIGIN_UP")") > $F * 8 / $(bps "$WAN_DOWN") ? $S * $F * 8 / $(bps "$ORIGIN_UP") : $F * 8 / $(bps "$WAN_DOWN")")
-LIMIT=$(calc "$BOUND * 6 + 60" 0)
+# With reachable sites the uplinks, not the origin, carry the fleet after the origin delay.
+LIMIT=$(calc "($BOUND + $DELAY) * 6 + 60" 0)
 declare -A DONE=()
 while [ ${#DONE[@]} -lt $((S * K)) ]; do
     for ((s = 1; s <= S; s++)); do
