@@ -7,9 +7,10 @@
 //! parts must add up to a file of at most `MAX_MANIFEST_BYTES` whose swarm id is the one asked
 //! for, of the name followed; only then is it queued as learnt, and the trust rules judge it
 //! before anything is written or fetched. A peer that sends anything else is banned: it cost
-//! at most one manifest's bytes and [`FETCH_TIMEOUT`]. Each swarm is asked for once per run
-//! while a fetch of it is under way or has failed, so a liar repeating its advert gains
-//! nothing. With a fleet secret, manifests are neither asked for nor given (the request
+//! at most one manifest's bytes and [`FETCH_TIMEOUT`]. One that closes early or is slow (a
+//! busy one: a device sends at most a few manifests at once) is not: the swarm is asked for
+//! again at the next announcement. A swarm whose fetch is under way, or whose manifest came or
+//! was a lie, is not asked for again in this run, so a liar repeating its advert gains nothing. With a fleet secret, manifests are neither asked for nor given (the request
 //! travels before any handshake, so a non-member could ask): such a fleet learns from the
 //! origin and the data directory.
 
@@ -28,7 +29,7 @@ use std::time::{Duration, Instant};
 
 /// Manifest fetches under way at once, and manifests sent at once.
 const MAX_FETCHES: usize = 2;
-const MAX_SERVES: usize = 4;
+const MAX_SERVES: usize = 8;
 /// A manifest must arrive (or be sent) whole within this.
 pub(super) const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
 /// Swarms asked for (fetched, failed or refused) that are not asked for again.
@@ -65,12 +66,22 @@ pub(super) struct ManifestServe {
     deadline: Instant,
 }
 
+/// Why a manifest fetch ended without a manifest.
+enum Failed {
+    /// The peer sent something it should not have (not the manifest it announced, a broken
+    /// frame): it is banned.
+    Lie(String),
+    /// The connection failed or closed early, or took too long, as a busy peer's would: the
+    /// swarm may be asked for again at its next announcement.
+    Gone(String),
+}
+
 /// What the gossip keeps between turns.
 #[derive(Default)]
 pub(super) struct Gossip {
     pub(super) fetches: Vec<ManifestFetch>,
     pub(super) serves: Vec<ManifestServe>,
-    asked: heapless::Deque<SwarmId, ASKED>,
+    asked: heapless::Vec<SwarmId, ASKED>,
 }
 
 impl Agent {
@@ -83,15 +94,15 @@ impl Agent {
         let Some(name) = self.config.follow.iter().find(|n| name_tag(n) == advert.name_tag).cloned() else { return };
         if self.highest_known(&name).is_some_and(|h| h >= advert.release)
             || self.releases.iter().any(|h| *h.release.id() == advert.swarm)
-            || self.gossip.asked.iter().any(|s| *s == advert.swarm)
+            || self.gossip.asked.contains(&advert.swarm)
             || self.bans.is_banned(peer.ip(), now)
         {
             return;
         }
         if self.gossip.asked.is_full() {
-            self.gossip.asked.pop_front();
+            self.gossip.asked.remove(0);
         }
-        let _ = self.gossip.asked.push_back(advert.swarm);
+        let _ = self.gossip.asked.push(advert.swarm);
         match self.open_fetch(&name, advert, peer, now) {
             Ok(f) => {
                 log::info!("{name}: {peer} holds release {}; asking it for the manifest", advert.release);
@@ -168,16 +179,28 @@ impl Agent {
                         self.learnt.push(m);
                     }
                 }
-                Err(why) => {
+                Err(failed) => {
                     let mut f = self.gossip.fetches.swap_remove(i);
                     let _ = self.poll.registry().deregister(&mut f.stream);
-                    log::warn!(
-                        "{}: the manifest from {} is refused: {why}; banned for {} s",
-                        f.name,
-                        f.peer,
-                        BAN_TIME.as_secs()
-                    );
-                    self.bans.ban(f.peer.ip(), now);
+                    match failed {
+                        Failed::Lie(why) => {
+                            let ban = BAN_TIME.as_secs();
+                            log::warn!(
+                                "{}: the manifest from {} is refused: {why}; banned for {ban} s",
+                                f.name,
+                                f.peer
+                            );
+                            self.bans.ban(f.peer.ip(), now);
+                        }
+                        Failed::Gone(why) => {
+                            log::info!(
+                                "{}: no manifest from {}: {why}; asking again at its next announcement",
+                                f.name,
+                                f.peer
+                            );
+                            self.gossip.asked.retain(|s| *s != f.swarm);
+                        }
+                    }
                 }
             }
         }
@@ -204,49 +227,51 @@ impl Agent {
 }
 
 /// Writes the request, then reads parts; `Ok(Some)` once the manifest is whole and checks.
-fn step_fetch(f: &mut ManifestFetch, now: Instant) -> Result<Option<SignedManifest>, String> {
+fn step_fetch(f: &mut ManifestFetch, now: Instant) -> Result<Option<SignedManifest>, Failed> {
     if now >= f.deadline {
-        return Err(format!("not whole within {} s", FETCH_TIMEOUT.as_secs()));
+        return Err(Failed::Gone(format!("not whole within {} s", FETCH_TIMEOUT.as_secs())));
     }
     while f.sent < f.request.len() {
         match f.stream.write(&f.request[f.sent..]) {
             Ok(n) => f.sent += n,
             Err(e) if would_block(&e) => return Ok(None),
-            Err(e) => return Err(format!("cannot send the request: {e}")),
+            Err(e) => return Err(Failed::Gone(format!("cannot send the request: {e}"))),
         }
     }
     let mut piece = [0u8; 16 * 1024];
     loop {
         let n = match f.stream.read(&mut piece) {
-            Ok(0) => return Err("closed before the manifest was whole".into()),
+            Ok(0) => return Err(Failed::Gone("closed before the manifest was whole".into())),
             Ok(n) => n,
             Err(e) if would_block(&e) => return Ok(None),
-            Err(e) => return Err(format!("cannot read: {e}")),
+            Err(e) => return Err(Failed::Gone(format!("cannot read: {e}"))),
         };
         f.rbuf.extend_from_slice(&piece[..n]);
-        while let Some(len) = wire::frame_len(&f.rbuf).map_err(|e| format!("bad frame: {e:?}"))? {
+        while let Some(len) = wire::frame_len(&f.rbuf).map_err(|e| Failed::Lie(format!("bad frame: {e:?}")))? {
             if f.rbuf.len() < len {
                 break;
             }
-            let msg = wire::check_crc(&f.rbuf[..len]).and_then(wire::decode_message).map_err(|e| format!("{e:?}"))?;
+            let msg = wire::check_crc(&f.rbuf[..len])
+                .and_then(wire::decode_message)
+                .map_err(|e| Failed::Lie(format!("{e:?}")))?;
             let Message::ManifestPart { total, offset, data: Bytes(data) } = msg else {
-                return Err("it answered with something other than the manifest".into());
+                return Err(Failed::Lie("it answered with something other than the manifest".into()));
             };
             if total as usize > MAX_MANIFEST_BYTES || *f.total.get_or_insert(total) != total {
-                return Err(format!("a manifest of {total} bytes, or of two sizes"));
+                return Err(Failed::Lie(format!("a manifest of {total} bytes, or of two sizes")));
             }
             if offset as usize != f.manifest.len() || f.manifest.len() + data.len() > total as usize {
-                return Err("parts out of order or past the end".into());
+                return Err(Failed::Lie("parts out of order or past the end".into()));
             }
             f.manifest.extend_from_slice(data);
             f.rbuf.drain(..len);
             if f.manifest.len() == total as usize {
-                let m = SignedManifest::decode(&f.manifest).map_err(|e| e.to_string())?;
+                let m = SignedManifest::decode(&f.manifest).map_err(|e| Failed::Lie(e.to_string()))?;
                 if m.swarm_id != f.swarm || m.manifest.name != f.name || m.manifest.release != f.release {
-                    return Err(format!(
+                    return Err(Failed::Lie(format!(
                         "it announced release {} of {}, and sent release {} of {}",
                         f.release, f.name, m.manifest.release, m.manifest.name
-                    ));
+                    )));
                 }
                 return Ok(Some(m));
             }
