@@ -225,7 +225,8 @@ fn devices_following_a_name_pick_up_each_release_from_the_origin_with_conditiona
     }
 
     // Device 3 goes down (once its hook is recorded done); the operator uploads release 2.
-    procs.wait_for_log(devs[2].0, "the install hook finished");
+    let owed = |data: &Path| fs::read_to_string(data.join(".flotilla-hooks")).unwrap_or_default();
+    wait_until("device 3's hook to be recorded done", || !owed(&devs[2].1).contains(" fw.img 1"));
     procs.kill(devs[2].0);
     let second = random_bytes(300_000, 0x226);
     let (seed2, _) = publish(dir, "seed2", 2, &second, &[]);
@@ -240,7 +241,7 @@ fn devices_following_a_name_pick_up_each_release_from_the_origin_with_conditiona
         assert!(first_200 < 2, "device {}: learnt of it within two polls of the upload: {after:?}", k + 1);
     }
     let (i, data3, log3) = device(&mut procs, 3);
-    wait_until("the returning device to install release 2", || hook_runs(&log3).len() == 2);
+    wait_until("the returning device to install release 2", || hook_runs(&log3).iter().any(|r| r.starts_with("2|")));
     assert!(fs::read(data3.join("fw.img")).unwrap() == second, "not release 2");
     for (k, (_, _, log)) in devs.iter().enumerate() {
         let runs = hook_runs(log);
@@ -269,12 +270,19 @@ fn devices_following_a_name_pick_up_each_release_from_the_origin_with_conditiona
     assert!(json.contains("\"release\":2,") && json.contains("\"installed\":true"), "{json}");
 }
 
-/// Serves, once, release `bytes` of a manifest to whoever connects and asks: what a lying
-/// peer does when it announces an old manifest as a newer release.
+/// Serves, once, the manifest file `manifest` to whoever connects and asks: what a lying peer
+/// does when it announces an old manifest as a newer release (or an honest one answering).
 fn liar_serving(manifest: Vec<u8>) -> (std::net::SocketAddr, std::thread::JoinHandle<bool>) {
+    liar_serving_on(std::net::TcpListener::bind((ip(235), 0)).unwrap(), manifest)
+}
+
+/// [`liar_serving`] on a listener of the caller's.
+fn liar_serving_on(
+    listener: std::net::TcpListener,
+    manifest: Vec<u8>,
+) -> (std::net::SocketAddr, std::thread::JoinHandle<bool>) {
     use flotilla::core::wire::{encode_frame, Bytes, Message, MAX_FRAME};
     use std::io::{Read, Write};
-    let listener = std::net::TcpListener::bind((ip(235), 0)).unwrap();
     let addr = listener.local_addr().unwrap();
     let serve = std::thread::spawn(move || {
         let Ok((mut s, _)) = listener.accept() else { return false };
@@ -302,7 +310,8 @@ fn liar_serving(manifest: Vec<u8>) -> (std::net::SocketAddr, std::thread::JoinHa
 /// directory: each device hears it announced, asks the seed for the manifest, fetches the
 /// release and installs it once; the device that was down catches up when it returns. A liar
 /// announcing release 1's (validly signed) manifest as release 9 is refused and banned, and
-/// the devices stay on release 2. Uses 127.0.0.230-235.
+/// the devices stay on release 2. A busy peer that closes at once is not banned: asked again at its
+/// next announcement, it gives release 3's manifest. Uses 127.0.0.230-235.
 #[test]
 fn devices_following_a_name_learn_of_a_new_release_from_their_neighbours() {
     let tmp = TempDir::new("gossip");
@@ -336,7 +345,8 @@ fn devices_following_a_name_learn_of_a_new_release_from_their_neighbours() {
 
     // Device 3 goes down (once its hook is recorded done: killed before, it would run again,
     // as it must); the operator publishes release 2 into the seed's directory.
-    procs.wait_for_log(devs[2].0, "the install hook finished");
+    let owed = |data: &Path| fs::read_to_string(data.join(".flotilla-hooks")).unwrap_or_default();
+    wait_until("device 3's hook to be recorded done", || !owed(&devs[2].1).contains(" fw.img 1"));
     procs.kill(devs[2].0);
     let second = random_bytes(350_000, 0x231);
     let image = rel.data_dir.join("fw.img");
@@ -351,7 +361,7 @@ fn devices_following_a_name_learn_of_a_new_release_from_their_neighbours() {
         assert!(procs.stderr(*i).contains("asking it for the manifest"), "{}", procs.stderr(*i));
     }
     let (i3, data3, log3) = device(&mut procs, 3);
-    wait_until("the returning device to install release 2", || hook_runs(&log3).len() == 2);
+    wait_until("the returning device to install release 2", || hook_runs(&log3).iter().any(|r| r.starts_with("2|")));
     assert!(fs::read(data3.join("fw.img")).unwrap() == second, "not release 2");
     for (k, (_, _, log)) in devs.iter().enumerate() {
         let runs = hook_runs(log);
@@ -388,4 +398,29 @@ fn devices_following_a_name_learn_of_a_new_release_from_their_neighbours() {
     let log = procs.stderr(refusing);
     assert!(log.contains("it announced release 9 of fw.img, and sent release 1 of fw.img"), "{log}");
     assert!(log.contains("banned for"), "{log}");
+
+    // A busy peer (it closes at once) is not a liar: asked again, it gives release 3's manifest.
+    let third = random_bytes(100_000, 0x232);
+    let (seed3, signed3) = publish(dir, "seed3", 3, &third, &[]);
+    let listener = std::net::TcpListener::bind((ip(235), 0)).unwrap();
+    let busy = listener.local_addr().unwrap();
+    let manifest3 = fs::read(seed3.join("fw.img.flotilla")).unwrap();
+    let answered = std::thread::spawn(move || {
+        drop(listener.accept().unwrap()); // busy: closed with nothing sent
+        liar_serving_on(listener, manifest3).1.join().unwrap()
+    });
+    let advert = flotilla::core::discovery::Advert { release: 3, swarm: signed3.swarm_id, ..advert };
+    let n = flotilla::core::discovery::encode(false, busy.port(), 0xb05e, [advert].into_iter(), &mut datagram);
+    wait_until("the devices to take release 3's manifest from the busy peer", || {
+        udp.send_to(&datagram[..n], &group).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        [&devs[0].1, &devs[1].1, &data3]
+            .iter()
+            .all(|d| SignedManifest::read_file(&d.join("fw.img.flotilla")).is_ok_and(|m| m.manifest.release == 3))
+    });
+    assert!(answered.join().unwrap());
+    // The device that banned the liar ignores that address; another asked the busy peer twice
+    // (and the first took release 3 from it).
+    let logs: Vec<String> = [devs[0].0, devs[1].0, i3].iter().map(|&i| procs.stderr(i)).collect();
+    assert!(logs.iter().any(|l| l.contains("asking again at its next announcement")), "{logs:?}");
 }
