@@ -368,10 +368,12 @@ fn devices_following_a_name_learn_of_a_new_release_from_their_neighbours() {
         assert!(runs[0].starts_with("1|") && runs[1].starts_with("2|"), "device {}: once per release: {runs:?}", k + 1);
     }
 
-    // The liar: release 1's manifest announced as release 9.
+    // The liar: release 1's (validly signed) manifest given for an advert of release 9 (under
+    // a swarm id of its choosing: release 1's own would be passed over, as a release the
+    // devices still hold and serve, `--keep`).
     let (liar, served) = liar_serving(first_manifest);
     let advert = flotilla::core::discovery::Advert {
-        swarm: rel.signed.swarm_id,
+        swarm: [0x99; 32],
         release: 9,
         name_tag: flotilla::core::discovery::name_tag("fw.img"),
     };
@@ -423,4 +425,58 @@ fn devices_following_a_name_learn_of_a_new_release_from_their_neighbours() {
     // (and the first took release 3 from it).
     let logs: Vec<String> = [devs[0].0, devs[1].0, i3].iter().map(|&i| procs.stderr(i)).collect();
     assert!(logs.iter().any(|l| l.contains("asking again at its next announcement")), "{logs:?}");
+}
+
+/// `--keep 1` (the default): a device that moved to release 2 goes on serving release 1 to a
+/// device still fetching it, from a hard link in `.flotilla-kept`, and again after a restart;
+/// it never installs release 1 again. Uses 127.0.0.240-243.
+#[test]
+fn a_superseded_release_is_kept_for_the_peers_still_on_it() {
+    let tmp = TempDir::new("keep");
+    let dir = tmp.path();
+    let rel = make_release(dir, 300_000, "64K", 0x240);
+    let second = random_bytes(200_000, 0x241);
+    let (seed2, _) = publish(dir, "seed2", 2, &second, &[]);
+    let device = tmp.sub("device");
+    fs::copy(rel.data_dir.join("fw.img"), device.join("fw.img")).unwrap();
+    fs::copy(&rel.manifest, device.join("fw.img.flotilla")).unwrap();
+    let mut procs = Procs::in_dir();
+    let (s2, d) = (free_addr(240), free_addr(241));
+    let seed_args = ["serve", "--data", seed2.to_str().unwrap(), "--listen", &s2.to_string(), "--no-discovery"];
+    let i = procs.spawn(dir, "seed2", &[&seed_args[..], &["--trust", &rel.key]].concat());
+    procs.wait_for_log(i, "listening on");
+    let log = dir.join("device.hooks");
+    let hook_cmd = hook(&log);
+    let (data, listen, peer) = (device.to_str().unwrap().to_owned(), d.to_string(), s2.to_string());
+    let args = ["serve", "--data", &data, "--listen", &listen, "--no-discovery", "--peer", &peer, "--trust", &rel.key];
+    let args = [&args[..], &["--rescan", "1", "--on-complete", &hook_cmd]].concat();
+    let dev = procs.spawn(dir, "device", &args);
+    procs.wait_for_log(dev, "serving fw.img #1");
+    fs::copy(seed2.join("fw.img.flotilla"), device.join("fw.img.flotilla")).unwrap();
+    procs.wait_for_log(dev, "fw.img #1: replaced by a newer release; kept for peers still on it");
+    assert!(fs::read(device.join("fw.img")).unwrap() == second);
+    assert!(fs::read(device.join(".flotilla-kept/fw.img@1")).unwrap() == rel.bytes, "kept by a second name");
+
+    // A device still on release 1 fetches it from the upgraded one, before and after a restart.
+    let fetch_one = |procs: &mut Procs, name: &str, x: u8| {
+        let out = tmp.sub(name).join("fw.img");
+        let listen = free_addr(x).to_string();
+        let args = ["fetch", rel.manifest_arg(), "--trust", &rel.key, "--out", out.to_str().unwrap()];
+        let f = procs.spawn(
+            dir,
+            name,
+            &[&args[..], &["--listen", &listen, "--peer", &d.to_string(), "--no-discovery"]].concat(),
+        );
+        let status = procs.wait(f);
+        assert!(status.success(), "{}", procs.stderr(f));
+        assert_release(dir, &out, &rel);
+    };
+    fetch_one(&mut procs, "late1", 242);
+    procs.kill(dev);
+    let dev = procs.spawn(dir, "device-again", &args);
+    procs.wait_for_log(dev, "fw.img #1: kept for peers still on it");
+    fetch_one(&mut procs, "late2", 243);
+    let runs = hook_runs(&log);
+    assert_eq!(runs.len(), 1, "installed release 2 once, release 1 never: {runs:?}");
+    assert!(runs[0].starts_with("2|"));
 }

@@ -106,7 +106,7 @@ pub fn announcement(data: &[u8]) {
         return;
     };
     assert!(data.len() <= MAX_DATAGRAM, "accepted a {}-byte datagram", data.len());
-    assert_eq!((&data[..8], data[8]), (&b"FLOTANN1"[..], 1), "accepted a bad magic or version");
+    assert_eq!((&data[..8], data[8]), (&b"FLOTANN1"[..], 2), "accepted a bad magic or version");
     let count = usize::from(data[20]);
     assert!(count <= MAX_IDS && data.len() == ANNOUNCE_HEADER + 48 * count, "count {count} vs length {}", data.len());
     assert_ne!(a.listen_port, 0, "accepted listen port 0");

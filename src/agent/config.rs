@@ -29,6 +29,8 @@ pub struct AgentConfig {
     pub follow: Vec<String>,
     /// How often the origin is polled for each followed name's manifest.
     pub poll_interval: Duration,
+    /// Superseded releases of each name kept and served (`serve --keep`, `agent::keep`).
+    pub keep: usize,
     /// Connection slots.
     pub max_peers: usize,
     /// Peers uploaded to at once.
@@ -77,6 +79,7 @@ impl Default for AgentConfig {
             origin_timeout: Duration::from_secs(30),
             follow: Vec::new(),
             poll_interval: Duration::from_secs(300),
+            keep: 0,
             max_peers: 32,
             upload_slots: 2,
             max_upload_rate: 0,

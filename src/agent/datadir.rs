@@ -132,8 +132,10 @@ impl Agent {
         // one (or a crash left it there after a newer one was recorded). A file of a name never
         // accepted here may be the operator's own, and is never replaced.
         let replacing = self.highest_known(name).is_some();
-        match self.add_release_with(&m, &data, replacing) {
+        let how = if replacing { super::Adding::Replacing } else { super::Adding::New };
+        match self.add_release_with(&m, &data, how) {
             Ok(i) => {
+                self.prepare_keep(i, dir, &m);
                 if manifest.file_stem().and_then(|s| s.to_str()) != Some(name) {
                     log::warn!("{} signs the name {name}: its data is {}", manifest.display(), data.display());
                 }
@@ -197,6 +199,7 @@ impl Agent {
         }
         if held.is_complete() {
             log::info!("{name}: fetching release {release}; the complete #{old} is served until it is whole");
+            self.link_kept(r);
             return true;
         }
         log::info!("{name}: release {release} supersedes the incomplete #{old}, which is dropped");
@@ -204,19 +207,21 @@ impl Agent {
         true
     }
 
-    /// Drops each complete release for which a newer release of its name is complete too: its
-    /// file was renamed over, and nothing of it is to be served or installed any more.
+    /// Each complete release for which a newer release of its name is complete too: its file was
+    /// renamed over, so it is kept (served from its kept copy, `--keep`) or dropped, and in
+    /// either case never installed.
     pub(super) fn retire_superseded(&mut self, now: std::time::Instant) {
-        let superseded = |agent: &Agent| {
-            agent.releases.iter().position(|old| {
-                agent.releases.iter().any(|new| {
-                    new.release.name() == old.release.name()
-                        && new.release.number() > old.release.number()
-                        && new.release.is_complete()
-                })
-            })
-        };
-        while let Some(r) = superseded(self) {
+        let mut r = 0;
+        while r < self.releases.len() {
+            if !self.releases[r].release.is_complete() || !self.is_superseded(r) {
+                r += 1;
+                continue;
+            }
+            if self.is_kept(r) {
+                self.serve_kept(r);
+                r += 1;
+                continue;
+            }
             let (name, number) = (self.releases[r].release.name().to_owned(), self.releases[r].release.number());
             log::info!("{name} #{number}: replaced by a newer release, no longer served");
             self.remove_release(r, now);

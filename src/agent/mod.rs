@@ -15,6 +15,7 @@
 //! - `datadir`: a `--data` directory looked at again on request ([`Agent::rescan`]);
 //! - `follow`: polling the origin for new releases of the names followed (`--follow`);
 //! - `gossip`: learning of them from peers (the manifest asked of an announcer, and given);
+//! - `keep`: superseded releases kept for the peers still on them (`--keep`);
 //! - `hooks`: the operator's install hook, a few children at once, never waited for in the loop;
 //! - `status`: the Unix status socket and the report it answers with;
 //! - `metrics`: the same facts as Prometheus text (`--metrics FILE`) and JSON (`status --json`).
@@ -27,6 +28,7 @@ mod follow;
 mod gossip;
 mod guard;
 mod hooks;
+mod keep;
 mod lan;
 pub mod metrics;
 mod origin;
@@ -95,6 +97,20 @@ pub struct Held {
     trackers: Vec<crate::core::tracker::TrackerClient>,
     /// Its HTTP origin client (`--origin`), if one is configured.
     origin: Option<origin::OriginClient>,
+    /// Where its file and manifest are kept once a newer release replaces it (`keep`).
+    kept: Option<keep::Kept>,
+}
+
+/// How a release is added ([`Agent::add_release_with`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Adding {
+    /// A release of its own name, or the first of it.
+    New,
+    /// A newer release of a name held: fetched beside the file it will replace.
+    Replacing,
+    /// An older release kept for peers still on it (`--keep`): served only, never installed,
+    /// past the no-rollback history.
+    Kept,
 }
 
 impl Held {
@@ -326,14 +342,18 @@ impl Agent {
     /// With a history, a release older than one accepted before is refused and a newer one is
     /// recorded, durably, before anything else happens.
     pub fn add_release(&mut self, m: &SignedManifest, path: &Path) -> Result<usize, AgentError> {
-        self.add_release_with(m, path, false)
+        self.add_release_with(m, path, Adding::New)
     }
 
     /// [`Agent::add_release`]; with `replacing`, a file at `path` that is not this release is
     /// an older release of its name in a data directory: it stays in place (and is served by its
     /// own release while held) until this one is whole and renamed over it.
-    fn add_release_with(&mut self, m: &SignedManifest, path: &Path, replacing: bool) -> Result<usize, AgentError> {
+    fn add_release_with(&mut self, m: &SignedManifest, path: &Path, how: Adding) -> Result<usize, AgentError> {
         let (name, number) = (&m.manifest.name, m.manifest.release);
+        let replacing = how == Adding::Replacing;
+        if how == Adding::Kept {
+            return self.add_kept(m, path);
+        }
         if let Some(highest) = self.highest_known(name).filter(|&h| h > number) {
             return Err(AgentError::Rollback { name: name.clone(), release: number, highest });
         }
@@ -353,9 +373,19 @@ impl Agent {
             h.record(name, number).map_err(AgentError::History)?;
         }
         let (store, present) = if replacing { FileStore::open_replacing(path, m)? } else { FileStore::open(path, m)? };
+        let r = self.hold(m, store, &present);
+        if let Err(e) = self.note_hook(r, Instant::now()) {
+            self.releases.pop();
+            return Err(e);
+        }
+        Ok(r)
+    }
+
+    /// Holds release `m` in `store` (with `present` already there): its `Held`, last.
+    fn hold(&mut self, m: &SignedManifest, store: FileStore, present: &crate::core::bitfield::Bitfield) -> usize {
         let now = Instant::now();
-        let release = Release::new(m, store, &present, self.release_config(), self.rng.next_u64(), now);
-        let origin = self.origin_for(name, now);
+        let release = Release::new(m, store, present, self.release_config(), self.rng.next_u64(), now);
+        let origin = self.origin_for(&m.manifest.name, now);
         let dials = self.config.peers.iter().map(|&addr| Dial::configured(addr, now)).collect();
         self.releases.push(Held {
             completed_at: release.is_complete().then_some(now),
@@ -370,13 +400,9 @@ impl Agent {
             signers: m.signers.clone(),
             trackers: Vec::new(),
             origin,
+            kept: None,
         });
-        let r = self.releases.len() - 1;
-        if let Err(e) = self.note_hook(r, now) {
-            self.releases.pop();
-            return Err(e);
-        }
-        Ok(r)
+        self.releases.len() - 1
     }
 
     /// Takes on the trust root: its fast-forward bound from now on, its floors written into the
@@ -421,6 +447,11 @@ impl Agent {
         }
         let gone = self.releases.remove(r);
         self.forget_hook(gone.release.id());
+        // Dropped for good (superseded and not kept, expired, no longer trusted): its kept
+        // copies go too.
+        if let Some(k) = &gone.kept {
+            k.remove();
+        }
         for c in self.conns.iter_mut().flatten() {
             if let Some(i) = c.release.filter(|&i| i > r) {
                 c.release = Some(i - 1);

@@ -673,6 +673,10 @@ again only when it or its file changes.
                             dropped into DIR, then written there and fetched; once it is whole it
                             replaces the old file and the install hook runs (at the device's
                             moment, if the release has a staged rollout)
+  --keep N                  after a release is replaced by a newer one, go on serving the N
+                            newest superseded releases of each name (0-8, default 1) to peers
+                            still on them, from hard links in DIR/.flotilla-kept (no copy);
+                            never installed again, and taken on again after a restart
   --poll SECS               how often the origin is polled for a followed name's manifest, with
                             10% jitter; an unchanged manifest costs one request and a 304
                             (default 300)
@@ -685,6 +689,7 @@ again only when it or its file changes.
 
 fn serve(mut p: lexopt::Parser) -> Result<(), Failure> {
     let mut net = NetOptions::new();
+    net.config.keep = 1;
     let mut dir = None;
     let mut rescan = Duration::from_secs(10);
     while let Some(arg) = p.next()? {
@@ -699,6 +704,7 @@ fn serve(mut p: lexopt::Parser) -> Result<(), Failure> {
                 net.config.follow.push(name);
             }
             Long("metrics") => net.config.metrics = Some(PathBuf::from(p.value()?)),
+            Long("keep") => net.config.keep = p.value()?.parse::<usize>()?.min(8),
             Long("poll") => net.config.poll_interval = Duration::from_secs(p.value()?.parse::<u64>()?.max(1)),
             Long("max-releases") => net.config.max_releases = p.value()?.parse::<usize>()?.clamp(1, 4096),
             Long(name) if name != "help" => {
@@ -726,6 +732,7 @@ fn serve(mut p: lexopt::Parser) -> Result<(), Failure> {
         take_new_roots(&mut agent, keeper, &mut acceptor, &dir)?;
     }
     agent.rescan(&dir, &acceptor).map_err(|e| usage(format!("cannot read {}: {e}", dir.display())))?;
+    agent.load_kept(&dir, &acceptor);
     if agent.releases().is_empty() {
         log::warn!("no releases in {} yet: nothing to serve", dir.display());
     }
