@@ -265,6 +265,18 @@ fn devices_following_a_name_pick_up_each_release_from_the_origin_with_conditiona
         .unwrap_or_else(|| panic!("no origin bytes for release 2:\n{prom}"));
     assert_eq!(from_origin, second.len() as u64, "release 2 came from the origin alone:\n{prom}");
     assert!(prom.contains("flotilla_hook_runs_total{result=\"ok\"} 2"), "{prom}");
+    // The Prometheus project's own parser reads every sample (Debian's python3-prometheus-client).
+    let parser = "import sys, prometheus_client.parser as p\n\
+                  fams = list(p.text_string_to_metric_families(open(sys.argv[1]).read()))\n\
+                  print(sum(len(f.samples) for f in fams))";
+    let parsed = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", parser, dir.join("dev1.prom").to_str().unwrap()])
+        .output()
+        .expect("this test needs /usr/bin/python3 with prometheus_client: apt-get install python3-prometheus-client");
+    assert!(parsed.status.success(), "the parser refused the metrics: {}", String::from_utf8_lossy(&parsed.stderr));
+    let samples: usize = String::from_utf8_lossy(&parsed.stdout).trim().parse().unwrap();
+    let ours = fs::read_to_string(dir.join("dev1.prom")).unwrap();
+    assert_eq!(samples, ours.lines().filter(|l| !l.starts_with('#')).count(), "every sample line read back");
     let json = run_ok(dir, &["status", dir.join("dev1.sock").to_str().unwrap(), "--json"]);
     assert!(json.starts_with('{') && json.contains(&format!("\"device_id\":\"{id}\"")), "{json}");
     assert!(json.contains("\"release\":2,") && json.contains("\"installed\":true"), "{json}");
@@ -479,4 +491,102 @@ fn a_superseded_release_is_kept_for_the_peers_still_on_it() {
     let runs = hook_runs(&log);
     assert_eq!(runs.len(), 1, "installed release 2 once, release 1 never: {runs:?}");
     assert!(runs[0].starts_with("2|"));
+}
+
+/// A peer of the test's own on `listener`: to a `ManifestGet` it answers with `manifest` (when
+/// given), and every other connection (a session's `Hello`) it holds open and never answers, as
+/// a peer that advertises a release it cannot deliver would. Runs until the test ends.
+fn silent_peer(listener: std::net::TcpListener, manifest: Option<Vec<u8>>) {
+    use flotilla::core::wire::{encode_frame, Bytes, Message, MAX_FRAME};
+    use std::io::{Read, Write};
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in listener.incoming() {
+            let Ok(mut s) = s else { continue };
+            let mut first = [0u8; 64];
+            let n = s.read(&mut first).unwrap_or(0);
+            // The payload's first byte is the message tag: 11 is ManifestGet.
+            match (&manifest, n > 8 && first[8] == 11) {
+                (Some(m), true) => {
+                    let mut frame = vec![0u8; MAX_FRAME];
+                    for (i, part) in m.chunks(16 * 1024).enumerate() {
+                        let offset = (i * 16 * 1024) as u32;
+                        let msg = Message::ManifestPart { total: m.len() as u32, offset, data: Bytes(part) };
+                        let len = encode_frame(&msg, &mut frame).unwrap();
+                        let _ = s.write_all(&frame[..len]);
+                    }
+                }
+                _ => held.push(s),
+            }
+        }
+    });
+}
+
+/// Two peers that lie about release 2 cost a device a bounded effort and are logged, and the
+/// real release still installs: one announces it and sends its manifest with a signature that
+/// fails (refused and banned), the other sends the true manifest but cannot deliver a byte of
+/// the release (its sessions are never answered). The seed delivers. Uses 127.0.0.244-247.
+#[test]
+fn peers_announcing_what_they_cannot_deliver_cost_a_bounded_effort_and_the_release_installs() {
+    let tmp = TempDir::new("undeliverable");
+    let dir = tmp.path();
+    let rel = make_release(dir, 200_000, "64K", 0x244);
+    let second = random_bytes(300_000, 0x245);
+    let (seed2, signed2) = publish(dir, "seed2", 2, &second, &[]);
+    let group = format!("239.255.70.70:{}", free_addr(244).port());
+    let mut procs = Procs::in_dir();
+
+    // The liars first, so that the device hears them before the seed.
+    let mut forged = signed2.bytes.clone();
+    let last = forged.len() - 1;
+    forged[last] ^= 1; // the last signature's last byte
+    let forger = std::net::TcpListener::bind((ip(246), 0)).unwrap();
+    let forger_port = forger.local_addr().unwrap().port();
+    silent_peer(forger, Some(forged));
+    let mute = std::net::TcpListener::bind((ip(247), 0)).unwrap();
+    let mute_port = mute.local_addr().unwrap().port();
+    silent_peer(mute, Some(signed2.bytes.clone()));
+    let tag = flotilla::core::discovery::name_tag("fw.img");
+    let advert = flotilla::core::discovery::Advert { swarm: signed2.swarm_id, release: 2, name_tag: tag };
+    let announce = |x: u8, port: u16| {
+        let mut datagram = [0u8; flotilla::core::discovery::MAX_DATAGRAM];
+        let n = flotilla::core::discovery::encode(false, port, 0x1000 + x as u64, [advert].into_iter(), &mut datagram);
+        let udp = std::net::UdpSocket::bind((ip(x), 0)).unwrap();
+        udp.send_to(&datagram[..n], &group).unwrap();
+    };
+
+    let data = tmp.sub("device");
+    fs::copy(rel.data_dir.join("fw.img"), data.join("fw.img")).unwrap();
+    fs::copy(&rel.manifest, data.join("fw.img.flotilla")).unwrap();
+    let log = dir.join("device.hooks");
+    let (data_s, listen, hook_cmd) = (data.to_str().unwrap().to_owned(), free_addr(245).to_string(), hook(&log));
+    let args = ["-v", "serve", "--data", &data_s, "--listen", &listen, "--follow", "fw.img", "--trust", &rel.key];
+    let args = [&args[..], &["--discovery-group", &group, "--rescan", "1", "--on-complete", &hook_cmd]].concat();
+    let dev = procs.spawn(dir, "device", &args);
+    procs.wait_for_log(dev, "serving fw.img #1");
+    wait_until("the forged manifest to be refused", || {
+        announce(246, forger_port);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        procs.stderr(dev).contains("127.0.0.246") && procs.stderr(dev).contains("is refused")
+    });
+    wait_until("the true manifest to be taken from the mute peer", || {
+        announce(247, mute_port);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        procs.stderr(dev).contains("fetching release 2")
+    });
+    // Only the mute peer holds release 2 so far: nothing arrives. Then the seed comes.
+    let seed_listen = free_addr(244).to_string();
+    let seed_args = ["serve", "--data", seed2.to_str().unwrap(), "--listen", &seed_listen, "--discovery-group", &group];
+    let s = procs.spawn(dir, "seed2", &[&seed_args[..], &["--trust", &rel.key]].concat());
+    procs.wait_for_log(s, "listening on");
+    wait_until("release 2 to be installed", || hook_runs(&log).iter().any(|r| r.starts_with("2|")));
+    assert!(fs::read(data.join("fw.img")).unwrap() == second);
+    let text = procs.stderr(dev);
+    let refusal = text.lines().find(|l| l.contains("127.0.0.246") && l.contains("is refused")).unwrap();
+    assert!(refusal.contains("banned for"), "{refusal}");
+    let asks = text.matches("127.0.0.246:").count();
+    assert!(asks <= 3, "the forger, banned, is not asked again: {asks} mentions");
+    assert_eq!(hook_runs(&log).len(), 1, "release 2 installed once");
+    assert!(text.contains("got the manifest of release 2 from 127.0.0.247"), "{text}");
+    assert!(procs.running(dev));
 }

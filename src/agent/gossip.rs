@@ -9,8 +9,10 @@
 //! before anything is written or fetched. A peer that sends anything else is banned: it cost
 //! at most one manifest's bytes and [`FETCH_TIMEOUT`]. One that closes early or is slow (a
 //! busy one: a device sends at most a few manifests at once) is not: the swarm is asked for
-//! again at the next announcement. A swarm whose fetch is under way, or whose manifest came or
-//! was a lie, is not asked for again in this run, so a liar repeating its advert gains nothing. With a fleet secret, manifests are neither asked for nor given (the request
+//! again at the next announcement. A swarm whose fetch is under way or whose manifest came is
+//! not asked for again in this run; one whose manifest was a lie may be asked of another
+//! announcer (a liar speaking first must not shut the honest ones out), and the liar, banned,
+//! is not heard again. With a fleet secret, manifests are neither asked for nor given (the request
 //! travels before any handshake, so a non-member could ask): such a fleet learns from the
 //! origin and the data directory.
 
@@ -191,6 +193,9 @@ impl Agent {
                                 f.peer
                             );
                             self.bans.ban(f.peer.ip(), now);
+                            // Banned, the liar is not heard again; an honest announcer of the
+                            // same swarm still is (a liar speaking first must not shut it out).
+                            self.gossip.asked.retain(|s| *s != f.swarm);
                         }
                         Failed::Gone(why) => {
                             log::info!(
