@@ -17,6 +17,10 @@
 #                      then reachable from outside (default 0: no site is)
 #   --max-egress X     fail (exit 1) if the origin sends more than X copies of the release
 #   --baseline         also: every device curls the file from the origin at once
+#   --rollout POLL     also: the fleet, on release 1, runs `serve --follow` polling the origin
+#                      every POLL s; release 2 (the same size) is uploaded to nginx; prints the
+#                      time from the upload to the last device installed, against the time the
+#                      fleet took to move release 1 above, and what polling costs the origin
 #   --bin PATH         agent binary (default target/release/flotilla, built if missing)
 # Prints per site the WAN download (HTTP body bytes from nginx's log, and bytes on the router's
 # WAN interface) in release sizes, the origin's egress, the all-done time against the topology's
@@ -31,7 +35,7 @@ cd "$(dirname "$0")/.."
 
 PREFIX=flst # namespaces ${PREFIX}<pid>-..., temp dir ${TMPDIR:-/tmp}/${PREFIX}<pid>.*
 S=8 K=4 SIZE_MIB=32 CHUNK=256K WAN_DOWN=20mbit WAN_UP=5mbit ORIGIN_UP=50mbit LAN=100mbit
-DELAY=2 BASELINE=0 REACHABLE=0 MAX_EGRESS='' BIN=target/release/flotilla PORT=7070 HTTP=8080 TRACKER_PORT=6969
+DELAY=2 BASELINE=0 ROLLOUT='' REACHABLE=0 MAX_EGRESS='' BIN=target/release/flotilla PORT=7070 HTTP=8080 TRACKER_PORT=6969
 PIDS=() NSS=() TMP='' POLICY_RC=''
 P=${PREFIX}$$
 
@@ -54,6 +58,7 @@ while [ $# -gt 0 ]; do
         --lan) LAN=$2; shift 2 ;;
         --origin-delay) DELAY=$2; shift 2 ;;
         --baseline) BASELINE=1; shift ;;
+        --rollout) ROLLOUT=$2; shift 2 ;;
         --reachable) REACHABLE=$2; shift 2 ;;
         --max-egress) MAX_EGRESS=$2; shift 2 ;;
         --bin) BIN=$2; [[ "$BIN" = /* ]] || BIN=$START_DIR/$BIN; shift 2 ;;
@@ -160,14 +165,20 @@ mkdir -p "$TMP/www" "$TMP/nginx" "$TMP/ot"
 PUB=$("$BIN" keygen --secret "$TMP/op.key" 2>/dev/null)
 head -c "$F" /dev/urandom >"$TMP/www/fw.img"
 "$BIN" publish "$TMP/www/fw.img" --secret "$TMP/op.key" --release 1 --chunk-size "$CHUNK" >/dev/null 2>&1
-"$BIN" inspect "$TMP/www/fw.img.flotilla" | awk '/^info hash:/ { print $3 }' >"$TMP/ot/whitelist"
+# Release 2, for --rollout: published now, so that the tracker's whitelist lists it too.
+mkdir -p "$TMP/next"
+head -c "$F" /dev/urandom >"$TMP/next/fw.img"
+"$BIN" publish "$TMP/next/fw.img" --secret "$TMP/op.key" --release 2 --chunk-size "$CHUNK" >/dev/null 2>&1
+for m in "$TMP/www/fw.img.flotilla" "$TMP/next/fw.img.flotilla"; do
+    "$BIN" inspect "$m" | awk '/^info hash:/ { print $3 }'
+done >"$TMP/ot/whitelist"
 chmod 755 "$TMP/ot" && chmod 644 "$TMP/ot/whitelist" "$TMP/www/fw.img"
 chmod 755 "$TMP/www"
 cat >"$TMP/nginx/nginx.conf" <<EOF
 daemon off; master_process off; worker_processes 1; pid $TMP/nginx/nginx.pid; error_log $TMP/nginx/error.log;
 events { worker_connections 1024; }
 http {
-    log_format bytes '\$remote_addr \$status \$body_bytes_sent';
+    log_format bytes '\$remote_addr \$status \$body_bytes_sent \$bytes_sent \$request_length \$uri';
     access_log $TMP/nginx/access.log bytes; sendfile on; keepalive_requests 100000;
     client_body_temp_path $TMP/nginx; proxy_temp_path $TMP/nginx; fastcgi_temp_path $TMP/nginx;
     uwsgi_temp_path $TMP/nginx; scgi_temp_path $TMP/nginx;
@@ -259,8 +270,56 @@ if [ "$BASELINE" = 1 ]; then
     echo "== the origin alone (every device curls the file at once): all done ${BASE}s, $(calc "$BASE / $BOUND") x the bound;" \
         "origin egress $(calc "$(origin_bytes "") / $F") x; Flotilla is $(calc "$BASE / $ALL") x faster"
 fi
+# --- a rollout: the fleet on release 1 follows the name; release 2 is uploaded -----------------
+ROLL=''
+if [ -n "$ROLLOUT" ]; then
+    sleep 1
+    ROLL_PIDS=()
+    for ((s = 1; s <= S; s++)); do for ((k = 1; k <= K; k++)); do
+        rd=$TMP/s${s}d${k}r; mkdir -p "$rd"; cp "$TMP/www/fw.img" "$TMP/www/fw.img.flotilla" "$rd/"
+        printf '#!/bin/sh\necho "$FLOTILLA_RELEASE $(date +%%s.%%N)" >>%s/hooks\n' "$rd" >"$rd/hook.sh"
+        ip netns exec "$P-s${s}d$k" "$BIN" ${SITES_VERBOSE:+-v} serve --data "$rd" --trust "$PUB" --follow fw.img \
+            --listen "10.79.$s.$((10 + k)):$PORT" --origin "http://10.78.0.2:$HTTP/" --poll "$ROLLOUT" \
+            --origin-delay "$DELAY" --tracker "udp://10.78.0.2:$TRACKER_PORT" --rescan 1 \
+            --on-complete "/bin/sh $rd/hook.sh" ${SITES_AGENT_ARGS:-} </dev/null >"$rd/agent.log" 2>&1 &
+        PIDS+=($!) ROLL_PIDS+=($!)
+    done; done
+    # Every device polls once (release 1: nothing new) before the upload.
+    sleep "$(calc "$ROLLOUT * 1.2 + 1" 0)"
+    : >"$TMP/nginx/access.log"
+    cp "$TMP/next/fw.img" "$TMP/www/.fw.img.new" && mv "$TMP/www/.fw.img.new" "$TMP/www/fw.img"
+    T0=$EPOCHREALTIME
+    cp "$TMP/next/fw.img.flotilla" "$TMP/www/.fw.img.flotilla.new" && mv "$TMP/www/.fw.img.flotilla.new" "$TMP/www/fw.img.flotilla"
+    LIMIT=$(calc "($ALL + $ROLLOUT + $DELAY) * 6 + 60" 0)
+    while :; do
+        n=0
+        for ((s = 1; s <= S; s++)); do for ((k = 1; k <= K; k++)); do
+            grep -qs '^2 ' "$TMP/s${s}d${k}r/hooks" && n=$((n + 1))
+        done; done
+        [ "$n" -eq $((S * K)) ] && break
+        [ "$(calc "$EPOCHREALTIME - $T0 > $LIMIT" 0)" = 1 ] && die "rollout: only $n of $((S * K)) installed release 2 after ${LIMIT}s"
+        sleep 0.2
+    done
+    ROLL=$(for ((s = 1; s <= S; s++)); do for ((k = 1; k <= K; k++)); do
+        awk -v t0="$T0" '$1 == 2 { printf "%.3f\n", $2 - t0 }' "$TMP/s${s}d${k}r/hooks"
+    done; done | sort -g | tail -n1)
+    for ((s = 1; s <= S; s++)); do for ((k = 1; k <= K; k++)); do
+        cmp -s "$TMP/next/fw.img" "$TMP/s${s}d${k}r/fw.img" || { echo "site $s device $k: wrong copy of release 2"; bad=1; }
+    done; done
+    for pid in "${ROLL_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    ROLL_EGRESS=$(calc "$(awk '$6 == "/fw.img" { n += $3 } END { printf "%.0f", n }' "$TMP/nginx/access.log") / $F")
+    # A poll of an unchanged manifest: its request and its 304, bytes on the wire at the origin.
+    POLL_BYTES=$(awk '$2 == 304 { n++; b += $4 + $5 } END { printf "%.0f", n ? b / n : 0 }' "$TMP/nginx/access.log")
+    POLLS_304=$(awk '$2 == 304' "$TMP/nginx/access.log" | wc -l)
+    PER_DAY=$(calc "$POLL_BYTES * 86400 / 300 / 1024" 1)
+    echo "== rollout: release 2 uploaded to the origin; every device follows fw.img, polling every ${ROLLOUT}s"
+    echo "last device installed release 2 ${ROLL}s after the upload: $(calc "$ROLL / $ALL") x the ${ALL}s the fleet took to move release 1" \
+        "(the poll interval adds up to ${ROLLOUT}s); origin egress $ROLL_EGRESS x the release"
+    echo "a poll of an unchanged manifest costs the origin ${POLL_BYTES} bytes (request + 304, mean of $POLLS_304):" \
+        "${PER_DAY} KiB per device per day at the default --poll 300"
+fi
 echo "RESULT sites=$S per_site=$K reachable=$REACHABLE origin_delay=$DELAY size_mib=$SIZE_MIB all_done_s=$ALL bound_s=$BOUND ratio=$(calc "$ALL / $BOUND")" \
-    "origin_egress=$EGRESS max_site_wan_body=$MAX_BODY max_site_wan_wire=$MAX_WIRE baseline_s=${BASE:-none} copies_ok=$((1 - bad))"
+    "origin_egress=$EGRESS max_site_wan_body=$MAX_BODY max_site_wan_wire=$MAX_WIRE baseline_s=${BASE:-none} rollout_s=${ROLL:-none} copies_ok=$((1 - bad))"
 if [ -n "$MAX_EGRESS" ] && [ "$(calc "$EGRESS > $MAX_EGRESS" 0)" = 1 ]; then
     echo "sites: the origin sent $EGRESS copies, more than --max-egress $MAX_EGRESS"
     bad=1
