@@ -810,6 +810,31 @@ mod tests {
     }
 
     #[test]
+    fn a_peer_beyond_the_lan_is_not_told_the_lan_peers_addresses() {
+        let now = Instant::now();
+        let mut s = swarm(&[], 2);
+        let hello = |node| Message::Hello { version: VERSION, swarm: [9; 32], listen_port: 0, node, nonce: [0; 16] };
+        let peers = [("192.168.1.5:7070", false), ("203.0.113.9:7070", true), ("198.51.100.7:7070", true)];
+        for (id, (addr, beyond_lan)) in peers.iter().enumerate() {
+            let new = NewPeer {
+                outbound: true,
+                remote: Some(addr.parse().unwrap()),
+                beyond_lan: *beyond_lan,
+                nonce: [0; 16],
+            };
+            assert!(s.add_peer(id, new, now));
+            s.handle_message(id, &hello(100 + id as u64), now).unwrap();
+        }
+        let told = |s: &mut Swarm, id| {
+            let n = s.build_peer_list(id);
+            let list: Vec<String> = wire::decode_peers(&s.pex_buf[..n]).unwrap().map(|a| a.to_string()).collect();
+            list
+        };
+        assert_eq!(told(&mut s, 0), ["203.0.113.9:7070", "198.51.100.7:7070"], "a LAN peer hears of everyone");
+        assert_eq!(told(&mut s, 1), ["198.51.100.7:7070"], "a WAN peer hears of no LAN peer");
+    }
+
+    #[test]
     fn five_hundred_named_peers_leave_at_most_the_discovered_cap() {
         let now = Instant::now();
         let mut s = swarm(&[], 2);

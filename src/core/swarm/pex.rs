@@ -30,11 +30,15 @@ impl Swarm {
         Ok(Received::Nothing)
     }
 
-    /// Fills `pex_buf` with the listen addresses of our active peers other than `id`.
+    /// Fills `pex_buf` with the listen addresses of our active peers other than `id`. A peer
+    /// beyond our LAN is not told our LAN peers' addresses: behind our NAT it cannot reach them,
+    /// and each would cost it a dial that never answers.
     pub(super) fn build_peer_list(&mut self, id: PeerId) -> usize {
         let mut n = 0;
+        let to_beyond = self.peers.get(id).and_then(Option::as_ref).is_some_and(|s| s.beyond_lan);
         for (p, s) in self.peers.iter().enumerate() {
-            let Some(addr) = s.as_ref().filter(|s| s.is_active() && p != id).and_then(|s| s.listen_addr) else {
+            let told = |s: &&Session| s.is_active() && p != id && (s.beyond_lan || !to_beyond);
+            let Some(addr) = s.as_ref().filter(told).and_then(|s| s.listen_addr) else {
                 continue;
             };
             if n == MAX_PEX_PEERS {
