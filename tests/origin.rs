@@ -8,7 +8,6 @@ use std::fs;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -215,47 +214,12 @@ fn an_origin_that_fails_once_is_retried_and_the_fetch_completes() {
     assert_eq!(server.requests.load(Ordering::SeqCst), 1 + 5);
 }
 
-/// nginx, as Debian ships it, serving the seed directory on 127.0.0.187; killed when dropped.
-struct Nginx(Child);
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn nginx_as_the_only_source_and_a_second_origin_when_the_first_is_down() {
-    let bin = Path::new("/usr/sbin/nginx");
-    assert!(bin.exists(), "this test needs Debian's nginx: apt-get install nginx");
     let tmp = TempDir::new("origin-nginx");
     let dir = tmp.path();
     let rel = make_release(dir, 2_000_000, "256K", 0x187);
-    let port = TcpListener::bind((ip(187), 0)).unwrap().local_addr().unwrap().port();
-    let conf = dir.join("nginx.conf");
-    let d = dir.display();
-    fs::write(
-        &conf,
-        format!(
-            "daemon off; master_process off; worker_processes 1; error_log {d}/error.log; pid {d}/nginx.pid;\n\
-             events {{ worker_connections 64; }}\n\
-             http {{ access_log {d}/access.log; client_body_temp_path {d}; proxy_temp_path {d};\n\
-             fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
-             server {{ listen 127.0.0.187:{port}; root {}; }} }}\n",
-            rel.data_dir.display()
-        ),
-    )
-    .unwrap();
-    let child = Command::new(bin)
-        .args(["-c", conf.to_str().unwrap(), "-p", dir.to_str().unwrap()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _nginx = Nginx(child);
-    wait_until("nginx to listen", || TcpStream::connect((ip(187), port)).is_ok());
+    let (_nginx, port) = start_nginx(dir, &rel.data_dir, 187, None);
 
     // The first origin refuses connections (nothing listens there): the second serves it all.
     let dead = TcpListener::bind((ip(188), 0)).unwrap().local_addr().unwrap();

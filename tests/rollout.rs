@@ -123,46 +123,6 @@ fn a_staged_rollout_installs_each_device_at_its_moment_and_a_newer_release_super
     assert!(procs.running(ea) && procs.running(la));
 }
 
-/// nginx serving `root` on 127.0.0.`x`; its access log is `dir/access.log`.
-struct Nginx(std::process::Child);
-
-impl Drop for Nginx {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_nginx(dir: &Path, root: &Path, x: u8) -> (Nginx, u16) {
-    let bin = Path::new("/usr/sbin/nginx");
-    assert!(bin.exists(), "this test needs Debian's nginx: apt-get install nginx");
-    let port = std::net::TcpListener::bind((ip(x), 0)).unwrap().local_addr().unwrap().port();
-    let conf = dir.join("nginx.conf");
-    let d = dir.display();
-    fs::write(
-        &conf,
-        format!(
-            "daemon off; master_process off; worker_processes 1; error_log {d}/error.log; pid {d}/nginx.pid;\n\
-             events {{ worker_connections 64; }}\n\
-             http {{ log_format polls '$remote_addr $status $request_uri'; access_log {d}/access.log polls;\n\
-             client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; uwsgi_temp_path {d};\n\
-             scgi_temp_path {d}; server {{ listen 127.0.0.{x}:{port}; root {}; }} }}\n",
-            root.display()
-        ),
-    )
-    .unwrap();
-    let child = std::process::Command::new(bin)
-        .args(["-c", conf.to_str().unwrap(), "-p", dir.to_str().unwrap()])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let nginx = Nginx(child);
-    wait_until("nginx to listen", || std::net::TcpStream::connect((ip(x), port)).is_ok());
-    (nginx, port)
-}
-
 /// The statuses nginx answered polls of the manifest from 127.0.0.`x` with, in order.
 fn polls_from(dir: &Path, x: u8) -> Vec<u16> {
     let log = fs::read_to_string(dir.join("access.log")).unwrap_or_default();
@@ -193,7 +153,7 @@ fn devices_following_a_name_pick_up_each_release_from_the_origin_with_conditiona
     let rel = make_release(dir, 400_000, "64K", 0x225);
     let www = tmp.sub("www");
     upload(&www, &rel.data_dir);
-    let (_nginx, port) = start_nginx(dir, &www, 225);
+    let (_nginx, port) = start_nginx(dir, &www, 225, Some("$remote_addr $status $request_uri"));
     let base = format!("http://127.0.0.225:{port}/");
 
     let mut procs = Procs::in_dir();

@@ -7,13 +7,14 @@
 //! the trust rules before anything is written or fetched, exactly as a manifest dropped into the
 //! data directory is checked.
 
-use super::{sys, Agent};
+use super::origin::{connect_http, resolve, would_block};
+use super::Agent;
 use crate::core::http::{self, OriginUrl, PollAnswer, Validators};
 use crate::core::manifest::{SignedManifest, MAX_MANIFEST_BYTES};
 use mio::net::TcpStream;
-use mio::{Interest, Token};
-use std::io::{self, Read, Write};
-use std::net::{SocketAddr, ToSocketAddrs};
+use mio::Token;
+use std::io::{Read, Write};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 /// Manifests learnt and not yet taken; more are dropped (and learnt again at the next poll).
@@ -220,21 +221,8 @@ impl Agent {
     }
 }
 
-/// Opens the connection to the poll's URL (resolving its host: a lookup, as for the origin).
+/// Opens the connection to the poll's URL (resolving its host, as for the origin).
 fn open(p: &mut ManifestPoll, from: Option<SocketAddr>, poll: &mio::Poll) -> Result<(), String> {
-    let addr = (p.url.host.as_str(), p.url.port)
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut it| it.next())
-        .ok_or_else(|| format!("cannot resolve {}", p.url.host))?;
-    let mut stream = sys::connect_from(from, addr).map_err(|e| format!("cannot connect to {addr}: {e}"))?;
-    poll.registry()
-        .register(&mut stream, p.token, Interest::READABLE | Interest::WRITABLE)
-        .map_err(|e| format!("cannot watch the connection: {e}"))?;
-    p.stream = Some(stream);
+    p.stream = Some(connect_http(from, resolve(&p.url)?, p.token, poll)?);
     Ok(())
-}
-
-fn would_block(e: &io::Error) -> bool {
-    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted)
 }

@@ -17,6 +17,7 @@
 //! origin and the data directory.
 
 use super::guard::BAN_TIME;
+use super::origin::would_block;
 use super::{sys, Agent};
 use crate::core::discovery::{name_tag, Advert};
 use crate::core::manifest::{SignedManifest, SwarmId, MAX_MANIFEST_BYTES};
@@ -310,10 +311,6 @@ fn step_serve(s: &mut ManifestServe, now: Instant) -> io::Result<bool> {
             Err(e) => return Err(e),
         }
     }
-}
-
-fn would_block(e: &io::Error) -> bool {
-    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted)
 }
 
 impl Agent {

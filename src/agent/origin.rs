@@ -247,19 +247,36 @@ fn open(o: &mut OriginClient, from: Option<SocketAddr>, poll: &mio::Poll) -> Res
     }
     let addr = match o.addr {
         Some(a) => a,
-        None => {
-            let found = (o.url.host.as_str(), o.url.port).to_socket_addrs();
-            let a = found.ok().and_then(|mut it| it.next()).ok_or_else(|| format!("cannot resolve {}", o.url.host))?;
-            o.addr = Some(a);
-            a
-        }
+        None => *o.addr.insert(resolve(&o.url)?),
     };
+    o.stream = Some(connect_http(from, addr, o.token, poll)?);
+    Ok(())
+}
+
+/// The first address `url`'s host resolves to (a lookup through the system's resolver: the
+/// loop waits for it, once per connection to a named host; an address needs no lookup).
+pub(super) fn resolve(url: &OriginUrl) -> Result<SocketAddr, String> {
+    let found = (url.host.as_str(), url.port).to_socket_addrs();
+    found.ok().and_then(|mut it| it.next()).ok_or_else(|| format!("cannot resolve {}", url.host))
+}
+
+/// A non-blocking connection to an HTTP server at `addr` (from our listen IP), watched as `token`.
+pub(super) fn connect_http(
+    from: Option<SocketAddr>,
+    addr: SocketAddr,
+    token: Token,
+    poll: &mio::Poll,
+) -> Result<TcpStream, String> {
     let mut stream = sys::connect_from(from, addr).map_err(|e| format!("cannot connect to {addr}: {e}"))?;
     poll.registry()
-        .register(&mut stream, o.token, Interest::READABLE | Interest::WRITABLE)
+        .register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)
         .map_err(|e| format!("cannot watch the connection: {e}"))?;
-    o.stream = Some(stream);
-    Ok(())
+    Ok(stream)
+}
+
+/// Whether an I/O error only means "not now".
+pub(super) fn would_block(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted)
 }
 
 /// Writes what is left of the request, then reads what has arrived; Err: the origin failed.
@@ -425,8 +442,4 @@ fn reset(o: &mut OriginClient) {
     o.deadline = None;
     o.throttled = None;
     o.buf.clear();
-}
-
-fn would_block(e: &io::Error) -> bool {
-    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::NotConnected | io::ErrorKind::Interrupted)
 }

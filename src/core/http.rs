@@ -129,53 +129,32 @@ pub enum PollAnswer {
 /// Reads the response head of a poll from `buf`; a body over `max` bytes is refused. As
 /// [`read_head`]: `Ok(None)` until the head is whole, then the answer and the head's length.
 pub fn read_poll_head(buf: &[u8], max: usize) -> Result<Option<(PollAnswer, usize)>, String> {
-    let mut headers = [httparse::EMPTY_HEADER; 32];
-    let mut response = httparse::Response::new(&mut headers);
-    let n = match response.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
-            return Err(format!("response head over {MAX_HEAD} bytes"))
-        }
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(e) => return Err(format!("malformed response head ({e})")),
-    };
-    let header = |name: &str| {
-        response
-            .headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name))
-            .and_then(|h| std::str::from_utf8(h.value).ok())
-            .map(str::trim)
-    };
     // A validator goes back in a header line: only short printable values are kept.
     let validator = |v: Option<&str>| {
         v.filter(|v| v.len() <= 128 && v.bytes().all(|b| b == b' ' || b.is_ascii_graphic())).map(str::to_owned)
     };
-    let code = response.code.unwrap_or(0);
-    let reason = response.reason.unwrap_or("").chars().filter(|c| !c.is_control()).collect::<String>();
-    let answer = match code {
+    with_head(buf, |h| match h.code {
         304 => PollAnswer::NotModified,
-        200 if header("transfer-encoding").is_some_and(|e| !e.eq_ignore_ascii_case("identity")) => {
+        200 if h.header("transfer-encoding").is_some_and(|e| !e.eq_ignore_ascii_case("identity")) => {
             PollAnswer::Refused("a chunked or encoded body".into())
         }
-        200 => match header("content-length").map(str::parse::<usize>) {
+        200 => match h.header("content-length").map(str::parse::<usize>) {
             Some(Ok(len)) if len <= max => PollAnswer::Body {
                 len,
                 validators: Validators {
-                    etag: validator(header("etag")),
-                    last_modified: validator(header("last-modified")),
+                    etag: validator(h.header("etag")),
+                    last_modified: validator(h.header("last-modified")),
                 },
             },
             Some(Ok(len)) => PollAnswer::Refused(format!("a body of {len} bytes, over the {max} a manifest may have")),
             _ => PollAnswer::Refused("200 without a valid Content-Length".into()),
         },
-        301 | 302 | 303 | 307 | 308 => match header("location") {
+        301 | 302 | 303 | 307 | 308 => match h.header("location") {
             Some(l) => PollAnswer::Redirect(l.to_owned()),
-            None => PollAnswer::Refused(format!("{code} {reason} without a Location")),
+            None => PollAnswer::Refused(format!("{} {} without a Location", h.code, h.reason())),
         },
-        _ => PollAnswer::Refused(format!("the server answered {code} {reason}")),
-    };
-    Ok(Some((answer, n)))
+        _ => PollAnswer::Refused(format!("the server answered {} {}", h.code, h.reason())),
+    })
 }
 
 /// What a response head says about the range asked for.
@@ -193,6 +172,52 @@ pub enum Answer {
 /// `size` bytes. `Ok(None)`: the head is not complete yet. `Ok(Some((answer, n)))`: the head
 /// took `n` bytes of `buf`; what follows is body.
 pub fn read_head(buf: &[u8], offset: u64, len: u32, size: u64) -> Result<Option<(Answer, usize)>, String> {
+    with_head(buf, |h| match h.code {
+        206 => judge_partial(
+            h.header("content-range"),
+            h.header("content-length"),
+            h.header("transfer-encoding"),
+            offset,
+            len,
+            size,
+        )
+        .map_or_else(Answer::Refused, |()| Answer::Body {
+            close: h.header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close")) || h.http_1_0,
+        }),
+        301 | 302 | 303 | 307 | 308 => match h.header("location") {
+            Some(l) => Answer::Redirect(l.trim().to_owned()),
+            None => Answer::Refused(format!("{} {} without a Location", h.code, h.reason())),
+        },
+        200 => Answer::Refused("the server ignored the Range request (200 OK): it cannot be an origin".into()),
+        _ => Answer::Refused(format!("the server answered {} {}", h.code, h.reason())),
+    })
+}
+
+/// A response head, as the judges of [`read_head`] and [`read_poll_head`] see it.
+struct Head<'h, 'b> {
+    code: u16,
+    http_1_0: bool,
+    reason: &'b str,
+    headers: &'h [httparse::Header<'b>],
+}
+
+impl Head<'_, '_> {
+    /// The value of header `name` (any case), trimmed, if it is there and UTF-8.
+    fn header(&self, name: &str) -> Option<&str> {
+        let h = self.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name))?;
+        std::str::from_utf8(h.value).ok().map(str::trim)
+    }
+
+    /// The reason phrase without control characters, for a log line.
+    fn reason(&self) -> String {
+        self.reason.chars().filter(|c| !c.is_control()).collect()
+    }
+}
+
+/// Parses a response head from `buf` and hands it to `judge`: `Ok(None)` while it is not whole,
+/// an error for a malformed head or one over [`MAX_HEAD`], else the judgement and the head's
+/// length (what follows is body).
+fn with_head<T>(buf: &[u8], judge: impl FnOnce(&Head) -> T) -> Result<Option<(T, usize)>, String> {
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut response = httparse::Response::new(&mut headers);
     let n = match response.parse(buf) {
@@ -203,35 +228,13 @@ pub fn read_head(buf: &[u8], offset: u64, len: u32, size: u64) -> Result<Option<
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(e) => return Err(format!("malformed response head ({e})")),
     };
-    let code = response.code.unwrap_or(0);
-    let header = |name: &str| {
-        response
-            .headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name))
-            .and_then(|h| std::str::from_utf8(h.value).ok())
+    let head = Head {
+        code: response.code.unwrap_or(0),
+        http_1_0: response.version == Some(0),
+        reason: response.reason.unwrap_or(""),
+        headers: response.headers,
     };
-    let reason = response.reason.unwrap_or("").chars().filter(|c| !c.is_control()).collect::<String>();
-    let answer = match code {
-        206 => judge_partial(
-            header("content-range"),
-            header("content-length"),
-            header("transfer-encoding"),
-            offset,
-            len,
-            size,
-        )
-        .map_or_else(Answer::Refused, |()| Answer::Body {
-            close: header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close")) || response.version == Some(0),
-        }),
-        301 | 302 | 303 | 307 | 308 => match header("location") {
-            Some(l) => Answer::Redirect(l.trim().to_owned()),
-            None => Answer::Refused(format!("{code} {reason} without a Location")),
-        },
-        200 => Answer::Refused("the server ignored the Range request (200 OK): it cannot be an origin".into()),
-        _ => Answer::Refused(format!("the server answered {code} {reason}")),
-    };
-    Ok(Some((answer, n)))
+    Ok(Some((judge(&head), n)))
 }
 
 fn judge_partial(

@@ -276,3 +276,50 @@ pub fn assert_release(dir: &Path, out: &Path, rel: &Release) {
     assert!(!side(out, ".part").exists(), "{}.part left behind", out.display());
     assert!(!side(out, ".state").exists(), "{}.state left behind", out.display());
 }
+
+/// nginx, as Debian ships it, run by a test with a config of its own; killed when dropped.
+pub struct Nginx(Child);
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts nginx serving `root` on 127.0.0.`x` (a free port) with its files under `dir`, its
+/// access log at `dir/access.log` in `log_format` (nginx's own `combined` if `None`); returns
+/// it once it listens, with the port.
+pub fn start_nginx(dir: &Path, root: &Path, x: u8, log_format: Option<&str>) -> (Nginx, u16) {
+    let bin = Path::new("/usr/sbin/nginx");
+    assert!(bin.exists(), "this test needs Debian's nginx: apt-get install nginx");
+    let port = TcpListener::bind((ip(x), 0)).unwrap().local_addr().unwrap().port();
+    let d = dir.display();
+    let log = match log_format {
+        Some(f) => format!("log_format test '{f}'; access_log {d}/access.log test;"),
+        None => format!("access_log {d}/access.log;"),
+    };
+    let conf = dir.join("nginx.conf");
+    fs::write(
+        &conf,
+        format!(
+            "daemon off; master_process off; worker_processes 1; error_log {d}/error.log; pid {d}/nginx.pid;\n\
+             events {{ worker_connections 64; }}\n\
+             http {{ {log} client_body_temp_path {d}; proxy_temp_path {d};\n\
+             fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
+             server {{ listen 127.0.0.{x}:{port}; root {}; }} }}\n",
+            root.display()
+        ),
+    )
+    .unwrap();
+    let child = Command::new(bin)
+        .args(["-c", conf.to_str().unwrap(), "-p", dir.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let nginx = Nginx(child);
+    wait_until("nginx to listen", || std::net::TcpStream::connect((ip(x), port)).is_ok());
+    (nginx, port)
+}
