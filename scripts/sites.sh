@@ -271,7 +271,7 @@ if [ "$BASELINE" = 1 ]; then
         "origin egress $(calc "$(origin_bytes "") / $F") x; Flotilla is $(calc "$BASE / $ALL") x faster"
 fi
 # --- a rollout: the fleet on release 1 follows the name; release 2 is uploaded -----------------
-ROLL=''
+ROLL='' KNEW=''
 if [ -n "$ROLLOUT" ]; then
     sleep 1
     ROLL_PIDS=()
@@ -300,6 +300,10 @@ if [ -n "$ROLLOUT" ]; then
         [ "$(calc "$EPOCHREALTIME - $T0 > $LIMIT" 0)" = 1 ] && die "rollout: only $n of $((S * K)) installed release 2 after ${LIMIT}s"
         sleep 0.2
     done
+    # When each device took release 2's manifest: the change time of the one in its directory.
+    KNEW=$(for ((s = 1; s <= S; s++)); do for ((k = 1; k <= K; k++)); do
+        calc "$(stat -c %.9Z "$TMP/s${s}d${k}r/fw.img.flotilla") - $T0"; echo
+    done; done | sort -g | tail -n1)
     ROLL=$(for ((s = 1; s <= S; s++)); do for ((k = 1; k <= K; k++)); do
         awk -v t0="$T0" '$1 == 2 { printf "%.3f\n", $2 - t0 }' "$TMP/s${s}d${k}r/hooks"
     done; done | sort -g | tail -n1)
@@ -313,13 +317,14 @@ if [ -n "$ROLLOUT" ]; then
     POLLS_304=$(awk '$2 == 304' "$TMP/nginx/access.log" | wc -l)
     PER_DAY=$(calc "$POLL_BYTES * 86400 / 300 / 1024" 1)
     echo "== rollout: release 2 uploaded to the origin; every device follows fw.img, polling every ${ROLLOUT}s"
+    echo "last device knew of release 2 ${KNEW}s after the upload (the poll interval is ${ROLLOUT}s)"
     echo "last device installed release 2 ${ROLL}s after the upload: $(calc "$ROLL / $ALL") x the ${ALL}s the fleet took to move release 1" \
         "(the poll interval adds up to ${ROLLOUT}s); origin egress $ROLL_EGRESS x the release"
     echo "a poll of an unchanged manifest costs the origin ${POLL_BYTES} bytes (request + 304, mean of $POLLS_304):" \
         "${PER_DAY} KiB per device per day at the default --poll 300"
 fi
 echo "RESULT sites=$S per_site=$K reachable=$REACHABLE origin_delay=$DELAY size_mib=$SIZE_MIB all_done_s=$ALL bound_s=$BOUND ratio=$(calc "$ALL / $BOUND")" \
-    "origin_egress=$EGRESS max_site_wan_body=$MAX_BODY max_site_wan_wire=$MAX_WIRE baseline_s=${BASE:-none} rollout_s=${ROLL:-none} copies_ok=$((1 - bad))"
+    "origin_egress=$EGRESS max_site_wan_body=$MAX_BODY max_site_wan_wire=$MAX_WIRE baseline_s=${BASE:-none} rollout_knew_s=${KNEW:-none} rollout_s=${ROLL:-none} copies_ok=$((1 - bad))"
 if [ -n "$MAX_EGRESS" ] && [ "$(calc "$EGRESS > $MAX_EGRESS" 0)" = 1 ]; then
     echo "sites: the origin sent $EGRESS copies, more than --max-egress $MAX_EGRESS"
     bad=1
