@@ -36,6 +36,8 @@ const READS_PER_TURN: usize = 16;
 /// Once this device's share of its site is fetched, how long the site's other devices get to
 /// fetch theirs before this one takes chunks of their shares from the origin too (a device that
 /// left the site is covered at once: the shares are recomputed from the devices connected).
+/// Never less than `--origin-delay`: the others' shares may be on their way from peers (a
+/// super-peer beyond the site), and the operator said how long peers get.
 const STEAL_AFTER: Duration = Duration::from_secs(30);
 /// Bytes read at once from a body.
 const READ_SIZE: usize = 16 * 1024;
@@ -138,7 +140,9 @@ impl Agent {
         };
         let token = self.next_side_token();
         let c = &self.config;
-        Some(OriginClient::new(urls, token, c.origin_rate, c.origin_timeout, now + c.origin_delay))
+        let mut o = OriginClient::new(urls, token, c.origin_rate, c.origin_timeout, now + c.origin_delay);
+        o.steal_after = STEAL_AFTER.max(c.origin_delay);
+        Some(o)
     }
 
     /// A poll of the origin for each followed name, at the first `--origin` base URL.
