@@ -140,9 +140,7 @@ impl Agent {
             if now < at {
                 return Ok(Step::Pending);
             }
-            open(p, from, &self.poll)?;
-            http::manifest_request(&p.url, &p.since, &mut p.buf);
-            p.phase = Phase::Sending { sent: 0 };
+            start_request(p, from, &self.poll)?;
             p.deadline = now + POLL_TIMEOUT;
         }
         if now >= p.deadline {
@@ -190,9 +188,7 @@ impl Agent {
                                 if let Some(mut s) = p.stream.take() {
                                     let _ = self.poll.registry().deregister(&mut s);
                                 }
-                                open(p, from, &self.poll)?;
-                                http::manifest_request(&p.url, &p.since, &mut p.buf);
-                                p.phase = Phase::Sending { sent: 0 };
+                                start_request(p, from, &self.poll)?;
                                 return Ok(Step::Pending);
                             }
                             PollAnswer::Refused(why) => return Err(why),
@@ -221,8 +217,11 @@ impl Agent {
     }
 }
 
-/// Opens the connection to the poll's URL (resolving its host, as for the origin).
-fn open(p: &mut ManifestPoll, from: Option<SocketAddr>, poll: &mio::Poll) -> Result<(), String> {
+/// Opens a connection to the poll's URL (resolving its host, as for the origin) and puts the
+/// conditional request in the buffer to be written.
+fn start_request(p: &mut ManifestPoll, from: Option<SocketAddr>, poll: &mio::Poll) -> Result<(), String> {
     p.stream = Some(connect_http(from, resolve(&p.url)?, p.token, poll)?);
+    http::manifest_request(&p.url, &p.since, &mut p.buf);
+    p.phase = Phase::Sending { sent: 0 };
     Ok(())
 }
