@@ -251,9 +251,15 @@ for ((s = 1; s <= S; s++)); do
 done
 EGRESS=$(calc "$(origin_bytes "") / $F")
 echo "origin egress (HTTP body bytes): $EGRESS x the release ($(calc "$EGRESS / $S") x S)"
-note=''
-[ "$REACHABLE" -gt 0 ] && note=" (the bound of sites that reach no one: with reachable sites and a long origin delay, their uplinks carry the fleet instead)"
-echo "all done: ${ALL}s; the topology's bound max(S*F/origin_up, F/wan_down) = ${BOUND}s: $(calc "$ALL / $BOUND") x$note"
+echo "all done: ${ALL}s; the topology's bound max(S*F/origin_up, F/wan_down) = ${BOUND}s: $(calc "$ALL / $BOUND") x"
+# With reachable sites and the origin kept for last, nothing moves before the origin delay (only
+# the origin holds the release), and after it every byte entering an unreachable site crosses a
+# reachable site's WAN uplink: the time the operator trades for the origin's bytes.
+PEER_BOUND=none
+if [ "$REACHABLE" -gt 0 ] && [ "$REACHABLE" -lt "$S" ]; then
+    PEER_BOUND=$(calc "$DELAY + ($S - $REACHABLE) * $F * 8 / ($REACHABLE * $(bps "$WAN_UP"))")
+    echo "the peers' bound (origin delay + (S-R)*F/(R*wan_up): the reachable sites' uplinks carry the others) = ${PEER_BOUND}s: $(calc "$ALL / $PEER_BOUND") x"
+fi
 
 # --- the origin alone ---------------------------------------------------------------------------
 BASE=''
@@ -323,7 +329,7 @@ if [ -n "$ROLLOUT" ]; then
     echo "a poll of an unchanged manifest costs the origin ${POLL_BYTES} bytes (request + 304, mean of $POLLS_304):" \
         "${PER_DAY} KiB per device per day at the default --poll 300"
 fi
-echo "RESULT sites=$S per_site=$K reachable=$REACHABLE origin_delay=$DELAY size_mib=$SIZE_MIB all_done_s=$ALL bound_s=$BOUND ratio=$(calc "$ALL / $BOUND")" \
+echo "RESULT sites=$S per_site=$K reachable=$REACHABLE origin_delay=$DELAY size_mib=$SIZE_MIB all_done_s=$ALL bound_s=$BOUND ratio=$(calc "$ALL / $BOUND") peer_bound_s=$PEER_BOUND" \
     "origin_egress=$EGRESS max_site_wan_body=$MAX_BODY max_site_wan_wire=$MAX_WIRE baseline_s=${BASE:-none} rollout_knew_s=${KNEW:-none} rollout_s=${ROLL:-none} copies_ok=$((1 - bad))"
 if [ -n "$MAX_EGRESS" ] && [ "$(calc "$EGRESS > $MAX_EGRESS" 0)" = 1 ]; then
     echo "sites: the origin sent $EGRESS copies, more than --max-egress $MAX_EGRESS"

@@ -696,7 +696,13 @@ fn a_unicast_announcement_is_not_heard_and_the_same_to_the_group_is() {
         release: 1,
         name_tag: flotilla::core::discovery::name_tag("fw.img"),
     };
-    let n = flotilla::core::discovery::encode(false, decoy_port, 0x5eed, [advert].into_iter(), &mut datagram);
+    let n = flotilla::core::discovery::encode(
+        flotilla::core::discovery::Flags::default(),
+        decoy_port,
+        0x5eed,
+        [advert].into_iter(),
+        &mut datagram,
+    );
     let spoofer = std::net::UdpSocket::bind("127.0.0.78:0").unwrap();
     let dialled = |decoy: &TcpListener| decoy.accept().is_ok();
     for _ in 0..20 {

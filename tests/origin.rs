@@ -2,7 +2,7 @@
 //! server in this test that lies in each way a real one can (no Range support, a truncated
 //! body, wrong bytes, a redirect loop, a slow drip, a truncation and then the truth). Every case
 //! ends verified or with its clear log line, and no file named FILE that is not the release.
-//! Uses 127.0.0.180-189. Needs `/usr/sbin/nginx` (`.ci/run` installs it).
+//! Uses 127.0.0.180-189 and 195-196. Needs `/usr/sbin/nginx` (`.ci/run` installs it).
 
 use std::fs;
 use std::io::{Read, Write};
@@ -30,6 +30,8 @@ enum Lie {
     Drip,
     /// Truncated on the first request, then the truth: the fetch must recover.
     TruncatedOnce,
+    /// No lie: 206 with the range asked for.
+    Honest,
 }
 
 /// The test's HTTP server: serves `bytes` as `/fw.img` with `lie`, until dropped.
@@ -134,7 +136,7 @@ fn answer(mut conn: TcpStream, bytes: &[u8], lie: Lie, requests: &AtomicUsize, s
                 }
                 return;
             }
-            Lie::TruncatedOnce => {
+            Lie::TruncatedOnce | Lie::Honest => {
                 conn.write_all(partial(body.len()).as_bytes()).and_then(|()| conn.write_all(body)).is_ok()
             }
         };
@@ -246,4 +248,49 @@ fn nginx_as_the_only_source_and_a_second_origin_when_the_first_is_down() {
         data.join("fw.img").exists()
     });
     assert_release(dir, &data.join("fw.img"), &rel);
+}
+
+/// A device whose LAN peer announces that it fetches the release from a reachable peer beyond
+/// the LAN (a super-peer) leaves the origin to that peer, however short its `--origin-delay`;
+/// once the announcements stop (the peer lost its super-peer), it takes the origin again and
+/// completes. This is what keeps a site's devices that found no slot at a super-peer from
+/// fetching their share from the origin. Uses 127.0.0.195-196.
+#[test]
+fn a_device_whose_lan_peer_is_behind_a_super_peer_leaves_the_origin_to_it() {
+    let tmp = TempDir::new("origin-behind");
+    let dir = tmp.path();
+    let rel = make_release(dir, 1_000_000, "256K", 0x195);
+    let server = serve(195, rel.bytes.clone(), Lie::Honest);
+    let group = format!("239.255.70.70:{}", free_addr(196).port());
+    let (listen, out) = (free_addr(196).to_string(), tmp.sub("dev").join("fw.img"));
+    // The peer that says it is behind: an address on the link, a port nothing answers on.
+    let advert = flotilla::core::discovery::Advert {
+        swarm: rel.signed.swarm_id,
+        release: rel.signed.manifest.release,
+        name_tag: flotilla::core::discovery::name_tag("fw.img"),
+    };
+    let mut datagram = [0u8; flotilla::core::discovery::MAX_DATAGRAM];
+    let behind = flotilla::core::discovery::Flags { query: false, behind: true };
+    let n = flotilla::core::discovery::encode(behind, 9, 0xbe41, [advert].into_iter(), &mut datagram);
+    let udp = std::net::UdpSocket::bind((ip(195), 0)).unwrap();
+    udp.send_to(&datagram[..n], &group).unwrap();
+
+    let mut procs = Procs::in_dir();
+    let url = format!("http://{}/fw.img", server.addr);
+    let args = ["fetch", rel.manifest_arg(), "--trust", &rel.key, "--out", out.to_str().unwrap(), "--listen", &listen];
+    let extra = ["--discovery-group", &group, "--origin", &url, "--origin-delay", "1"];
+    let f = procs.spawn(dir, "fetch", &[&args[..], &extra].concat());
+    // Announced every 200 ms for 6 s: five times the origin delay, and not one request.
+    let until = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < until {
+        udp.send_to(&datagram[..n], &group).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(procs.running(f), "{}", procs.stderr(f));
+    }
+    assert_eq!(server.requests.load(Ordering::SeqCst), 0, "asked the origin while a LAN peer was behind a super-peer");
+    // Silence: the claim lapses (15 s) and the origin serves the whole release.
+    let status = procs.wait(f);
+    assert!(status.success(), "{}", procs.stderr(f));
+    assert_release(dir, &out, &rel);
+    assert!(server.requests.load(Ordering::SeqCst) >= 4, "the origin served its four chunks");
 }

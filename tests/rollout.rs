@@ -350,7 +350,13 @@ fn devices_following_a_name_learn_of_a_new_release_from_their_neighbours() {
         name_tag: flotilla::core::discovery::name_tag("fw.img"),
     };
     let mut datagram = [0u8; flotilla::core::discovery::MAX_DATAGRAM];
-    let n = flotilla::core::discovery::encode(false, liar.port(), 0x11a7, [advert].into_iter(), &mut datagram);
+    let n = flotilla::core::discovery::encode(
+        flotilla::core::discovery::Flags::default(),
+        liar.port(),
+        0x11a7,
+        [advert].into_iter(),
+        &mut datagram,
+    );
     let udp = std::net::UdpSocket::bind((ip(235), 0)).unwrap();
     wait_until("a device to refuse the liar's manifest", || {
         udp.send_to(&datagram[..n], &group).unwrap();
@@ -384,7 +390,13 @@ fn devices_following_a_name_learn_of_a_new_release_from_their_neighbours() {
         liar_serving_on(listener, manifest3).1.join().unwrap()
     });
     let advert = flotilla::core::discovery::Advert { release: 3, swarm: signed3.swarm_id, ..advert };
-    let n = flotilla::core::discovery::encode(false, busy.port(), 0xb05e, [advert].into_iter(), &mut datagram);
+    let n = flotilla::core::discovery::encode(
+        flotilla::core::discovery::Flags::default(),
+        busy.port(),
+        0xb05e,
+        [advert].into_iter(),
+        &mut datagram,
+    );
     wait_until("the devices to take release 3's manifest from the busy peer", || {
         udp.send_to(&datagram[..n], &group).unwrap();
         std::thread::sleep(std::time::Duration::from_millis(100));
@@ -510,7 +522,13 @@ fn peers_announcing_what_they_cannot_deliver_cost_a_bounded_effort_and_the_relea
     let advert = flotilla::core::discovery::Advert { swarm: signed2.swarm_id, release: 2, name_tag: tag };
     let announce = |x: u8, port: u16| {
         let mut datagram = [0u8; flotilla::core::discovery::MAX_DATAGRAM];
-        let n = flotilla::core::discovery::encode(false, port, 0x1000 + x as u64, [advert].into_iter(), &mut datagram);
+        let n = flotilla::core::discovery::encode(
+            flotilla::core::discovery::Flags::default(),
+            port,
+            0x1000 + x as u64,
+            [advert].into_iter(),
+            &mut datagram,
+        );
         let udp = std::net::UdpSocket::bind((ip(x), 0)).unwrap();
         udp.send_to(&datagram[..n], &group).unwrap();
     };

@@ -136,7 +136,7 @@ fn announcement_seeds(seeds: &Path) {
             release: i as u64 * 1000 + 1,
             name_tag: discovery::name_tag("fw.img"),
         });
-        let n = discovery::encode(query, port, node, adverts, &mut out);
+        let n = discovery::encode(discovery::Flags { query, behind: false }, port, node, adverts, &mut out);
         write(&seeds.join("announcement"), &format!("{name}.bin"), &out[..n]);
     }
 }

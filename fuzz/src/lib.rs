@@ -123,7 +123,7 @@ pub fn announcement(data: &[u8]) {
     assert!(!a.names(&other), "an id not in the datagram is named");
     // Re-encoding gives the datagram back, except flag bits this version does not know.
     let mut out = [0u8; MAX_DATAGRAM];
-    let n = discovery::encode(a.query, a.listen_port, a.node, a.entries(), &mut out);
+    let n = discovery::encode(discovery::Flags { query: a.query, behind: a.behind }, a.listen_port, a.node, a.entries(), &mut out);
     let mut expected = data.to_vec();
     expected[9] &= 1;
     assert_eq!(&out[..n], &expected[..], "re-encoding differs");

@@ -153,16 +153,23 @@ impl Agent {
             let never_traded = session.bytes_up + session.bytes_down == 0 && now >= c.opened_at + NEVER_TRADED_GRACE;
             (idle || never_traded).then_some(2)
         };
-        let (slot, _) = self
+        let (slot, (tier, _)) = self
             .conns
             .iter()
             .enumerate()
             .filter_map(|(i, c)| c.as_ref().and_then(|c| Some((i, (tier(i, c)?, c.opened_at)))))
             .min_by_key(|&(_, rank)| rank)?;
         // Being evicted as useless counts like a handshake timeout: an address whose connections
-        // keep ending up so is banned at the third, or a flood would only recycle its slots.
+        // keep ending up so is banned at the third, or a flood would only recycle its slots. But
+        // an honest peer idle because we had nothing it lacked (a swarm's first minute, before
+        // any block exists) is not at fault: it is evicted without a strike, or one site behind
+        // NAT (one address) would be banned for its devices' patience.
         if let Some(c) = self.conns[slot].as_ref() {
-            if self.bans.strike(c.addr.ip(), now) {
+            let at_fault = match (tier, c.release) {
+                (t, Some(r)) if t >= 2 => self.releases[r].release.swarm().could_serve(slot),
+                _ => true,
+            };
+            if at_fault && self.bans.strike(c.addr.ip(), now) {
                 log::warn!("{}: evicted as useless for the third time; banned for {} s", c.addr, BAN_TIME.as_secs());
             }
         }

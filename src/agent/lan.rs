@@ -56,13 +56,17 @@ impl Agent {
         }
         let query = self.releases.iter().any(|h| !h.release.is_complete());
         let mut buf = [0u8; discovery::MAX_DATAGRAM];
-        for group in self.releases.chunks(discovery::MAX_IDS) {
-            let adverts = group.iter().map(|h| discovery::Advert {
+        for first in (0..self.releases.len()).step_by(discovery::MAX_IDS) {
+            let group = first..(first + discovery::MAX_IDS).min(self.releases.len());
+            let behind =
+                group.clone().any(|r| !self.releases[r].release.is_complete() && self.site_view(r).fetches_behind());
+            let adverts = self.releases[group].iter().map(|h| discovery::Advert {
                 swarm: *h.release.id(),
                 release: h.release.number(),
                 name_tag: discovery::name_tag(h.release.name()),
             });
-            let n = discovery::encode(query, port, self.node, adverts, &mut buf);
+            let n = discovery::encode(discovery::Flags { query, behind }, port, self.node, adverts, &mut buf);
+            let Some(lan) = self.lan.as_ref() else { return };
             if let Err(e) = lan.sender.send_to(&buf[..n], lan.group) {
                 log::debug!("cannot announce on {}: {e}", lan.group);
             }
@@ -101,6 +105,9 @@ impl Agent {
             }
             for h in self.releases.iter_mut().filter(|h| !h.release.is_complete() && a.names(h.release.id())) {
                 dial::add_dial(h, peer, me, now);
+                if a.behind {
+                    h.heard_behind_until = Some(now + super::site::HEARD_BEHIND_FOR);
+                }
             }
             for advert in a.entries() {
                 self.heard_advert(advert, peer, now);

@@ -99,6 +99,9 @@ pub struct Held {
     origin: Option<origin::OriginClient>,
     /// Where its file and manifest are kept once a newer release replaces it (`keep`).
     kept: Option<keep::Kept>,
+    /// Until when a LAN peer's announcement said it fetches this release from a reachable peer
+    /// beyond the LAN (`site`): this device then leaves the origin to that peer too.
+    heard_behind_until: Option<Instant>,
 }
 
 /// How a release is added ([`Agent::add_release_with`]).
@@ -401,6 +404,7 @@ impl Agent {
             trackers: Vec::new(),
             origin,
             kept: None,
+            heard_behind_until: None,
         });
         self.releases.len() - 1
     }

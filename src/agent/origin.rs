@@ -168,7 +168,7 @@ impl Agent {
                 Some(_) if paused => {}
                 Some(_) => {
                     // Read from the connections only for a release that uses the origin now.
-                    let role = self.origin_role(r);
+                    let role = self.origin_role(r, now);
                     drive(&mut self.releases[r], role, from, &self.poll, now);
                 }
             }
@@ -176,14 +176,11 @@ impl Agent {
     }
 
     /// How this device uses the origin for release `r`, from its connections (see [`Role`]).
-    fn origin_role(&self, r: usize) -> Role {
-        let view = self.site_view(r);
-        // Reachable first: two reachable devices that dialled each other must not both leave
-        // the origin to the other.
-        if view.behind && !view.reachable {
+    fn origin_role(&self, r: usize, now: Instant) -> Role {
+        if self.leaves_origin_to_peers(r, now) {
             return Role::Behind;
         }
-        Role::Share(view.share)
+        Role::Share(self.site_view(r).share)
     }
 }
 
@@ -193,9 +190,9 @@ enum Role {
     /// Its share of its site's chunks (`(rank, of)`), or everything alone: the usual case,
     /// devices behind NAT with only their LAN peers.
     Share(Option<(u32, u32)>),
-    /// It reached a peer beyond its links (a reachable one) and no one beyond its links reached
-    /// it: it leaves the origin to that peer and fetches from it and its LAN, so the origin sends
-    /// a copy per reachable site, not per site. A chunk already asked of the origin is finished.
+    /// It, or a LAN peer, reached a peer beyond its links (a reachable one) and no one beyond
+    /// its links reached it: it leaves the origin to that peer and fetches from it and its LAN,
+    /// so the origin sends a copy per reachable site, not per site. A chunk already asked of the origin is finished.
     /// A device reachable from outside (the super-peer of whoever reaches it) takes its site
     /// share like any other: its site fetches one copy.
     Behind,

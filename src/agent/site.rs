@@ -8,6 +8,10 @@ use std::time::{Duration, Instant};
 
 /// How often each release is told its site share.
 const SHARE_REFRESH: Duration = Duration::from_secs(1);
+/// How long a LAN peer's "behind" announcement counts: three announcement intervals, so one
+/// lost datagram does not send the site to the origin, and a peer that lost its super-peer
+/// stops counting soon.
+pub(super) const HEARD_BEHIND_FOR: Duration = Duration::from_secs(15);
 
 impl Agent {
     /// Where this device stands for release `r`, from its active connections. Without a LAN
@@ -33,6 +37,17 @@ impl Agent {
         view
     }
 
+    /// Whether this device leaves release `r`'s origin to a peer beyond its LAN: it reached a
+    /// reachable peer itself, or a LAN peer said so lately (its site is served from there),
+    /// and no one beyond its links reached it (a super-peer takes its share like any device;
+    /// two reachable devices that dialled each other must not both leave the origin to the
+    /// other).
+    pub(super) fn leaves_origin_to_peers(&self, r: usize, now: Instant) -> bool {
+        let view = self.site_view(r);
+        let heard = self.releases[r].heard_behind_until.is_some_and(|t| now < t);
+        !view.reachable && (view.behind || heard)
+    }
+
     /// Tells each release its share of its site (about once a second): what it asks of peers
     /// beyond the LAN first.
     pub(super) fn refresh_site_shares(&mut self, now: Instant) {
@@ -56,4 +71,13 @@ pub(super) struct SiteView {
     pub(super) reachable: bool,
     /// It dialled a peer beyond its links.
     pub(super) behind: bool,
+}
+
+impl SiteView {
+    /// It fetches from a reachable peer it reached itself (what its announcements say, so that
+    /// its LAN peers leave the origin to that peer too; a device that only heard so from a
+    /// LAN peer does not repeat it, or the claim would outlive the peer that made it).
+    pub(super) fn fetches_behind(&self) -> bool {
+        self.behind && !self.reachable
+    }
 }

@@ -14,7 +14,10 @@
 //! and asks listeners to announce now rather than at their next interval (each answers at most
 //! once a second). The number and tag are the "latest" advertisement: a device following a name
 //! hears that a neighbour holds a newer release of it, and asks that neighbour for the manifest.
-//! They are claims like the rest; the signed manifest is what is believed.
+//! They are claims like the rest; the signed manifest is what is believed. Flag bit 1, "behind":
+//! the sender fetches the swarms it names (those it is still fetching) from a peer beyond its
+//! LAN that it reached (a super-peer at a reachable site), so its site's other devices leave
+//! the origin to that peer too. Listeners of the first version 2 builds ignore the bit.
 
 use crate::core::manifest::SwarmId;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -33,6 +36,7 @@ const MAGIC: &[u8; 8] = b"FLOTANN1";
 const VERSION: u8 = 2;
 const HEADER: usize = 21;
 const FLAG_QUERY: u8 = 1;
+const FLAG_BEHIND: u8 = 2;
 /// Time between announcements.
 const INTERVAL: Duration = Duration::from_secs(5);
 /// Least time between two announcements made in answer to queries.
@@ -43,6 +47,8 @@ const ANSWER_GAP: Duration = Duration::from_secs(1);
 pub struct Announcement<'a> {
     /// The sender is fetching and asks for announcements.
     pub query: bool,
+    /// The sender fetches from a reachable peer beyond its LAN (see the module's notes).
+    pub behind: bool,
     /// The TCP port the sender accepts peers on.
     pub listen_port: u16,
     /// The sender's node number.
@@ -67,7 +73,8 @@ impl<'a> Announcement<'a> {
         let mut node = [0u8; 8];
         node.copy_from_slice(&d[12..20]);
         let node = u64::from_be_bytes(node);
-        Some(Announcement { query: d[9] & FLAG_QUERY != 0, listen_port, node, ids: &d[HEADER..] })
+        let (query, behind) = (d[9] & FLAG_QUERY != 0, d[9] & FLAG_BEHIND != 0);
+        Some(Announcement { query, behind, listen_port, node, ids: &d[HEADER..] })
     }
 
     /// True if the announcement names swarm `id`.
@@ -105,9 +112,18 @@ pub fn name_tag(name: &str) -> [u8; 8] {
     tag
 }
 
+/// What an announcement's flags say about its sender.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Flags {
+    /// It is fetching and asks for announcements.
+    pub query: bool,
+    /// It fetches from a reachable peer beyond its LAN.
+    pub behind: bool,
+}
+
 /// Encodes an announcement of up to [`MAX_IDS`] entries into `out`; returns its length.
 pub fn encode(
-    query: bool,
+    flags: Flags,
     listen_port: u16,
     node: u64,
     adverts: impl Iterator<Item = Advert>,
@@ -115,7 +131,7 @@ pub fn encode(
 ) -> usize {
     out[..8].copy_from_slice(MAGIC);
     out[8] = VERSION;
-    out[9] = if query { FLAG_QUERY } else { 0 };
+    out[9] = if flags.query { FLAG_QUERY } else { 0 } | if flags.behind { FLAG_BEHIND } else { 0 };
     out[10..12].copy_from_slice(&listen_port.to_be_bytes());
     out[12..20].copy_from_slice(&node.to_be_bytes());
     let mut n = 0;
@@ -179,9 +195,16 @@ mod tests {
             .map(|(i, &swarm)| Advert { swarm, release: 7 + i as u64, name_tag: name_tag("fw.img") })
             .collect();
         let mut buf = [0u8; MAX_DATAGRAM];
-        let n = encode(true, 7070, 0xfeed, adverts.iter().copied(), &mut buf);
+        let n = encode(Flags { query: true, behind: false }, 7070, 0xfeed, adverts.iter().copied(), &mut buf);
+        let mut behind = [0u8; MAX_DATAGRAM];
+        let flags = Flags { query: false, behind: true };
+        let len = encode(flags, 7070, 1, adverts.iter().copied(), &mut behind);
+        let b = Announcement::decode(&behind[..len]);
+        assert!(b.is_some_and(|b| b.behind && !b.query), "the behind flag travels");
         let a = Announcement::decode(&buf[..n]).unwrap();
-        assert!(a.query && a.listen_port == 7070 && a.node == 0xfeed && a.names(&ids[1]) && !a.names(&[3; 32]));
+        assert!(
+            a.query && !a.behind && a.listen_port == 7070 && a.node == 0xfeed && a.names(&ids[1]) && !a.names(&[3; 32])
+        );
         assert_eq!(a.entries().collect::<Vec<_>>(), adverts);
         assert_ne!(name_tag("fw.img"), name_tag("fw.im"));
         for cut in 0..n {

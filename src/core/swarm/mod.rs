@@ -300,6 +300,12 @@ impl Swarm {
         self.peers.get(id)?.as_ref()
     }
 
+    /// Whether we hold a verified chunk the peer in slot `id` says it lacks: a peer that never
+    /// asks for it is idle by its own choice, not for want of anything to trade.
+    pub fn could_serve(&self, id: PeerId) -> bool {
+        self.session(id).is_some_and(|s| self.have.iter_ones().any(|c| !s.bits.get(c)))
+    }
+
     /// Sets this device's share of its site's chunks, `(rank, of)` (see `site_share`), or none.
     pub fn set_site_share(&mut self, share: Option<(u32, u32)>) {
         self.site_share = share;
