@@ -9,4 +9,6 @@
 //! - [`agent`]: the mio shell: sockets, timers, the data directory, hooks, the status socket.
 pub mod agent;
 pub mod core;
+/// The fleet simulator (`examples/fleet.rs`); not part of the agent's binary.
+pub mod sim;
 pub mod store;

@@ -1,0 +1,210 @@
+//! The fleet simulator: thousands of devices in hundreds of sites, one release, simulated time,
+//! one thread, deterministic for a seed (`cargo run --release --example fleet`).
+//!
+//! What is shared with the agent: the release's geometry (`core::manifest::Geometry`), the
+//! chunk sets (`core::bitfield::Bitfield`), the seeded `core::rng::Rng`, the staged rollout's
+//! schedule (`core::manifest::Rollout::install_at`), and the swarm's constants (pipeline
+//! depth, upload slots, offers per peer, connection slots).
+//!
+//! What is modelled, not run (a 64 MiB release to 10,000 devices is 640 GB of payload: no
+//! frame-level run of the real `Release` fits in a minute): the policies of `core::swarm` and
+//! of the agent, restated at chunk granularity in `fleet.rs`: rarest first with a random
+//! start, a few random chunks first, two requests in flight per peer, two upload slots that
+//! rotate after each chunk to the waiting peer whose chunk is rarest (or one that waited a
+//! third of the request timeout), a seed's spreading, the site share (`chunk % of == rank`)
+//! asked of WAN peers first, no chunk a LAN peer holds asked over the WAN, the origin after its
+//! delay for the device's share and after the steal time for the rest, devices behind a
+//! reachable peer (and, by the LAN flag, their site) leaving the origin to it, the tracker as a
+//! list of the reachable devices, the connection slots of a reachable device (a quarter kept
+//! for its own dials while fetching, four per remote address). `Have` reaches peers at once
+//! (no commit delay); a block's framing overhead is not counted; the network is `net.rs`.
+
+mod fleet;
+pub mod net;
+mod svg;
+
+pub use fleet::run;
+
+/// One simulated run's shape. Rates in bytes per second.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub devices: usize,
+    pub sites: usize,
+    /// Devices holding the whole release at start, in site 1 (the single-LAN testbed's seed),
+    /// besides the origin.
+    pub seeds: usize,
+    pub size: u64,
+    pub chunk_size: u32,
+    pub seed: u64,
+    pub wan_down: f64,
+    pub wan_up: f64,
+    /// Each device's LAN uplink (its downlink is not limited, as on the testbeds).
+    pub lan_up: f64,
+    /// The seeds' uplink.
+    pub seed_up: f64,
+    /// The origin's uplink; 0: no origin.
+    pub origin_up: f64,
+    pub origin_delay: f64,
+    /// Seconds before a request's first byte, within a site and across sites.
+    pub lan_latency: f64,
+    pub wan_latency: f64,
+    /// Share of sites (the first ones) whose first device is reachable from outside.
+    pub reachable: f64,
+    /// Reachable peers a device keeps connections to (the agent today: as many as its slots
+    /// allow, [`MAX_PEERS`](fleet)).
+    pub wan_peers: usize,
+    /// Share of devices that go down once, at a random time, for 10 to 60 s.
+    pub churn: f64,
+    /// Publish release 2 at this many seconds after release 1 is everywhere (none: not at all).
+    pub new_release_after: Option<f64>,
+    /// Origin poll interval (`--poll`) and LAN announcement interval (the gossip period).
+    pub poll: f64,
+    pub gossip: f64,
+    /// Release 2's staged rollout window in hours (0: install at once).
+    pub rollout_hours: u32,
+    /// The simulation step in seconds.
+    pub step: f64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            devices: 10_000,
+            sites: 500,
+            seeds: 0,
+            size: 64 << 20,
+            chunk_size: 256 * 1024,
+            seed: 7,
+            wan_down: 20e6 / 8.0,
+            wan_up: 5e6 / 8.0,
+            lan_up: 100e6 / 8.0,
+            seed_up: 100e6 / 8.0,
+            origin_up: 10e9 / 8.0,
+            origin_delay: 2.0,
+            lan_latency: 0.001,
+            wan_latency: 0.03,
+            reachable: 0.0,
+            churn: 0.0,
+            wan_peers: 32,
+            new_release_after: None,
+            poll: 300.0,
+            gossip: 5.0,
+            rollout_hours: 0,
+            step: 0.01,
+        }
+    }
+}
+
+impl Config {
+    /// Whether the shape can be simulated; the reason if not.
+    pub fn check(&self) -> Result<(), String> {
+        let positive = [self.wan_down, self.wan_up, self.lan_up, self.seed_up, self.step, self.gossip, self.poll];
+        if positive.iter().any(|&v| !(v > 0.0 && v.is_finite())) {
+            return Err("rates, --step, --gossip and --poll must be positive".into());
+        }
+        if self.devices == 0 || self.sites == 0 || self.sites > self.devices {
+            return Err("--devices and --sites: at least 1, and no more sites than devices".into());
+        }
+        if self.size == 0 || self.chunk_size < 16 * 1024 || self.size.div_ceil(self.chunk_size as u64) > 1 << 20 {
+            return Err("--size: positive; --chunk-size: at least 16K and at most 2^20 chunks".into());
+        }
+        if self.origin_up <= 0.0 && self.seeds == 0 {
+            return Err("nothing holds the release: give --origin-up or --seeds".into());
+        }
+        if !(0.0..=1.0).contains(&self.reachable) || !(0.0..=1.0).contains(&self.churn) {
+            return Err("--reachable and --churn are shares, 0 to 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// What a run measured (all in simulated time; nothing here reads a clock).
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    pub devices: usize,
+    pub sites: usize,
+    pub all_done: f64,
+    pub bound: f64,
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    /// Origin egress and the busiest site's WAN download, in release sizes.
+    pub origin_egress: f64,
+    pub max_site_wan: f64,
+    /// Bytes moved for nothing (aborted transfers, duplicates), in release sizes.
+    pub wasted: f64,
+    /// Sites served from a reachable site (one of their devices reached one).
+    pub sites_behind: usize,
+    /// Release 2: the manifest everywhere (seconds after publishing), and the last install.
+    pub manifest_everywhere: Option<f64>,
+    pub last_install: Option<f64>,
+    pub gossip: f64,
+    /// (time, share of devices done, origin bytes so far, all sites' WAN bytes so far), sampled.
+    pub samples: Vec<(f64, f64, f64, f64)>,
+    pub size: u64,
+}
+
+impl Report {
+    /// The report's text: the same bytes for the same configuration.
+    pub fn text(&self) -> String {
+        let mut s = format!(
+            "devices {} in {} sites\nall done {:.2} s; the topology's bound {:.2} s: {:.3} x\n\
+             completion p50 {:.2} s, p90 {:.2} s, p99 {:.2} s\n\
+             origin egress {:.3} x the release; busiest site WAN download {:.3} x\n\
+             wasted (aborted or duplicate transfers) {:.4} x the release\n\
+             sites served from a reachable site: {}\n",
+            self.devices,
+            self.sites,
+            self.all_done,
+            self.bound,
+            self.ratio(),
+            self.p50,
+            self.p90,
+            self.p99,
+            self.origin_egress,
+            self.max_site_wan,
+            self.wasted,
+            self.sites_behind
+        );
+        if let Some(m) = self.manifest_everywhere {
+            s += &format!(
+                "release 2: manifest on every device {m:.2} s after publishing ({:.2} gossip periods)\n",
+                m / self.gossip
+            );
+        }
+        if let Some(i) = self.last_install {
+            s += &format!("release 2: last install {i:.2} s after publishing\n");
+        }
+        s
+    }
+
+    /// All done ÷ the bound.
+    pub fn ratio(&self) -> f64 {
+        self.all_done / self.bound
+    }
+
+    /// The report's last line, `key=value` pairs, with the run's wall time.
+    pub fn summary(&self, wall_s: f64) -> String {
+        let opt = |v: Option<f64>| v.map_or("none".to_string(), |v| format!("{v:.2}"));
+        format!(
+            "devices={} sites={} wall_s={wall_s:.2} all_done_s={:.2} bound_s={:.2} ratio={:.3} origin_egress={:.3} \
+             max_site_wan={:.3} p99_s={:.2} wasted={:.4} manifest_s={} last_install_s={}",
+            self.devices,
+            self.sites,
+            self.all_done,
+            self.bound,
+            self.ratio(),
+            self.origin_egress,
+            self.max_site_wan,
+            self.p99,
+            self.wasted,
+            opt(self.manifest_everywhere),
+            opt(self.last_install)
+        )
+    }
+
+    /// The picture: share of devices done, and origin and WAN bytes, over time.
+    pub fn svg(&self) -> String {
+        svg::completion(self)
+    }
+}
