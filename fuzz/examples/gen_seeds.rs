@@ -123,20 +123,21 @@ fn manifest_seeds(seeds: &Path) {
 
 fn announcement_seeds(seeds: &Path) {
     let ids: Vec<[u8; 32]> = (0..discovery::MAX_IDS as u8).map(|i| [i.wrapping_mul(37).wrapping_add(1); 32]).collect();
-    let cases: [(&str, bool, u16, u64, usize); 4] = [
-        ("none", true, 7070, 1, 0),
-        ("one", false, 7070, 0xfeed_f00d, 1),
-        ("three_query", true, 1, u64::MAX, 3),
-        ("full", false, 65535, 0, discovery::MAX_IDS),
+    let cases: [(&str, bool, bool, u16, u64, usize); 5] = [
+        ("none", true, false, 7070, 1, 0),
+        ("one", false, false, 7070, 0xfeed_f00d, 1),
+        ("one_behind", false, true, 7070, 0xfeed_f00d, 1),
+        ("three_query", true, false, 1, u64::MAX, 3),
+        ("full", false, false, 65535, 0, discovery::MAX_IDS),
     ];
-    for (name, query, port, node, count) in cases {
+    for (name, query, behind, port, node, count) in cases {
         let mut out = [0u8; discovery::MAX_DATAGRAM];
         let adverts = ids[..count].iter().enumerate().map(|(i, &swarm)| discovery::Advert {
             swarm,
             release: i as u64 * 1000 + 1,
             name_tag: discovery::name_tag("fw.img"),
         });
-        let n = discovery::encode(discovery::Flags { query, behind: false }, port, node, adverts, &mut out);
+        let n = discovery::encode(discovery::Flags { query, behind }, port, node, adverts, &mut out);
         write(&seeds.join("announcement"), &format!("{name}.bin"), &out[..n]);
     }
 }

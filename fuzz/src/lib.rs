@@ -113,6 +113,7 @@ pub fn announcement(data: &[u8]) {
     assert_eq!(a.listen_port, u16::from_be_bytes([data[10], data[11]]));
     assert_eq!(a.node.to_be_bytes(), data[12..20]);
     assert_eq!(a.query, data[9] & 1 != 0);
+    assert_eq!(a.behind, data[9] & 2 != 0);
     let ids: Vec<[u8; 32]> = data[ANNOUNCE_HEADER..].chunks_exact(48).map(|c| c[..32].try_into().unwrap()).collect();
     for id in &ids {
         assert!(a.names(id), "an id in the datagram is not named");
@@ -123,9 +124,15 @@ pub fn announcement(data: &[u8]) {
     assert!(!a.names(&other), "an id not in the datagram is named");
     // Re-encoding gives the datagram back, except flag bits this version does not know.
     let mut out = [0u8; MAX_DATAGRAM];
-    let n = discovery::encode(discovery::Flags { query: a.query, behind: a.behind }, a.listen_port, a.node, a.entries(), &mut out);
+    let n = discovery::encode(
+        discovery::Flags { query: a.query, behind: a.behind },
+        a.listen_port,
+        a.node,
+        a.entries(),
+        &mut out,
+    );
     let mut expected = data.to_vec();
-    expected[9] &= 1;
+    expected[9] &= 3; // query and behind
     assert_eq!(&out[..n], &expected[..], "re-encoding differs");
     assert_eq!(Announcement::decode(&out[..n]), Some(a), "re-encoding decodes differently");
 }
