@@ -36,7 +36,7 @@ if [ "$SMALL" = 1 ]; then LAN_SHAPES="4:8 8:8" SITES_MIB=8; else LAN_SHAPES="16:
 ROWS=() bad=0
 row() { # name testbed_s sim_s
     local err; err=$(calc "$3 / $2 - 1")
-    local ok=yes; [ "$(calc "($err < 0 ? -$err : $err) > $MAX_ERROR" 0)" = 1 ] && ok=no && bad=1
+    local ok=yes; [ "$(calc "(($err) < 0 ? -($err) : ($err)) > $MAX_ERROR" 0)" = 1 ] && ok=no && bad=1
     ROWS+=("$(printf '%-34s %10s %10s %9s %6s' "$1" "$2" "$3" "$(calc "$3 / $2")" "$ok")")
 }
 for shape in $LAN_SHAPES; do
