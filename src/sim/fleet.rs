@@ -707,7 +707,8 @@ impl<'c> World<'c> {
             }
         }
         // What it had asked of others is asked again, of whoever has it.
-        for dev in &mut self.devices[d as usize..=d as usize] {
+        {
+            let dev = &mut self.devices[d as usize];
             dev.waiting.clear();
             dev.holders.iter_mut().for_each(|h| *h = 0);
             dev.lan_holders.iter_mut().for_each(|h| *h = 0);
@@ -773,7 +774,6 @@ impl<'c> World<'c> {
                     heard_at[p.device as usize] = heard_at[p.device as usize].min(announce);
                 }
             }
-            let _ = &mut poll_at;
         }
         let everywhere = self.devices.iter().filter_map(|d| d.learnt_at).fold(published, f64::max) - published;
         let rollout = Rollout { start: 0, hours: c.rollout_hours };
