@@ -816,6 +816,12 @@ struct Relay {
 }
 
 fn start_relay(x: u8, to: SocketAddr, flip_after: Option<usize>) -> Relay {
+    start_relay_with(x, to, flip_after, &[])
+}
+
+/// A relay as [`start_relay`], that forwards what the seed sends in writes of the sizes in
+/// `pieces` (cycled; empty: as read), each its own segment.
+fn start_relay_with(x: u8, to: SocketAddr, flip_after: Option<usize>, pieces: &'static [usize]) -> Relay {
     let listener = TcpListener::bind(free_addr(x)).unwrap();
     let addr = listener.local_addr().unwrap();
     let recorded = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -826,6 +832,7 @@ fn start_relay(x: u8, to: SocketAddr, flip_after: Option<usize>) -> Relay {
             let Ok(outbound) = TcpStream::connect(to) else { return };
             let (mut a_in, mut a_out) = (inbound.try_clone().unwrap(), inbound);
             let (mut b_in, mut b_out) = (outbound.try_clone().unwrap(), outbound);
+            a_out.set_nodelay(true).unwrap();
             std::thread::spawn(move || std::io::copy(&mut a_in, &mut b_out));
             let rec = rec.clone();
             let flip = flip_after.filter(|_| n == 0);
@@ -840,8 +847,14 @@ fn start_relay(x: u8, to: SocketAddr, flip_after: Option<usize>) -> Relay {
                     }
                     passed += k;
                     rec.lock().unwrap().extend_from_slice(&buf[..k]);
-                    if a_out.write_all(&buf[..k]).is_err() {
-                        break;
+                    let mut sizes = pieces.iter().cycle();
+                    let mut rest = &buf[..k];
+                    while !rest.is_empty() {
+                        let piece = sizes.next().map_or(rest.len(), |&p| p.min(rest.len()));
+                        if a_out.write_all(&rest[..piece]).is_err() {
+                            return;
+                        }
+                        rest = &rest[piece..];
                     }
                 }
                 let _ = a_out.shutdown(std::net::Shutdown::Both);
@@ -849,6 +862,50 @@ fn start_relay(x: u8, to: SocketAddr, flip_after: Option<usize>) -> Relay {
         }
     });
     Relay { addr, recorded }
+}
+
+/// Frames that reach the fetcher in pieces of every size, headers split, many tiny segments
+/// at once: the fetcher leaves a partial frame in the kernel until it is whole, and takes it out
+/// when the kernel has no room left (tiny segments fill a receive buffer with a few KiB of data).
+/// Both must end in a byte-exact copy, with and without a fleet secret.
+#[test]
+fn frames_chopped_into_pieces_of_every_size_arrive_whole() {
+    const PIECES: &[usize] = &[1, 7, 3, 40, 2, 300, 5, 1500, 9, 9000, 1, 16_000];
+    let tmp = TempDir::new("chopped");
+    let dir = tmp.path();
+    let rel = make_release(dir, 2 * MIB as usize, "64K", 0x98);
+    let secret = dir.join("fleet.secret");
+    run_ok(dir, &["keygen", "--fleet-secret", secret.to_str().unwrap()]);
+    let mut procs = Procs::default();
+    let data = rel.data_dir.to_str().unwrap();
+    for (x, fleet) in [(98, false), (101, true)] {
+        let seed = free_addr(x);
+        let seed_s = seed.to_string();
+        let mut args = vec!["serve", "--data", data, "--listen", &seed_s, "--no-discovery", "--trust", &rel.key];
+        if fleet {
+            args.extend(["--fleet-secret", secret.to_str().unwrap()]);
+        }
+        let s = procs.spawn(dir, &format!("seed{x}"), &args);
+        wait_for_log(&mut procs, s, "listening on");
+        let relay = start_relay_with(x + 1, seed, None, PIECES);
+        let out = tmp.sub(&format!("out{x}")).join("fw.img");
+        let (relay_addr, listen) = (relay.addr.to_string(), free_addr(x + 2).to_string());
+        let mut args = vec!["fetch", rel.manifest_arg(), "--trust", &rel.key, "--out", out.to_str().unwrap()];
+        args.extend(["--listen", &listen, "--peer", &relay_addr, "--no-discovery"]);
+        if fleet {
+            args.extend(["--fleet-secret", secret.to_str().unwrap()]);
+        }
+        args.insert(0, "-v");
+        let f = procs.spawn(dir, &format!("fetch{x}"), &args);
+        let status = procs.wait(f);
+        assert!(status.success(), "the fetch through the chopping relay failed ({status}):\n{}", procs.stderr(f));
+        assert_release(dir, &out, &rel);
+        let log = procs.stderr(f);
+        let closes = log.lines().filter(|l| l.contains(" closed ")).collect::<Vec<_>>();
+        assert!(closes.iter().all(|l| l.contains("both sides complete")), "a connection was lost on the way:\n{log}");
+        let spilled = log.lines().filter(|l| l.contains("reading it piecemeal")).count();
+        eprintln!("fleet secret {fleet}: {spilled} frames read piecemeal, {} closes", closes.len());
+    }
 }
 
 /// True if some 64-byte run of `image` appears anywhere in `stream` (every such run holds a

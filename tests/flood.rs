@@ -4,6 +4,7 @@
 //! that never says hello must be closed.
 
 mod common;
+use common::connect_from;
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -167,36 +168,6 @@ fn floods_and_slowloris_leave_memory_and_descriptors_bounded_and_honest_fetches_
     );
     assert!(peak_fds <= 32 + 16, "descriptors grew with the flood: {peak_fds}");
     assert!(peak_rss <= RSS_CAP_KIB, "RSS {peak_rss} KiB over the cap {RSS_CAP_KIB} KiB");
-}
-
-/// A TCP connection to `to` from source address `from` (bind before connect).
-fn connect_from(from: std::net::Ipv4Addr, to: SocketAddr) -> std::io::Result<TcpStream> {
-    use std::os::fd::FromRawFd;
-    let SocketAddr::V4(to) = to else { panic!("IPv4 only") };
-    let sin = |ip: std::net::Ipv4Addr, port: u16| libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: port.to_be(),
-        sin_addr: libc::in_addr { s_addr: u32::from(ip).to_be() },
-        sin_zero: [0; 8],
-    };
-    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    // SAFETY: a socket we own, closed through the TcpStream (or on error, explicitly).
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let stream = TcpStream::from_raw_fd(fd);
-        let local = sin(from, 0);
-        if libc::bind(fd, &local as *const _ as *const libc::sockaddr, len) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let remote = sin(*to.ip(), to.port());
-        if libc::connect(fd, &remote as *const _ as *const libc::sockaddr, len) != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(stream)
-    }
 }
 
 /// What a polite flood has done so far, read by the test while the flood runs.

@@ -1,28 +1,34 @@
 //! Connections: accepting, reading whole frames into the release, writing what it wants sent,
 //! closing.
 //!
-//! Each slot has one receive and one send buffer sized for a single frame, allocated when the
-//! slot opens and never grown. An inbound connection is routed to a release by its first frame
-//! (the Hello); until then it holds a slot on probation and is the first to be evicted.
+//! No connection owns a frame buffer. A frame stays in the kernel until all of it is there
+//! (SO_RCVLOWAT makes epoll wait for it), then is read into the agent's one receive buffer and
+//! handled at once; frames to send are built in the agent's one send buffer and written at once,
+//! and only what a full socket does not take is kept, in a buffer lent until it drains. So an
+//! idle connection costs a few dozen bytes, whatever the frame size. An inbound connection is
+//! routed to a release by its first frame (the Hello); until then it holds a slot on probation
+//! and is the first to be evicted.
 
 use super::guard::{address_key, BAN_TIME};
 use super::{sys, Agent, HANDSHAKE_TIMEOUT};
 use crate::core::session::{hello_refusal, CloseReason};
 use crate::core::swarm::NewPeer;
-use crate::core::wire::{self, Message, RefuseReason, MAX_FRAME};
+use crate::core::wire::{self, Message, RefuseReason, HEADER_LEN, MAX_FRAME};
 use mio::net::TcpStream;
 use mio::{Interest, Token};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-/// Receive buffer: one whole frame, so any legal frame fits and nothing larger is ever needed.
-const RECV_BUF: usize = MAX_FRAME;
+/// Receive buffer: one whole frame and the header of the next, read in the same call.
+const RECV_BUF: usize = MAX_FRAME + HEADER_LEN;
 /// Bytes read from one connection per wakeup, so that a peer that floods us with valid small
 /// messages cannot keep the loop from its other connections and timers.
-const READ_BUDGET: usize = 4 * RECV_BUF;
+const READ_BUDGET: usize = 4 * MAX_FRAME;
 /// Send buffer: one whole frame plus room for the small messages queued beside it.
 const SEND_BUF: usize = MAX_FRAME + 1024;
+/// A lent buffer holds what is left of a send, or one spilled frame.
+const LENT_BUF: usize = if SEND_BUF > MAX_FRAME { SEND_BUF } else { MAX_FRAME };
 /// Unsent bytes per connection above which no more blocks are queued (see
 /// `sys::set_notsent_lowat`). Four blocks keep a fast link busy between two wakeups.
 const UNSENT_MARK: usize = 64 * 1024;
@@ -51,11 +57,60 @@ pub(super) struct Conn {
     /// Its session finished the handshake at some point.
     was_active: bool,
     pub(super) opened_at: Instant,
-    rbuf: Box<[u8]>,
-    rlen: usize,
-    wbuf: Box<[u8]>,
-    wpos: usize,
-    wlen: usize,
+    /// The start of the next frame, read along with the frame before it: at most its header.
+    head: [u8; HEADER_LEN],
+    head_len: usize,
+    /// What SO_RCVLOWAT is set to: the kernel's 1 until we first wait for part of a frame.
+    lowat: usize,
+    /// Bytes the kernel held at our last look, less what we read since: a lower bound, so that
+    /// a stream of frames needs one FIONREAD per wakeup, not one per frame.
+    queued: usize,
+    /// We wait on the mark for the body of the frame in `head`.
+    armed: bool,
+    /// The peer closed its side (from the poll event): a frame not whole now never will be.
+    read_closed: bool,
+    /// A frame being read piecemeal, because the kernel had no room to hold it for us.
+    spilled: Option<Spilled>,
+    /// The end of a write the socket did not take whole; it goes out before anything else.
+    unsent: Option<Unsent>,
+}
+
+/// The first `len` bytes of a frame of `total`, in a buffer lent from [`IoBuffers::spare`].
+struct Spilled {
+    buf: Box<[u8]>,
+    len: usize,
+    total: usize,
+}
+
+/// Bytes of built frames a full socket left, in a buffer lent from [`IoBuffers::spare`].
+struct Unsent {
+    buf: Box<[u8]>,
+    pos: usize,
+    len: usize,
+}
+
+/// The buffers every connection shares, owned by the agent.
+pub(super) struct IoBuffers {
+    recv: Box<[u8]>,
+    send: Box<[u8]>,
+    /// Buffers for [`Unsent`] bytes, back here once drained, so steady state allocates nothing.
+    spare: Vec<Box<[u8]>>,
+}
+
+impl IoBuffers {
+    /// Room for two lent buffers a connection is reserved up front, so the list never grows.
+    pub(super) fn new(max_conns: usize) -> IoBuffers {
+        IoBuffers {
+            recv: vec![0; RECV_BUF].into_boxed_slice(),
+            send: vec![0; SEND_BUF].into_boxed_slice(),
+            spare: Vec::with_capacity(2 * max_conns),
+        }
+    }
+
+    /// A buffer for one frame's bytes, reused if one is spare.
+    fn lend(&mut self) -> Box<[u8]> {
+        self.spare.pop().unwrap_or_else(|| vec![0; LENT_BUF].into_boxed_slice())
+    }
 }
 
 impl Agent {
@@ -79,6 +134,135 @@ impl Conn {
     /// Its handshake finished at some point.
     pub(super) fn was_active(&self) -> bool {
         self.was_active
+    }
+
+    /// Reads the next frame into the start of the shared receive buffer once the kernel holds
+    /// all of it, with as much of the following header as is there; returns the frame's length.
+    /// `Ok(None)` while the frame is not whole: its bytes stay in the kernel and epoll wakes us
+    /// when they are all there. `woken`: a readable event brought us here.
+    fn read_frame(&mut self, io: &mut IoBuffers, woken: bool) -> Result<Option<usize>, Why> {
+        loop {
+            if self.spilled.is_some() {
+                return self.read_spilled(io);
+            }
+            if self.head_len < HEADER_LEN {
+                match read_some(&mut self.stream, &mut self.head[self.head_len..], self.addr)? {
+                    Some(0) => return Err(Err("connection closed by peer")),
+                    Some(n) => {
+                        self.head_len += n;
+                        self.queued = self.queued.saturating_sub(n);
+                    }
+                    None if self.wait_for(HEADER_LEN - self.head_len)? => {}
+                    None => return Ok(None),
+                }
+                continue;
+            }
+            let total = wire::frame_total(&self.head).map_err(|_| Ok(CloseReason::Protocol("bad frame")))?;
+            let body = total - HEADER_LEN;
+            if self.queued < body {
+                self.queued = sys::readable_bytes(&self.stream).ok_or(Err("cannot tell what the socket holds"))?;
+            }
+            if self.queued < body {
+                // Woken below the mark we set is the kernel saying the socket's memory is full
+                // (Linux 6.2 and later); a kernel that would not say is caught by the check.
+                if (woken && self.armed) || sys::receive_memory_tight(&self.stream) {
+                    self.spill(io, total);
+                    continue;
+                }
+                if self.wait_for(body)? {
+                    continue;
+                }
+                self.armed = true;
+                return Ok(None);
+            }
+            io.recv[..HEADER_LEN].copy_from_slice(&self.head);
+            let n = match body {
+                0 => 0,
+                _ => read_some(&mut self.stream, &mut io.recv[HEADER_LEN..total + HEADER_LEN], self.addr)?.unwrap_or(0),
+            };
+            self.queued = self.queued.saturating_sub(n);
+            if n < body {
+                // TCP hands over what FIONREAD counts unless urgent data cuts the read short,
+                // and no honest peer sends any; the partial frame has nowhere to wait.
+                return Err(Err("short read of a whole frame (urgent data?)"));
+            }
+            let next = &io.recv[total..HEADER_LEN + n];
+            self.head[..next.len()].copy_from_slice(next);
+            self.head_len = next.len();
+            self.armed = false;
+            return Ok(Some(total));
+        }
+    }
+
+    /// Moves the frame begun in `head` to a lent buffer, where its bytes will be read as they
+    /// come instead of left in a kernel that has no room for them.
+    fn spill(&mut self, io: &mut IoBuffers, total: usize) {
+        log::debug!("{}: the kernel has no room to hold a {total}-byte frame; reading it piecemeal", self.addr);
+        let mut buf = io.lend();
+        buf[..HEADER_LEN].copy_from_slice(&self.head);
+        self.head_len = 0;
+        self.armed = false;
+        self.spilled = Some(Spilled { buf, len: HEADER_LEN, total });
+    }
+
+    /// Reads into the spilled frame; once whole, hands it over in the shared buffer.
+    fn read_spilled(&mut self, io: &mut IoBuffers) -> Result<Option<usize>, Why> {
+        loop {
+            let Some(p) = self.spilled.as_mut() else { return Ok(None) };
+            if p.len == p.total {
+                let total = p.total;
+                io.recv[..total].copy_from_slice(&p.buf[..total]);
+                io.spare.extend(self.spilled.take().map(|p| p.buf));
+                return Ok(Some(total));
+            }
+            match read_some(&mut self.stream, &mut p.buf[p.len..p.total], self.addr)? {
+                Some(0) => return Err(Err("connection closed by peer mid-frame")),
+                Some(n) => {
+                    p.len += n;
+                    self.queued = self.queued.saturating_sub(n);
+                }
+                None => {
+                    let need = p.total - p.len;
+                    if !self.wait_for(need)? {
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Arms SO_RCVLOWAT for `need` bytes before we wait on epoll. True if they arrived while it
+    /// was being set (a kernel that does not re-check readiness when the mark moves would
+    /// otherwise never wake us for them).
+    fn wait_for(&mut self, need: usize) -> Result<bool, Why> {
+        if self.read_closed {
+            return Err(Err("connection closed by peer mid-frame"));
+        }
+        if self.lowat == need {
+            return Ok(false);
+        }
+        if let Err(e) = sys::set_rcvlowat(&self.stream, need) {
+            // Without it every segment wakes us, as it does on any socket by default.
+            log::debug!("cannot set the receive mark of {}: {e}", self.addr);
+            return Ok(false);
+        }
+        self.lowat = need;
+        Ok(sys::readable_bytes(&self.stream).is_some_and(|held| held >= need))
+    }
+}
+
+/// One read: `Some(n)` bytes (0 at the peer's end), `None` if the socket would block.
+fn read_some(stream: &mut TcpStream, buf: &mut [u8], addr: SocketAddr) -> Result<Option<usize>, Why> {
+    loop {
+        return match stream.read(buf) {
+            Ok(n) => Ok(Some(n)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                log::debug!("read from {addr}: {e}");
+                Err(Err("read failed"))
+            }
+        };
     }
 }
 
@@ -207,16 +391,22 @@ impl Agent {
             dial: dial.map(|d| d.1),
             was_active: false,
             opened_at: now,
-            rbuf: vec![0; RECV_BUF].into_boxed_slice(),
-            rlen: 0,
-            wbuf: vec![0; SEND_BUF].into_boxed_slice(),
-            wpos: 0,
-            wlen: 0,
+            head: [0; HEADER_LEN],
+            head_len: 0,
+            lowat: 1,
+            queued: 0,
+            armed: false,
+            read_closed: false,
+            spilled: None,
+            unsent: None,
         });
     }
 
-    pub(super) fn on_ready(&mut self, slot: usize, now: Instant) {
+    /// `event`: what epoll said of the socket; `None` when we come back for bytes left unread.
+    pub(super) fn on_ready(&mut self, slot: usize, event: Option<&mio::event::Event>, now: Instant) {
         let Some(conn) = self.conns.get_mut(slot).and_then(Option::as_mut) else { return };
+        conn.read_closed |= event.is_some_and(|e| e.is_read_closed() || e.is_error());
+        let woken = event.is_some_and(|e| e.is_readable());
         if conn.connecting {
             // A non-blocking connect has finished when the socket is writable; it worked if
             // the socket has a peer and no pending error.
@@ -239,14 +429,14 @@ impl Agent {
                 }
             }
         }
-        if let Err(why) = self.receive(slot, now) {
+        if let Err(why) = self.receive(slot, woken, now) {
             self.close(slot, why, now);
         }
     }
 
-    /// Reads until the socket would block or the read budget is spent, handling each whole
-    /// frame.
-    fn receive(&mut self, slot: usize, now: Instant) -> Result<(), Why> {
+    /// Reads and handles whole frames until none is left whole in the kernel or the read
+    /// budget is spent.
+    fn receive(&mut self, slot: usize, woken: bool, now: Instant) -> Result<(), Why> {
         let mut budget = READ_BUDGET;
         loop {
             if budget == 0 {
@@ -256,62 +446,42 @@ impl Agent {
                 return Ok(());
             }
             let Some(conn) = self.conns[slot].as_mut() else { return Ok(()) };
-            let n = match conn.stream.read(&mut conn.rbuf[conn.rlen..]) {
-                Ok(0) => return Err(Err("connection closed by peer")),
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    log::debug!("read from {}: {e}", conn.addr);
-                    return Err(Err("read failed"));
-                }
-            };
-            conn.rlen += n;
-            budget = budget.saturating_sub(n);
-            if !self.handle_frames(slot, now)? {
+            let Some(len) = conn.read_frame(&mut self.io, woken)? else { return Ok(()) };
+            budget = budget.saturating_sub(len);
+            if !self.deliver(slot, len, now)? {
                 // The release is closing the session; its event closes the socket this turn.
                 return Ok(());
             }
         }
     }
 
-    /// Hands every whole frame in the receive buffer to the connection's release. Returns false
-    /// once the release stops taking this connection's frames.
-    fn handle_frames(&mut self, slot: usize, now: Instant) -> Result<bool, Why> {
-        let Agent { conns, releases, .. } = self;
+    /// Hands the frame at the start of the receive buffer to the connection's release, routing
+    /// a first frame. Returns false once the release stops taking this connection's frames.
+    fn deliver(&mut self, slot: usize, len: usize, now: Instant) -> Result<bool, Why> {
+        let Agent { conns, releases, io, .. } = self;
         let Some(conn) = conns[slot].as_mut() else { return Ok(false) };
-        let mut pos = 0;
-        let mut open = true;
-        while open {
-            let len =
-                wire::frame_len(&conn.rbuf[pos..conn.rlen]).map_err(|_| Ok(CloseReason::Protocol("bad frame")))?;
-            let Some(len) = len else { break };
-            let frame = &mut conn.rbuf[pos..pos + len];
-            let r = match conn.release {
-                Some(r) => r,
-                None => {
-                    if let Ok(Message::ManifestGet(swarm)) = wire::check_crc(frame).and_then(wire::decode_message) {
-                        // Not a session: the stream is handed to the gossip as the slot closes.
-                        conn.manifest_request = Some(swarm);
-                        return Err(Err("asked for a manifest"));
-                    }
-                    let r = route(releases, frame, now).map_err(|refusal| {
-                        refuse(&mut conn.stream, refusal);
-                        Err("refused its hello")
-                    })?;
-                    let nonce = sys::random_nonce().map_err(|_| Err("no randomness for a nonce"))?;
-                    let new = NewPeer { outbound: false, remote: Some(conn.addr), beyond_lan: conn.beyond_lan, nonce };
-                    conn.release = Some(r);
-                    releases[r].release.add_peer(slot, new, conn.opened_at);
-                    r
+        let frame = &mut io.recv[..len];
+        let r = match conn.release {
+            Some(r) => r,
+            None => {
+                if let Ok(Message::ManifestGet(swarm)) = wire::check_crc(frame).and_then(wire::decode_message) {
+                    // Not a session: the stream is handed to the gossip as the slot closes.
+                    conn.manifest_request = Some(swarm);
+                    return Err(Err("asked for a manifest"));
                 }
-            };
-            open = releases[r].release.handle_frame(slot, frame, now);
-            conn.was_active |= releases[r].release.swarm().session(slot).is_some_and(|s| s.is_active());
-            pos += len;
-        }
-        conn.rbuf.copy_within(pos..conn.rlen, 0);
-        conn.rlen -= pos;
+                let r = route(releases, frame, now).map_err(|refusal| {
+                    refuse(&mut conn.stream, refusal);
+                    Err("refused its hello")
+                })?;
+                let nonce = sys::random_nonce().map_err(|_| Err("no randomness for a nonce"))?;
+                let new = NewPeer { outbound: false, remote: Some(conn.addr), beyond_lan: conn.beyond_lan, nonce };
+                conn.release = Some(r);
+                releases[r].release.add_peer(slot, new, conn.opened_at);
+                r
+            }
+        };
+        let open = releases[r].release.handle_frame(slot, frame, now);
+        conn.was_active |= releases[r].release.swarm().session(slot).is_some_and(|s| s.is_active());
         Ok(open)
     }
 
@@ -342,16 +512,25 @@ impl Agent {
         }
     }
 
-    /// Fills the send buffer from the release while it has room for a frame (so with at most
-    /// one block) and writes once. Returns true if bytes went out and more may follow.
+    /// Writes what the socket left over last time, or else builds frames from the release in
+    /// the shared send buffer while it has room for a frame (so with at most one block) and
+    /// writes them once. Returns true if bytes went out and more may follow.
     fn pump(&mut self, slot: usize, now: Instant) -> bool {
-        let Agent { conns, releases, poll, .. } = self;
+        let Agent { conns, releases, poll, io, .. } = self;
         let Some(conn) = conns[slot].as_mut() else { return false };
         let Some(r) = conn.release.filter(|_| !conn.connecting) else { return false };
+        if let Some(unsent) = conn.unsent.as_mut() {
+            let Some(n) = write_some(&mut conn.stream, &unsent.buf[unsent.pos..unsent.len], conn.addr) else {
+                self.close(slot, Err("write failed"), now);
+                return false;
+            };
+            unsent.pos += n;
+            if unsent.pos == unsent.len {
+                io.spare.extend(conn.unsent.take().map(|u| u.buf));
+            }
+            return n > 0;
+        }
         let release = &mut releases[r].release;
-        conn.wbuf.copy_within(conn.wpos..conn.wlen, 0);
-        conn.wlen -= conn.wpos;
-        conn.wpos = 0;
         // Small messages always go; blocks only while the kernel holds little unsent. When it
         // holds more, re-arming makes the kernel note that we wait for room, so epoll wakes us
         // when the unsent bytes drop below the mark (a successful write never asks for that).
@@ -363,26 +542,24 @@ impl Agent {
                 log::debug!("cannot re-arm {}: {e}", conn.addr);
             }
         }
-        while SEND_BUF - conn.wlen >= MAX_FRAME {
-            let Some(n) = release.poll_transmit(slot, now, blocks, &mut conn.wbuf[conn.wlen..]) else { break };
-            conn.wlen += n;
+        let mut len = 0;
+        while SEND_BUF - len >= MAX_FRAME {
+            let Some(n) = release.poll_transmit(slot, now, blocks, &mut io.send[len..]) else { break };
+            len += n;
         }
-        if conn.wpos == conn.wlen {
+        if len == 0 {
             return false;
         }
-        match conn.stream.write(&conn.wbuf[conn.wpos..conn.wlen]) {
-            Ok(n) => {
-                conn.wpos += n;
-                n > 0
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => true,
-            Err(e) => {
-                log::debug!("write to {}: {e}", conn.addr);
-                self.close(slot, Err("write failed"), now);
-                false
-            }
+        let Some(n) = write_some(&mut conn.stream, &io.send[..len], conn.addr) else {
+            self.close(slot, Err("write failed"), now);
+            return false;
+        };
+        if n < len {
+            let mut buf = io.lend();
+            buf[..len - n].copy_from_slice(&io.send[n..len]);
+            conn.unsent = Some(Unsent { buf, pos: 0, len: len - n });
         }
+        n > 0
     }
 
     /// Closes the connection in `slot`, bans its address for an offence, and tells its release
@@ -390,7 +567,13 @@ impl Agent {
     pub(super) fn close(&mut self, slot: usize, why: Why, now: Instant) {
         let Some(mut conn) = self.conns[slot].take() else { return };
         let _ = self.poll.registry().deregister(&mut conn.stream);
+        self.io.spare.extend(conn.unsent.take().map(|u| u.buf));
+        self.io.spare.extend(conn.spilled.take().map(|p| p.buf));
         if let Some(swarm) = conn.manifest_request {
+            if conn.lowat != 1 {
+                // The gossip reads this stream its own way, woken at every byte.
+                let _ = sys::set_rcvlowat(&conn.stream, 1);
+            }
             return self.serve_manifest(conn.stream, conn.addr, swarm, now);
         }
         match why {
@@ -429,6 +612,21 @@ fn route(releases: &[super::Held], frame: &[u8], now: Instant) -> Result<usize, 
     match hello_refusal(version, found.is_some()) {
         Some(refusal) => Err(refusal),
         None => found.ok_or(RefuseReason::UnknownSwarm),
+    }
+}
+
+/// One write: the bytes the socket took (0 if it would block), `None` if it failed.
+fn write_some(stream: &mut TcpStream, bytes: &[u8], addr: SocketAddr) -> Option<usize> {
+    loop {
+        return match stream.write(bytes) {
+            Ok(n) => Some(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Some(0),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                log::debug!("write to {addr}: {e}");
+                None
+            }
+        };
     }
 }
 

@@ -200,6 +200,8 @@ pub struct Agent {
     /// The install hooks still owed ([`Agent::keep_state`]).
     pending_hooks: Option<crate::store::pending_hooks::PendingHooks>,
     started: Instant,
+    /// The receive and send buffers every connection shares.
+    io: conn::IoBuffers,
     /// Slots that used up their read budget with bytes possibly left: read again next turn.
     unread: Vec<usize>,
     /// The list of the turn before, swapped with `unread` so that neither is ever reallocated.
@@ -229,6 +231,7 @@ impl Agent {
             gossip: gossip::Gossip::default(),
             learnt: Vec::new(),
             refused_learnt: heapless::Deque::new(),
+            io: conn::IoBuffers::new(conns.len()),
             unread: Vec::with_capacity(conns.len()),
             rereading: Vec::with_capacity(conns.len()),
             conns,
@@ -500,7 +503,7 @@ impl Agent {
             let now = Instant::now();
             std::mem::swap(&mut self.unread, &mut self.rereading);
             for i in 0..self.rereading.len() {
-                self.on_ready(self.rereading[i], now);
+                self.on_ready(self.rereading[i], None, now);
             }
             self.rereading.clear();
             for ev in events.iter() {
@@ -511,7 +514,7 @@ impl Agent {
                     STATUS => self.answer_status(now),
                     // Origin connections are driven in every turn (`drive_origins`).
                     Token(t) if t > origin::ORIGIN_TOKENS => {}
-                    Token(slot) => self.on_ready(slot, now),
+                    Token(slot) => self.on_ready(slot, Some(ev), now),
                 }
             }
             self.turn(now);

@@ -137,6 +137,46 @@ pub fn unsent_bytes(stream: &TcpStream) -> usize {
     n.max(0) as usize
 }
 
+/// Bytes a TCP socket holds ready to read (FIONREAD); `None` if the kernel cannot say.
+pub fn readable_bytes(stream: &TcpStream) -> Option<usize> {
+    use std::os::fd::AsRawFd;
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int into `n`.
+    let rc = unsafe { libc::ioctl(stream.as_raw_fd(), libc::FIONREAD as _, &mut n as *mut libc::c_int) };
+    (rc == 0).then_some(n.max(0) as usize)
+}
+
+/// Bytes that must be queued before epoll reports the socket readable (SO_RCVLOWAT), so that a
+/// frame left in the kernel wakes us once, when it is whole, not at every segment.
+pub fn set_rcvlowat(stream: &TcpStream, bytes: usize) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let bytes = bytes.clamp(1, libc::c_int::MAX as usize) as libc::c_int;
+    set_option(stream.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVLOWAT, &bytes)
+}
+
+/// True if the socket's received bytes take half its receive buffer or more, counted as the
+/// kernel counts them (SO_MEMINFO: buffer overhead included). Small segments can fill the buffer
+/// with a few KiB of data; then waiting for more, as SO_RCVLOWAT does, would shut the window.
+pub fn receive_memory_tight(stream: &TcpStream) -> bool {
+    use std::os::fd::AsRawFd;
+    const RMEM_ALLOC: usize = 0;
+    const RCVBUF: usize = 1;
+    let mut info = [0u32; 9];
+    let mut len = std::mem::size_of_val(&info) as libc::socklen_t;
+    // SAFETY: the kernel writes at most `len` bytes into `info` and updates `len`.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_MEMINFO,
+            info.as_mut_ptr() as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    // A kernel that cannot say (before 4.12) gets the safe answer: take the bytes out.
+    rc != 0 || len < 8 || info[RMEM_ALLOC] as u64 * 2 >= info[RCVBUF] as u64
+}
+
 pub use crate::store::safe_fs::os_random;
 
 /// A fresh nonce for one connection's Hello.

@@ -174,15 +174,18 @@ impl std::error::Error for WireError {}
 /// `Ok(None)` while more bytes are needed. The length cap (a sealed frame's: the largest
 /// payload and its tag) is enforced from the header alone, before anything is buffered.
 pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, WireError> {
-    if buf.len() < HEADER_LEN {
-        return Ok(None);
-    }
-    let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]);
+    let Some(header) = buf.first_chunk::<HEADER_LEN>() else { return Ok(None) };
+    let total = frame_total(header)?;
+    Ok((buf.len() >= total).then_some(total))
+}
+
+/// The whole length of the frame this header starts, header included, checked against the cap.
+pub fn frame_total(header: &[u8; HEADER_LEN]) -> Result<usize, WireError> {
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
     if len as usize > MAX_PAYLOAD + TAG_LEN {
         return Err(WireError::Oversize(len));
     }
-    let total = HEADER_LEN + len as usize;
-    Ok((buf.len() >= total).then_some(total))
+    Ok(HEADER_LEN + len as usize)
 }
 
 /// The payload of a whole plain frame, if its crc32 checks.
