@@ -11,6 +11,10 @@
 #   --seed-rate RATE the seed's upload (default: --rate)
 #   --chunk-size SZ  manifest chunk size (default 256K)      --runs R    swarm runs (default 1)
 #   --baseline       also measure client-server: nginx in the seed's namespace, N curls at once
+#   --compare aria2  also run aria2 (Debian's aria2c) on the same hosts and shaping, as a user would
+#                    set it up: a torrent of the same file with the same piece size, Debian's
+#                    opentracker (HTTP) in the seed's namespace, peer exchange on, DHT and LPD off, every
+#                    peer seeding on after it completes; printed beside Flotilla's figures
 #   --churn          kill every third peer (30%) and restart the seed once, 40% of T_min into a run;
 #                    the survivors must still complete with correct copies
 #   --seed-only      peers get only the seed's address (for discovery / peer exchange); default
@@ -24,11 +28,11 @@ START_DIR=$PWD # --bin is relative to where we were started; everything else to 
 cd "$(dirname "$0")/.."
 
 PREFIX=fltb # namespaces are ${PREFIX}<pid>-<host>, temp dirs ${TMPDIR:-/tmp}/${PREFIX}<pid>.*
-N=16 SIZE_MIB=32 RATE=20mbit SEED_RATE='' CHUNK=256K RUNS=1 BASELINE=0 SEED_ONLY=0 CHURN=0
+N=16 SIZE_MIB=32 RATE=20mbit SEED_RATE='' CHUNK=256K RUNS=1 BASELINE=0 SEED_ONLY=0 CHURN=0 COMPARE=
 BIN=target/release/flotilla SUBNET=10.77.0 TIMEOUT='' PORT=7070 HTTP_PORT=8080
 PIDS=() NSS=() TMP='' POLICY_RC='' BR=${PREFIX}$$-br
 
-usage() { sed -n '2,18s/^# \{0,1\}//p' "$0" >&2; exit 2; }
+usage() { sed -n '2,22s/^# \{0,1\}//p' "$0" >&2; exit 2; }
 die() { echo "testbed: $1" >&2; exit "${2:-1}"; }
 calc() { awk "BEGIN { printf \"%.${2:-3}f\", ($1) }"; } # parenthesised: a bare > would redirect
 max2() { calc "($1) > ($2) ? ($1) : ($2)" "${3:-3}"; }
@@ -97,6 +101,11 @@ need_tools() {
     command -v curl >/dev/null || pkgs+=(curl)
     command -v nginx >/dev/null || pkgs+=(nginx)
     command -v flock >/dev/null || pkgs+=(util-linux)
+    if [ "$COMPARE" = aria2 ]; then
+        command -v aria2c >/dev/null || pkgs+=(aria2)
+        command -v opentracker >/dev/null || pkgs+=(opentracker)
+        command -v python3 >/dev/null || pkgs+=(python3)
+    fi
     [ ${#pkgs[@]} -eq 0 ] && return
     echo "installing ${pkgs[*]}"
     if [ ! -e /usr/sbin/policy-rc.d ]; then
@@ -264,9 +273,86 @@ run_swarm() {
     echo "all done: $all s   ratio to T_min: $ratio   copies ok: $good/$((N - killed))$([ "$killed" = 0 ] || echo " ($killed killed by churn)")"
 }
 
+# A single-file torrent of $1 with pieces of $2 bytes announcing to tracker $3, written to $4;
+# prints its info hash in hex (what opentracker's whitelist lists).
+make_torrent() {
+    python3 - "$@" <<'PY'
+import hashlib, os, sys
+path, piece, tracker, out = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+def enc(v):
+    if isinstance(v, int): return b"i%de" % v
+    if isinstance(v, str): v = v.encode()
+    if isinstance(v, bytes): return b"%d:%s" % (len(v), v)
+    if isinstance(v, dict): return b"d" + b"".join(enc(k) + enc(v[k]) for k in sorted(v)) + b"e"
+    raise TypeError(v)
+pieces = b""
+with open(path, "rb") as f:
+    while block := f.read(piece):
+        pieces += hashlib.sha1(block).digest()
+info = {"length": os.path.getsize(path), "name": os.path.basename(path), "piece length": piece, "pieces": pieces}
+with open(out, "wb") as f:
+    f.write(enc({"announce": tracker, "info": info}))
+print(hashlib.sha1(enc(info)).hexdigest())
+PY
+}
+
+# aria2 on the same hosts: opentracker and a seeding aria2c in the seed's namespace, one aria2c per
+# peer released at the same barrier; completion = aria2's download-complete hook for that peer.
+# The torrent announces over HTTP: aria2 speaks UDP to trackers only with its DHT on.
+run_aria2() {
+    local d=$TMP/aria2 i seed ot t0 now left pids=() done_t=() piece hash
+    mkdir -p "$d/seed" "$d/ot"; arm "$d"
+    piece=$(numfmt --from=iec "${CHUNK^^}") || die "cannot read chunk size $CHUNK"
+    hash=$(make_torrent "$TMP/www/fw.img" "$piece" "http://$(addr_of 0):6969/announce" "$d/fw.torrent")
+    echo "$hash" >"$d/ot/whitelist"; chmod 755 "$d/ot"; chmod 644 "$d/ot/whitelist" "$d/fw.torrent"
+    ln "$TMP/www/fw.img" "$d/seed/fw.img"
+    printf '#!/bin/sh\ntouch "$3.done"\n' >"$d/done.sh"; chmod 755 "$d/done.sh"
+    local common=(--enable-dht=false --enable-dht6=false --bt-enable-lpd=false --enable-peer-exchange=true
+        --seed-ratio=0.0 --file-allocation=none --summary-interval=0 --console-log-level=warn
+        --listen-port=6881 --bt-stop-timeout=0 --follow-torrent=false --check-certificate=false)
+    ip netns exec "$(ns_of 0)" opentracker -i "$(addr_of 0)" -p 6969 -P 6969 -d "$d/ot" -w whitelist \
+        7>&- 8>&- >"$d/ot.log" 2>&1 &
+    ot=$!; PIDS+=("$ot")
+    ip netns exec "$(ns_of 0)" aria2c "${common[@]}" --dir "$d/seed" --check-integrity=false \
+        --bt-seed-unverified=true "$d/fw.torrent" 7>&- 8>&- >"$d/seed.log" 2>&1 &
+    seed=$!; PIDS+=("$seed")
+    wait_listen "$(ns_of 0)" 6881
+    for ((i = 1; i <= N; i++)); do
+        mkdir -p "$d/p$i"
+        spawn_blocked "$(ns_of "$i")" "$d/p$i.log" aria2c "${common[@]}" --dir "$d/p$i" \
+            --on-bt-download-complete="$d/done.sh" "$d/fw.torrent"
+        pids[i]=${PIDS[-1]}
+    done
+    release "$d" "$N"; t0=$T0 left=$N
+    local deadline=$((${t0/./} + TIMEOUT * 1000000))
+    while ((left > 0 && ${EPOCHREALTIME/./} < deadline)); do
+        now=$EPOCHREALTIME
+        for ((i = 1; i <= N; i++)); do
+            [ -z "${done_t[i]:-}" ] || continue
+            if [ -e "$d/p$i/fw.img.done" ]; then done_t[i]=$(calc "$now - $t0"); left=$((left - 1))
+            elif ! alive "${pids[i]}"; then done_t[i]=failed; left=$((left - 1)); fi
+        done
+        nap 0.01
+    done
+    local good=0 all=0 max_rss=0 rss
+    for ((i = 1; i <= N; i++)); do
+        rss=$(rss_kib "${pids[i]}"); max_rss=$((rss > max_rss ? rss : max_rss))
+        if [[ "${done_t[i]:-}" =~ ^[0-9] ]] && cmp -s "$TMP/www/fw.img" "$d/p$i/fw.img"; then
+            good=$((good + 1)); all=$(max2 "${done_t[i]}" "$all")
+        else
+            echo "aria2 peer $i: ${done_t[i]:-timeout}" >&2; tail -n 3 "$d/p$i.log" | sed "s/^/  a$i: /" >&2
+        fi
+    done
+    stop_pids "$seed" "$ot" "${pids[@]}"
+    ARIA2_T=NA ARIA2_RSS=$max_rss
+    [ "$good" = "$N" ] && ARIA2_T=$all
+    echo "aria2: all done ${ARIA2_T} s   ratio to T_min: $([ "$ARIA2_T" = NA ] && echo NA || calc "$ARIA2_T / $TMIN")" \
+        "  copies ok: $good/$N   peak RSS per peer: $max_rss KiB"
+}
+
 main() {
     while [ $# -gt 0 ]; do
-        case "$1" in --n | --size | --rate | --seed-rate | --chunk-size | --runs | --bin | --subnet | --timeout)
+        case "$1" in --n | --size | --rate | --seed-rate | --chunk-size | --runs | --bin | --subnet | --timeout | --compare)
             [ $# -ge 2 ] || die "$1 needs a value" 2 ;;
         esac
         case "$1" in
@@ -274,6 +360,7 @@ main() {
             --seed-rate) SEED_RATE=$2; shift ;; --chunk-size) CHUNK=$2; shift ;; --runs) RUNS=$2; shift ;;
             --bin) BIN=$2 && [[ "$2" = /* ]] || BIN=$START_DIR/$2; shift ;; --subnet) SUBNET=$2; shift ;; --timeout) TIMEOUT=$2; shift ;;
             --baseline) BASELINE=1 ;; --seed-only) SEED_ONLY=1 ;; --churn) CHURN=1 ;;
+            --compare) [ "$2" = aria2 ] || die "--compare knows only aria2" 2; COMPARE=$2; shift ;;
             --cleanup-stale) [ "$(id -u)" = 0 ] || die "run as root" 2; cleanup_stale; exit 0 ;;
             -h | --help) usage ;; *) echo "testbed: unknown option $1" >&2; usage ;;
         esac
@@ -322,6 +409,8 @@ main() {
     local mode=mesh; [ "$SEED_ONLY" = 1 ] && mode="seed-only"
     GOOD=0 EXPECT=0 FAILED=0 ALL_DONE=() MAX_RSS=0
     local r; for ((r = 1; r <= RUNS; r++)); do run_swarm "$r"; done
+    ARIA2_T=none ARIA2_RSS=none
+    if [ "$COMPARE" = aria2 ]; then echo; echo "aria2 on the same testbed ..."; run_aria2; fi
     local all=NA ratio=NA ratio_g=NA speedup=NA
     if [ "$FAILED" = 0 ]; then
         all=$(printf '%s\n' "${ALL_DONE[@]}" | median)
@@ -332,9 +421,16 @@ main() {
     echo "summary ($([ "$RUNS" -gt 1 ] && echo "median of $RUNS runs" || echo "1 run")): all done $all s;" \
         "T_min $TMIN s (nominal $RATE) -> ratio $ratio; vs goodput T_min $TMIN_G s -> $ratio_g;" \
         "client-server $CS s computed, $BASE_T s measured (--baseline); speed-up $speedup"
+    local a2ratio=none vs=none
+    if [ "$ARIA2_T" != none ]; then
+        a2ratio=NA; [ "$ARIA2_T" = NA ] || a2ratio=$(calc "$ARIA2_T / $TMIN")
+        [ "$ARIA2_T" = NA ] || [ "$all" = NA ] || vs=$(calc "$ARIA2_T / $all" 2)
+        echo "aria2, same testbed and shaping: all done $ARIA2_T s -> ratio $a2ratio; Flotilla is $vs x as fast"
+    fi
     echo "RESULT n=$N size_mib=$SIZE_MIB rate=$RATE chunk=$CHUNK mode=$mode runs=$RUNS all_done=$all tmin=$TMIN" \
         "ratio=$ratio tmin_goodput=$TMIN_G ratio_goodput=$ratio_g client_server=$CS baseline=$BASE_T" \
-        "speedup=$speedup max_rss_kib=$MAX_RSS copies_ok=$GOOD/$EXPECT"
+        "speedup=$speedup max_rss_kib=$MAX_RSS copies_ok=$GOOD/$EXPECT aria2_all_done=$ARIA2_T aria2_ratio=$a2ratio" \
+        "aria2_vs=$vs aria2_max_rss_kib=$ARIA2_RSS"
     [ "$FAILED" = 0 ] || die "some copies missing or wrong"
 }
 
