@@ -11,7 +11,8 @@
 //!    child started with vfork/posix_spawn inherits the parent's high-water mark at exec, so it
 //!    would report this bench's own RSS, about 3 MiB.)
 //! 3. CPU time (user + sys, from `wait4`) of the big fetch against `openssl dgst -sha256` of the
-//!    same file, median of 3 each.
+//!    same file, median of 3 each; and the seed's CPU while it uploads that release (from
+//!    `/proc/PID/stat` before and after, so its start-up hashing is left out), against the same.
 //!
 //! `FLOTILLA_BENCH_FLEET=1` runs every seed and fetch with a fleet secret (`keygen
 //! --fleet-secret`), so every frame is sealed with ChaCha20-Poly1305: the same figures, against
@@ -214,16 +215,18 @@ impl Bench {
         // 2. and 3. RSS against file size, CPU against openssl.
         let b = self.start_seed(&seed_b)?;
         // Peak RSS is the largest of the runs; CPU is the run with the median CPU time.
-        let (mut smalls, mut bigs, mut openssls) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut smalls, mut bigs, mut openssls, mut serves) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for i in 0..RUNS {
             let sm = self.fetch(b, &small, &out)?;
+            let seed_cpu0 = proc_cpu(self.seeds[b].pid);
             let bg = self.fetch(b, &big, &out)?;
+            serves.push(proc_cpu(self.seeds[b].pid) - seed_cpu0);
             let mut dgst = Command::new("openssl");
             dgst.arg("dgst").arg("-sha256").arg(&big);
             let o = run_measured(&mut dgst, None, Duration::from_secs(600)).ok();
             println!(
                 "  run {}: fetch {} MiB peak RSS {} | fetch {} MiB peak RSS {}, {:.2} s wall, cpu {:.2} s \
-                 (user {:.2} sys {:.2}) | openssl cpu {}",
+                 (user {:.2} sys {:.2}), seed cpu {:.2} s | openssl cpu {}",
                 i + 1,
                 SMALL_MIB,
                 fmt_mib(sm.peak_rss),
@@ -233,6 +236,7 @@ impl Bench {
                 bg.cpu(),
                 bg.user,
                 bg.sys,
+                serves[i],
                 o.map_or("-".into(), |o| format!("{:.2} s", o.cpu()))
             );
             smalls.push(sm);
@@ -278,6 +282,9 @@ impl Bench {
             self.big_mib,
             fmt_mib(seed_b_rss)
         );
+        // The seed's CPU while it uploads the big release (its start-up hashing excluded).
+        serves.sort_by(f64::total_cmp);
+        let serve_cpu = serves[serves.len() / 2];
         match openssl {
             Some(o) => {
                 s += &format!(
@@ -288,6 +295,13 @@ impl Bench {
                     big_run.sys,
                     o.cpu(),
                     big_run.cpu() / o.cpu().max(1e-3)
+                );
+                s += &format!(
+                    "  CPU serve, uploading {} MiB: {:.2} s (median of {RUNS}) vs openssl {:.2} s -> {:.2}x\n",
+                    self.big_mib,
+                    serve_cpu,
+                    o.cpu(),
+                    serve_cpu / o.cpu().max(1e-3)
                 )
             }
             None => {

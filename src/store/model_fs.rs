@@ -162,6 +162,8 @@ struct Model {
     /// Mutating operations allowed before the power fails.
     budget: Option<u64>,
     ops: u64,
+    /// Calls of `start_writeback`: counted, and nothing more, since they make nothing durable.
+    writebacks: u64,
     last: Option<Op>,
     refused: Option<Op>,
     temps: u64,
@@ -329,6 +331,11 @@ impl ModelFs {
     /// Mutating operations done since the model was made.
     pub fn ops(&self) -> u64 {
         self.0.borrow().ops
+    }
+
+    /// Times writeback was started on any file.
+    pub fn writebacks(&self) -> u64 {
+        self.0.borrow().writebacks
     }
 
     /// Unsynced changes pending: file changes plus namespace operations.
@@ -537,6 +544,13 @@ impl FsFile for ModelFile {
     fn set_mode(&self, _mode: u32) -> io::Result<()> {
         let mut m = self.fs.borrow_mut();
         self.tick(&mut m, OpKind::SetMode)
+    }
+
+    fn start_writeback(&self) -> io::Result<()> {
+        let mut m = self.fs.borrow_mut();
+        m.check(self.boot)?;
+        m.writebacks += 1;
+        Ok(())
     }
 }
 
