@@ -6,14 +6,15 @@ use super::{Config, Report};
 use crate::core::bitfield::Bitfield;
 use crate::core::manifest::{Geometry, Rollout};
 use crate::core::rng::Rng;
+use crate::core::swarm::choice::{self, ChunkView, PeerPlace};
 
 /// The swarm's own figures (`core::swarm`): requests in flight per peer (256 KiB of pipeline,
-/// at least two), upload slots, chunks a spreading seed offers each peer, random chunks first,
-/// connection slots, and the patience of a waiting uploader's queue (a third of 30 s).
+/// at least two), upload slots, chunks a spreading seed offers each peer, connection slots, and
+/// the patience of a waiting uploader's queue (a third of 30 s). The chunk choice itself is the
+/// swarm's (`choice::pick_chunk`).
 const PIPELINE: u8 = 2;
 const UPLOAD_SLOTS: usize = 2;
 const OFFERS_PER_PEER: usize = 2;
-const RANDOM_FIRST: u32 = 4;
 const MAX_PEERS: usize = 32;
 const MAX_PER_ADDRESS: usize = 4;
 const PATIENCE: f64 = 10.0;
@@ -362,50 +363,15 @@ impl<'c> World<'c> {
     }
 
     fn pick(&mut self, d: u32, k: usize, only: Option<u32>) -> Option<u32> {
-        let n = self.chunks;
-        let start = self.rng.below(n as u64) as u32;
+        let start = self.rng.below(self.chunks as u64) as u32;
         let dev = &self.devices[d as usize];
-        let p = &dev.peers[k];
-        let outside_share = |c: u32| p.beyond_lan && dev.share.is_some_and(|(rank, of)| c % of != rank);
-        let eligible = |c: u32| {
-            !dev.have.get(c)
-                && dev.in_flight[c as usize] == 0
-                && self.offers(p, c)
-                && !(p.beyond_lan && dev.lan_holders[c as usize] > 0)
-        };
-        if let Some(c) = only {
-            return eligible(c).then_some(c);
+        let peer = &dev.peers[k];
+        let place = PeerPlace { beyond_lan: peer.beyond_lan, site_share: dev.share };
+        let view = DeviceView { world: self, dev, peer };
+        match only {
+            Some(c) => (!dev.have.get(c) && dev.in_flight[c as usize] == 0 && place.may_ask(&view, c)).then_some(c),
+            None => choice::pick_chunk(&view, place, start),
         }
-        let random_first = dev.have.count() < RANDOM_FIRST;
-        let mut best: Option<((bool, u16), u32)> = None;
-        let mut unasked_left = false;
-        for i in 0..n {
-            let c = (start + i) % n;
-            if dev.have.get(c) || dev.in_flight[c as usize] > 0 {
-                continue;
-            }
-            unasked_left = true;
-            if !eligible(c) {
-                continue;
-            }
-            let rank = (outside_share(c), dev.holders[c as usize]);
-            if random_first && !rank.0 {
-                return Some(c);
-            }
-            if best.is_none_or(|(b, _)| rank < b) {
-                best = Some((rank, c));
-                if rank <= (false, 1) {
-                    break;
-                }
-            }
-        }
-        if best.is_some() || unasked_left {
-            return best.map(|(_, c)| c);
-        }
-        // Endgame: a second request for a chunk in flight that this peer has.
-        (0..n)
-            .map(|i| (start + i) % n)
-            .find(|&c| !dev.have.get(c) && dev.in_flight[c as usize] < 2 && self.offers(p, c) && !p.asked.contains(&c))
     }
 
     /// Starts uploads at `u` while it has a free slot: the longest-waiting request past the
@@ -790,5 +756,39 @@ impl<'c> World<'c> {
             })
             .fold(0.0f64, f64::max);
         (everywhere, last)
+    }
+}
+
+/// A simulated device's state as the swarm's chunk choice reads it, for one of its peers.
+struct DeviceView<'a, 'c> {
+    world: &'a World<'c>,
+    dev: &'a Device,
+    peer: &'a Peer,
+}
+
+impl ChunkView for DeviceView<'_, '_> {
+    fn chunk_count(&self) -> u32 {
+        self.world.chunks
+    }
+    fn have_count(&self) -> u32 {
+        self.dev.have.count()
+    }
+    fn have(&self, chunk: u32) -> bool {
+        self.dev.have.get(chunk)
+    }
+    fn in_flight(&self, chunk: u32) -> u8 {
+        self.dev.in_flight[chunk as usize]
+    }
+    fn holders(&self, chunk: u32) -> u16 {
+        self.dev.holders[chunk as usize]
+    }
+    fn lan_holders(&self, chunk: u32) -> u16 {
+        self.dev.lan_holders[chunk as usize]
+    }
+    fn peer_offers(&self, chunk: u32) -> bool {
+        self.world.offers(self.peer, chunk)
+    }
+    fn asked_of_peer(&self, chunk: u32) -> bool {
+        self.peer.asked.contains(&chunk)
     }
 }

@@ -3,16 +3,18 @@
 //!
 //! What is shared with the agent: the release's geometry (`core::manifest::Geometry`), the
 //! chunk sets (`core::bitfield::Bitfield`), the seeded `core::rng::Rng`, the staged rollout's
-//! schedule (`core::manifest::Rollout::install_at`), and the swarm's constants (pipeline
+//! schedule (`core::manifest::Rollout::install_at`), the swarm's chunk choice itself
+//! (`core::swarm::choice::pick_chunk`: a few random chunks first, then rarest first from a
+//! random start, the site share (`chunk % of == rank`) first from WAN peers, no chunk a LAN peer
+//! holds asked over the WAN, the endgame's duplicates), and the swarm's constants (pipeline
 //! depth, upload slots, offers per peer, connection slots).
 //!
 //! What is modelled, not run (a 64 MiB release to 10,000 devices is 640 GB of payload: no
-//! frame-level run of the real `Release` fits in a minute): the policies of `core::swarm` and
-//! of the agent, restated at chunk granularity in `fleet.rs`: rarest first with a random
-//! start, a few random chunks first, two requests in flight per peer, two upload slots that
+//! frame-level run of the real `Release` fits in a minute): the rest of the policies of
+//! `core::swarm` and of the agent, restated at chunk granularity in `fleet.rs`: two requests
+//! in flight per peer, two upload slots that
 //! rotate after each chunk to the waiting peer whose chunk is rarest (or one that waited a
-//! third of the request timeout), a seed's spreading, the site share (`chunk % of == rank`)
-//! asked of WAN peers first, no chunk a LAN peer holds asked over the WAN, the origin after its
+//! third of the request timeout), a seed's spreading, the origin after its
 //! delay for the device's share and after the steal time for the rest, devices behind a
 //! reachable peer (and, by the LAN flag, their site) leaving the origin to it, the tracker as a
 //! list of the reachable devices, the connection slots of a reachable device (a quarter kept

@@ -6,6 +6,7 @@
 //! ours only after its hash checked *and* its last block was written ([`Swarm::chunk_stored`]):
 //! a failed write puts it back to be fetched again.
 
+use super::choice::{self, ChunkView, PeerPlace};
 use super::*;
 
 impl Swarm {
@@ -317,49 +318,48 @@ impl Swarm {
         }
     }
 
-    /// Chooses the next chunk to ask peer `id` for, or none.
-    /// The chunk to ask peer `id` for next, if any. From a peer beyond our LAN, never a chunk a
-    /// LAN peer holds (it comes over the LAN), and our site share's chunks before the others:
-    /// each of a site's devices fetches different chunks over the site's WAN link.
+    /// The chunk to ask peer `id` for next, if any ([`choice::pick_chunk`] over our state).
     pub(super) fn pick_chunk(&mut self, id: PeerId) -> Option<u32> {
-        let n = self.chunk_count();
-        let start = self.rng.below(n as u64) as u32;
-        let random_first = self.verified.count() < RANDOM_FIRST;
-        let s = self.peers[id].as_ref()?;
-        let beyond_lan = s.beyond_lan;
-        let outside_share = |c: u32| beyond_lan && self.site_share.is_some_and(|(rank, of)| c % of.max(1) != rank);
-        let mut best: Option<((bool, u16), u32)> = None;
-        let mut unrequested_left = false;
-        for k in 0..n {
-            let c = (start + k) % n;
-            if self.verified.get(c) || self.in_flight[c as usize] > 0 {
-                continue;
-            }
-            unrequested_left = true;
-            if !s.bits.get(c) || (beyond_lan && self.availability.lan_holders(c) > 0) {
-                continue;
-            }
-            let rank = (outside_share(c), self.availability.holders(c));
-            if random_first && !rank.0 {
-                return Some(c);
-            }
-            if best.is_none_or(|(b, _)| rank < b) {
-                best = Some((rank, c));
-                // This peer has it, so no chunk it can give us is rarer: stop scanning.
-                if rank <= (false, 1) {
-                    break;
-                }
-            }
-        }
-        if best.is_some() || unrequested_left {
-            return best.map(|(_, c)| c);
-        }
-        // Endgame: everything missing is in flight; duplicate a request this peer could answer.
-        (0..n).map(|k| (start + k) % n).find(|&c| {
-            !self.verified.get(c)
-                && s.bits.get(c)
-                && self.in_flight[c as usize] < MAX_DUPLICATES
-                && !s.requested.iter().any(|r| r.chunk == c)
-        })
+        let start = self.rng.below(self.chunk_count() as u64) as u32;
+        let peer = self.peers[id].as_ref()?;
+        let place = PeerPlace { beyond_lan: peer.beyond_lan, site_share: self.site_share };
+        let view =
+            SwarmView { verified: &self.verified, in_flight: &self.in_flight, availability: &self.availability, peer };
+        choice::pick_chunk(&view, place, start)
+    }
+}
+
+/// The swarm's state as the chunk choice reads it, for one peer.
+struct SwarmView<'a> {
+    verified: &'a Bitfield,
+    in_flight: &'a [u8],
+    availability: &'a Availability,
+    peer: &'a Session,
+}
+
+impl ChunkView for SwarmView<'_> {
+    fn chunk_count(&self) -> u32 {
+        self.verified.len()
+    }
+    fn have_count(&self) -> u32 {
+        self.verified.count()
+    }
+    fn have(&self, chunk: u32) -> bool {
+        self.verified.get(chunk)
+    }
+    fn in_flight(&self, chunk: u32) -> u8 {
+        self.in_flight[chunk as usize]
+    }
+    fn holders(&self, chunk: u32) -> u16 {
+        self.availability.holders(chunk)
+    }
+    fn lan_holders(&self, chunk: u32) -> u16 {
+        self.availability.lan_holders(chunk)
+    }
+    fn peer_offers(&self, chunk: u32) -> bool {
+        self.peer.bits.get(chunk)
+    }
+    fn asked_of_peer(&self, chunk: u32) -> bool {
+        self.peer.requested.iter().any(|r| r.chunk == chunk)
     }
 }

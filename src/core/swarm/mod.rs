@@ -14,6 +14,7 @@
 //! to a number of slots that rotate after each chunk, served block by block.
 
 mod availability;
+pub mod choice;
 mod download;
 mod handshake;
 mod origin;
@@ -91,10 +92,6 @@ const PEX_INTERVAL: Duration = Duration::from_secs(30);
 const DISCOVERED_CAPACITY: usize = 64;
 /// Chunks a spreading seed keeps offered to each peer: enough to keep its pipeline full.
 const OFFERS_PER_PEER: usize = 2;
-/// Chunks picked at random before rarest-first takes over.
-const RANDOM_FIRST: u32 = 4;
-/// Most requests for one chunk in flight at once (2 = one endgame duplicate).
-const MAX_DUPLICATES: u8 = 2;
 
 /// What the caller must do with a block just handed in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
