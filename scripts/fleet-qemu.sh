@@ -12,8 +12,15 @@
 # without. The absolute times under emulation mean little; the ratios are the figures.
 # benches/cipher.rs (scripts/cipher-qemu.sh) gives the cipher alone against SHA-256.
 #
-# Installs what it lacks (rustup target, qemu-user-static). Environment: CARGO_TARGET_DIR
-# (default target/), FLEET_QEMU_MIB (release size, default 64), FLEET_QEMU_RUNS (pairs, 3).
+# The reference for the fetch's CPU: Debian's arm64 `openssl dgst -sha256` of the same file under
+# the same qemu (its .debs unpacked into a cache directory, run with `qemu-aarch64-static -L`),
+# so that the ratio holds for a router-class core where absolute times do not.
+#
+# Installs what it lacks (rustup target, qemu-user-static, and, as root, the arm64 openssl: this
+# adds the arm64 architecture to dpkg's list to download it; nothing arm64 is installed on the
+# host). Environment: CARGO_TARGET_DIR (default target/), FLEET_QEMU_MIB (release size, default
+# 64), FLEET_QEMU_RUNS (pairs, 3), FLEET_QEMU_SYSROOT (where the arm64 openssl is unpacked,
+# default ~/.cache/flotilla/arm64-openssl).
 set -euo pipefail
 export LC_ALL=C
 cd "$(dirname "$0")/.."
@@ -115,3 +122,45 @@ sc=$(median $(printf '%s\n' "${secret[@]}" | cut -d' ' -f2))
 printf '   medians: without %.2f s wall, %.2f s CPU; with %.2f s wall, %.2f s CPU\n' "$pw" "$pc" "$sw" "$sc"
 printf 'throughput with a fleet secret / without: %.2fx  (fetch CPU with / without: %.2fx)\n' \
     "$(echo "$pw / $sw" | bc -l)" "$(echo "$sc / $pc" | bc -l)"
+
+# --- the reference: arm64 openssl under the same qemu -------------------------------------------
+SYSROOT=${FLEET_QEMU_SYSROOT:-${XDG_CACHE_HOME:-$HOME/.cache}/flotilla/arm64-openssl}
+arm64_openssl() {
+    [ -x "$SYSROOT/usr/bin/openssl" ] && return 0
+    [ "$(id -u)" = 0 ] || return 1
+    local debs=$WORK/debs
+    mkdir -p "$debs" "$SYSROOT" && chmod 777 "$debs"
+    dpkg --print-foreign-architectures | grep -qx arm64 ||
+        { dpkg --add-architecture arm64 && apt-get update -q </dev/null >/dev/null 2>&1; } || return 1
+    (cd "$debs" && apt-get download -q openssl:arm64 libssl3:arm64 libc6:arm64 </dev/null >/dev/null 2>&1) ||
+        { apt-get update -q </dev/null >/dev/null 2>&1 &&
+            (cd "$debs" && apt-get download -q openssl:arm64 libssl3:arm64 libc6:arm64 </dev/null >/dev/null 2>&1); } ||
+        return 1
+    for d in "$debs"/*.deb; do dpkg-deb -x "$d" "$SYSROOT" || return 1; done
+    [ -x "$SYSROOT/usr/bin/openssl" ]
+}
+if arm64_openssl; then
+    refs=()
+    for i in $(seq "$RUNS"); do
+        refs+=("$(python3 - "$SYSROOT" "$WORK/seed/fw.img" <<'PY'
+import os, sys
+root, path = sys.argv[1:]
+pid = os.fork()
+if pid == 0:
+    fd = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(fd, 1)
+    os.execvp("qemu-aarch64-static", ["qemu-aarch64-static", "-L", root, f"{root}/usr/bin/openssl", "dgst", "-sha256", path])
+_, status, ru = os.wait4(pid, 0)
+if os.waitstatus_to_exitcode(status) != 0:
+    sys.exit("openssl under qemu failed")
+print(f"{ru.ru_utime + ru.ru_stime:.3f}")
+PY
+)")
+    done
+    oc=$(median "${refs[@]}")
+    printf '   openssl dgst -sha256 of the %s MiB file under the same qemu: %s s CPU (median of %s)\n' "$MIB" "$oc" "$RUNS"
+    printf 'fetch CPU / openssl dgst -sha256, both under qemu-aarch64: without a secret %.2fx, with one %.2fx\n' \
+        "$(echo "$pc / $oc" | bc -l)" "$(echo "$sc / $oc" | bc -l)"
+else
+    echo "fetch CPU / openssl dgst -sha256 under qemu: not measured (no arm64 openssl; run as root to fetch it)"
+fi
