@@ -981,3 +981,50 @@ fn a_relay_sees_only_ciphertext_and_cannot_alter_a_frame() {
     assert!(status.success(), "{}", procs.stderr(p));
     assert!(leaks(&image, &plain_relay.recorded.lock().unwrap()), "the leak check cannot see a clear image");
 }
+
+/// An epoll batch can hold a listener event and then an event for a connection that the
+/// accept evicted to make room: that event belongs to the old connection, not to the newcomer
+/// now in its slot. Here four idle strangers fill a seed with 4 slots, the seed is stopped, a
+/// newcomer connects and then every stranger half-closes (so the batch is: the listener, then
+/// four FINs), and the seed resumes. The newcomer must get its Hello answered.
+#[test]
+fn an_event_for_an_evicted_connection_does_not_close_its_successor() {
+    let tmp = TempDir::new("stale-event");
+    let dir = tmp.path();
+    let rel = make_release(dir, 256 * 1024, "64K", 0x5e);
+    let mut procs = Procs::default();
+    let seed = free_addr(104);
+    let data = rel.data_dir.to_str().unwrap();
+    let args = ["serve", "--data", data, "--listen", &seed.to_string(), "--no-discovery", "--trust", &rel.key];
+    let mut args = args.to_vec();
+    args.extend(["--max-peers", "4"]);
+    let s = procs.spawn(dir, "seed", &args);
+    wait_for_log(&mut procs, s, "listening on");
+    let strangers: Vec<TcpStream> = (0..4).map(|_| connect_from(common::ip(105), seed).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(300)); // all four accepted, on probation
+    let pid = procs.list[s].child.id() as i32;
+    // SAFETY: signalling a child we started and still own.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    // The signal lands when the seed is next scheduled: wait until it has stopped.
+    wait_until("the seed stops", || {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('T'))
+    });
+    let mut newcomer = connect_from(common::ip(106), seed).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    for s in &strangers {
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(100));
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    std::thread::sleep(Duration::from_millis(300));
+    let swarm = rel.signed.swarm_id;
+    newcomer.set_read_timeout(Some(PATIENCE)).unwrap();
+    send(&mut newcomer, &Message::Hello { version: VERSION, swarm, listen_port: 0, node: 0x5e, nonce: [5; 16] })
+        .expect("the newcomer's connection is open");
+    let mut buf = Vec::new();
+    let hello = read_until(&mut newcomer, &mut buf, |msg| matches!(msg, Message::Hello { .. }).then_some(()));
+    assert!(hello.is_ok(), "the newcomer was dropped: {hello:?}\n{}", procs.stderr(s));
+    drop(strangers);
+}

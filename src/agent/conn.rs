@@ -29,6 +29,11 @@ const READ_BUDGET: usize = 4 * MAX_FRAME;
 const SEND_BUF: usize = MAX_FRAME + 1024;
 /// A lent buffer holds what is left of a send, or one spilled frame.
 const LENT_BUF: usize = if SEND_BUF > MAX_FRAME { SEND_BUF } else { MAX_FRAME };
+/// Lent buffers kept for reuse once returned; more are freed.
+const SPARE_KEPT: usize = 8;
+/// Each frame counts at least this much against the read budget: a read per frame is the
+/// cost, and a stream of tiny frames must not buy thousands of them a wakeup.
+const MIN_FRAME_CHARGE: usize = 512;
 /// Unsent bytes per connection above which no more blocks are queued (see
 /// `sys::set_notsent_lowat`). Four blocks keep a fast link busy between two wakeups.
 const UNSENT_MARK: usize = 64 * 1024;
@@ -65,8 +70,8 @@ pub(super) struct Conn {
     /// Bytes the kernel held at our last look, less what we read since: a lower bound, so that
     /// a stream of frames needs one FIONREAD per wakeup, not one per frame.
     queued: usize,
-    /// We wait on the mark for the body of the frame in `head`.
-    armed: bool,
+    /// Since when we wait on the mark for the body of the frame in `head`.
+    armed_at: Option<Instant>,
     /// The peer closed its side (from the poll event): a frame not whole now never will be.
     read_closed: bool,
     /// A frame being read piecemeal, because the kernel had no room to hold it for us.
@@ -98,18 +103,26 @@ pub(super) struct IoBuffers {
 }
 
 impl IoBuffers {
-    /// Room for two lent buffers a connection is reserved up front, so the list never grows.
-    pub(super) fn new(max_conns: usize) -> IoBuffers {
+    /// Room for the spare buffers is reserved up front, so the list never grows.
+    pub(super) fn new() -> IoBuffers {
         IoBuffers {
             recv: vec![0; RECV_BUF].into_boxed_slice(),
             send: vec![0; SEND_BUF].into_boxed_slice(),
-            spare: Vec::with_capacity(2 * max_conns),
+            spare: Vec::with_capacity(SPARE_KEPT),
         }
     }
 
     /// A buffer for one frame's bytes, reused if one is spare.
     fn lend(&mut self) -> Box<[u8]> {
         self.spare.pop().unwrap_or_else(|| vec![0; LENT_BUF].into_boxed_slice())
+    }
+
+    /// Takes a lent buffer back, keeping a few for the next loans and freeing the rest, so that
+    /// a burst of loans does not stay resident.
+    fn give_back(&mut self, buf: Box<[u8]>) {
+        if self.spare.len() < SPARE_KEPT {
+            self.spare.push(buf);
+        }
     }
 }
 
@@ -140,7 +153,7 @@ impl Conn {
     /// all of it, with as much of the following header as is there; returns the frame's length.
     /// `Ok(None)` while the frame is not whole: its bytes stay in the kernel and epoll wakes us
     /// when they are all there. `woken`: a readable event brought us here.
-    fn read_frame(&mut self, io: &mut IoBuffers, woken: bool) -> Result<Option<usize>, Why> {
+    fn read_frame(&mut self, io: &mut IoBuffers, woken: bool, now: Instant) -> Result<Option<usize>, Why> {
         loop {
             if self.spilled.is_some() {
                 return self.read_spilled(io);
@@ -163,16 +176,19 @@ impl Conn {
                 self.queued = sys::readable_bytes(&self.stream).ok_or(Err("cannot tell what the socket holds"))?;
             }
             if self.queued < body {
-                // Woken below the mark we set is the kernel saying the socket's memory is full
-                // (Linux 6.2 and later); a kernel that would not say is caught by the check.
-                if (woken && self.armed) || sys::receive_memory_tight(&self.stream) {
+                // Woken below the mark we set (in an earlier turn: an event of this turn was
+                // taken before a re-read armed it) is a recent kernel saying the socket's memory
+                // is full. An older one says nothing: the memory check catches it now, and
+                // `recheck_waiting` once a second after.
+                let woken_below = woken && self.armed_at.is_some_and(|t| t < now);
+                if woken_below || sys::receive_memory_tight(&self.stream) {
                     self.spill(io, total);
                     continue;
                 }
                 if self.wait_for(body)? {
                     continue;
                 }
-                self.armed = true;
+                self.armed_at.get_or_insert(now);
                 return Ok(None);
             }
             io.recv[..HEADER_LEN].copy_from_slice(&self.head);
@@ -189,7 +205,7 @@ impl Conn {
             let next = &io.recv[total..HEADER_LEN + n];
             self.head[..next.len()].copy_from_slice(next);
             self.head_len = next.len();
-            self.armed = false;
+            self.armed_at = None;
             return Ok(Some(total));
         }
     }
@@ -201,7 +217,7 @@ impl Conn {
         let mut buf = io.lend();
         buf[..HEADER_LEN].copy_from_slice(&self.head);
         self.head_len = 0;
-        self.armed = false;
+        self.armed_at = None;
         self.spilled = Some(Spilled { buf, len: HEADER_LEN, total });
     }
 
@@ -212,7 +228,9 @@ impl Conn {
             if p.len == p.total {
                 let total = p.total;
                 io.recv[..total].copy_from_slice(&p.buf[..total]);
-                io.spare.extend(self.spilled.take().map(|p| p.buf));
+                if let Some(p) = self.spilled.take() {
+                    io.give_back(p.buf);
+                }
                 return Ok(Some(total));
             }
             match read_some(&mut self.stream, &mut p.buf[p.len..p.total], self.addr)? {
@@ -242,7 +260,7 @@ impl Conn {
             return Ok(false);
         }
         if let Err(e) = sys::set_rcvlowat(&self.stream, need) {
-            // Without it every segment wakes us, as it does on any socket by default.
+            // The old mark stays; the next wakeup tries again.
             log::debug!("cannot set the receive mark of {}: {e}", self.addr);
             return Ok(false);
         }
@@ -395,7 +413,7 @@ impl Agent {
             head_len: 0,
             lowat: 1,
             queued: 0,
-            armed: false,
+            armed_at: None,
             read_closed: false,
             spilled: None,
             unsent: None,
@@ -405,6 +423,8 @@ impl Agent {
     /// `event`: what epoll said of the socket; `None` when we come back for bytes left unread.
     pub(super) fn on_ready(&mut self, slot: usize, event: Option<&mio::event::Event>, now: Instant) {
         let Some(conn) = self.conns.get_mut(slot).and_then(Option::as_mut) else { return };
+        // An event for a connection opened this turn was the one before it in the slot's.
+        let event = event.filter(|_| conn.opened_at != now);
         conn.read_closed |= event.is_some_and(|e| e.is_read_closed() || e.is_error());
         let woken = event.is_some_and(|e| e.is_readable());
         if conn.connecting {
@@ -446,8 +466,8 @@ impl Agent {
                 return Ok(());
             }
             let Some(conn) = self.conns[slot].as_mut() else { return Ok(()) };
-            let Some(len) = conn.read_frame(&mut self.io, woken)? else { return Ok(()) };
-            budget = budget.saturating_sub(len);
+            let Some(len) = conn.read_frame(&mut self.io, woken, now)? else { return Ok(()) };
+            budget = budget.saturating_sub(len.max(MIN_FRAME_CHARGE));
             if !self.deliver(slot, len, now)? {
                 // The release is closing the session; its event closes the socket this turn.
                 return Ok(());
@@ -498,6 +518,22 @@ impl Agent {
         }
     }
 
+    /// Connections waiting on the mark for a frame whose bytes fill the socket's memory: a
+    /// kernel that does not report that pressure (before about 5.8) would leave them waiting
+    /// for bytes the shut window keeps out. Checked once a second, at one syscall each.
+    pub(super) fn recheck_waiting(&mut self, now: Instant) {
+        for slot in 0..self.conns.len() {
+            let tight = self.conns[slot]
+                .as_ref()
+                .is_some_and(|c| c.armed_at.is_some_and(|t| t < now) && sys::receive_memory_tight(&c.stream));
+            if tight {
+                if let Err(why) = self.receive(slot, true, now) {
+                    self.close(slot, why, now);
+                }
+            }
+        }
+    }
+
     /// Round-robin by frame: each pass gives every connection at most one block, so the peers
     /// holding upload slots share the uplink block by block.
     pub(super) fn send_all(&mut self, now: Instant) {
@@ -526,7 +562,9 @@ impl Agent {
             };
             unsent.pos += n;
             if unsent.pos == unsent.len {
-                io.spare.extend(conn.unsent.take().map(|u| u.buf));
+                if let Some(u) = conn.unsent.take() {
+                    io.give_back(u.buf);
+                }
             }
             return n > 0;
         }
@@ -567,13 +605,10 @@ impl Agent {
     pub(super) fn close(&mut self, slot: usize, why: Why, now: Instant) {
         let Some(mut conn) = self.conns[slot].take() else { return };
         let _ = self.poll.registry().deregister(&mut conn.stream);
-        self.io.spare.extend(conn.unsent.take().map(|u| u.buf));
-        self.io.spare.extend(conn.spilled.take().map(|p| p.buf));
+        for buf in [conn.unsent.take().map(|u| u.buf), conn.spilled.take().map(|p| p.buf)].into_iter().flatten() {
+            self.io.give_back(buf);
+        }
         if let Some(swarm) = conn.manifest_request {
-            if conn.lowat != 1 {
-                // The gossip reads this stream its own way, woken at every byte.
-                let _ = sys::set_rcvlowat(&conn.stream, 1);
-            }
             return self.serve_manifest(conn.stream, conn.addr, swarm, now);
         }
         match why {

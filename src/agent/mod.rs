@@ -202,6 +202,8 @@ pub struct Agent {
     started: Instant,
     /// The receive and send buffers every connection shares.
     io: conn::IoBuffers,
+    /// When connections waiting for a frame were last checked for a full socket.
+    rechecked_at: Instant,
     /// Slots that used up their read budget with bytes possibly left: read again next turn.
     unread: Vec<usize>,
     /// The list of the turn before, swapped with `unread` so that neither is ever reallocated.
@@ -231,7 +233,8 @@ impl Agent {
             gossip: gossip::Gossip::default(),
             learnt: Vec::new(),
             refused_learnt: heapless::Deque::new(),
-            io: conn::IoBuffers::new(conns.len()),
+            io: conn::IoBuffers::new(),
+            rechecked_at: Instant::now(),
             unread: Vec::with_capacity(conns.len()),
             rereading: Vec::with_capacity(conns.len()),
             conns,
@@ -531,6 +534,10 @@ impl Agent {
         }
         self.drain_events(now);
         self.close_overdue_handshakes(now);
+        if now >= self.rechecked_at + Duration::from_secs(1) {
+            self.rechecked_at = now;
+            self.recheck_waiting(now);
+        }
         self.send_all(now);
         // Sending can fail a read from disk; its event is handled in this same turn.
         self.drain_events(now);

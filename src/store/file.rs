@@ -320,6 +320,7 @@ impl<F: Fs> Storage for FileStore<F> {
         }
         // Data first: a state naming unsynced chunks could outlive them in a power cut.
         self.file.sync_data().map_err(io_err("sync", &self.part))?;
+        self.unflushed = 0;
         self.write_state(present)
     }
 
