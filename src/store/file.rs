@@ -395,19 +395,24 @@ mod tests {
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
         let data = Rng::new(9).bytes(CHUNK as usize * 11 / 2);
+        let m = manifest_of(name, &data, CHUNK, [1; 32]);
+        (dir.join("fw.img"), data, m)
+    }
+
+    /// An unsigned manifest of `data` in chunks of `chunk` bytes: what the store checks against.
+    fn manifest_of(name: &str, data: &[u8], chunk: u32, swarm_id: SwarmId) -> SignedManifest {
         let manifest = Manifest {
             name: name.into(),
             release: 1,
             file_size: data.len() as u64,
-            chunk_size: CHUNK,
-            file_hash: Sha256::digest(&data).into(),
-            chunk_hashes: data.chunks(CHUNK as usize).map(|c| Sha256::digest(c).into()).collect(),
+            chunk_size: chunk,
+            file_hash: Sha256::digest(data).into(),
+            chunk_hashes: data.chunks(chunk as usize).map(|c| Sha256::digest(c).into()).collect(),
             expires: None,
             targets: Vec::new(),
             rollout: None,
         };
-        let m = SignedManifest { manifest, bytes: Vec::new(), swarm_id: [1; 32], signers: Vec::new() };
-        (dir.join("fw.img"), data, m)
+        SignedManifest { manifest, bytes: Vec::new(), swarm_id, signers: Vec::new() }
     }
 
     /// Writes chunk `c` and adds it to `present`, as the release does once it verified.
@@ -427,19 +432,7 @@ mod tests {
     fn writeback_starts_every_mib_and_makes_nothing_durable() {
         use crate::store::model_fs::ModelFs;
         let data = Rng::new(5).bytes(4 << 20);
-        let chunk = 64 * 1024;
-        let manifest = Manifest {
-            name: "fw.img".into(),
-            release: 1,
-            file_size: data.len() as u64,
-            chunk_size: chunk,
-            file_hash: Sha256::digest(&data).into(),
-            chunk_hashes: data.chunks(chunk as usize).map(|c| Sha256::digest(c).into()).collect(),
-            expires: None,
-            targets: Vec::new(),
-            rollout: None,
-        };
-        let m = SignedManifest { manifest, bytes: Vec::new(), swarm_id: [2; 32], signers: Vec::new() };
+        let m = manifest_of("fw.img", &data, 64 * 1024, [2; 32]);
         let fs = ModelFs::new();
         let path = Path::new("/d/fw.img");
         let (mut s, _) = FileStore::open_in(fs.clone(), path, &m).unwrap();
