@@ -33,6 +33,9 @@ cargo build --release --quiet --example fleet
 SIM=target/release/examples/fleet
 if [ "$SMALL" = 1 ]; then LAN_SHAPES="4:8 8:8" SITES_MIB=8; else LAN_SHAPES="16:32 32:16" SITES_MIB=32; fi
 
+# Copies its input to stderr and on. Not `tee /dev/stderr`: that reopens the log file CI writes
+# stderr to, truncating it.
+echo_too() { local line; while IFS= read -r line || [ -n "$line" ]; do printf '%s\n' "$line" >&2; printf '%s\n' "$line"; done; }
 ROWS=() bad=0
 row() { # name testbed_s sim_s
     local err; err=$(calc "$3 / $2 - 1")
@@ -41,15 +44,15 @@ row() { # name testbed_s sim_s
 }
 for shape in $LAN_SHAPES; do
     n=${shape%:*} mib=${shape#*:}
-    tb=$(bash scripts/testbed.sh --n "$n" --size "$mib" --rate 20mbit | tee /dev/stderr | field all_done)
+    tb=$(bash scripts/testbed.sh --n "$n" --size "$mib" --rate 20mbit | echo_too | field all_done)
     sim=$("$SIM" --devices "$n" --sites 1 --seeds 1 --origin-up 0 --lan "$(rate 20)" --seed-up "$(rate 20)" \
-        --size "${mib}M" --lan-latency 0 --svg /dev/null | tee /dev/stderr | sim_field all_done_s)
+        --size "${mib}M" --lan-latency 0 --svg /dev/null | echo_too | sim_field all_done_s)
     row "one LAN, seed + $n peers, $mib MiB" "$tb" "$sim"
 done
-tb=$(bash scripts/sites.sh --sites 2 --per-site 2 --size "$SITES_MIB" | tee /dev/stderr | field all_done_s)
+tb=$(bash scripts/sites.sh --sites 2 --per-site 2 --size "$SITES_MIB" | echo_too | field all_done_s)
 sim=$("$SIM" --devices 4 --sites 2 --size "${SITES_MIB}M" --origin-up "$(rate 50)" --wan-down "$(rate 20)" \
     --wan-up "$(rate 5)" --lan "$(rate 100)" --origin-delay 2 --lan-latency 0 --wan-latency 0 --svg /dev/null |
-    tee /dev/stderr | sim_field all_done_s)
+    echo_too | sim_field all_done_s)
 row "sites 2 x 2 behind NAT, $SITES_MIB MiB" "$tb" "$sim"
 
 echo
