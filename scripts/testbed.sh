@@ -44,7 +44,7 @@ bps() { awk -v r="${1,,}" 'BEGIN { match(r, /^[0-9.]+/); n = substr(r, 1, RLENGT
     if (n <= 0 || m == 0) exit 1; printf "%.0f", n * m }'; }
 median() { sort -g | awk '{ v[NR] = $1 } END { printf "%.3f", NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'; }
 nap() { read -rt "$1" -u 7 _ || true; } # sleep without a fork: fd 7 is a fifo nobody writes to
-alive() { local s; [ -r "/proc/$1/stat" ] && read -r _ _ s _ <"/proc/$1/stat" && [ "$s" != Z ]; }
+alive() { local s; [ -r "/proc/$1/stat" ] && { read -r _ _ s _ <"/proc/$1/stat"; } 2>/dev/null && [ "$s" != Z ]; } # a process exiting under the read is not alive
 rss_kib() { local k; k=$(awk '/^VmHWM:/ { print $2 }' "/proc/$1/status" 2>/dev/null) || true; echo "${k:-0}"; }
 forget() { local keep=() p; for p in "${PIDS[@]}"; do [[ " $* " == *" $p "* ]] || keep+=("$p"); done; PIDS=("${keep[@]}"); }
 
