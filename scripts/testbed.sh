@@ -209,6 +209,17 @@ run_baseline() {
     BASE_T=$(calc "$t1 - $T0")
 }
 
+# One look at every peer not yet finished: done once its marker $1/pI/$2 exists, failed once its
+# process is gone. Updates the caller's done_t and left, from its pids, now and t0.
+poll_peers() {
+    local i
+    for ((i = 1; i <= N; i++)); do
+        [ -z "${done_t[i]:-}" ] || continue
+        if [ -e "$1/p$i/$2" ]; then done_t[i]=$(calc "$now - $t0"); left=$((left - 1))
+        elif ! alive "${pids[i]}"; then done_t[i]=failed; left=$((left - 1)); fi
+    done
+}
+
 # One swarm run: fresh seed and peers, released together; completion = the moment FILE appears
 # (the agent renames FILE.part to FILE only when whole and verified).
 run_swarm() {
@@ -246,11 +257,7 @@ run_swarm() {
             seed=$!; PIDS+=("$seed")
             echo "churn at $(calc "$now - $t0") s: killed $killed peers, restarted the seed"
         fi
-        for ((i = 1; i <= N; i++)); do
-            [ -z "${done_t[i]:-}" ] || continue
-            if [ -e "$d/p$i/fw.img" ]; then done_t[i]=$(calc "$now - $t0"); left=$((left - 1))
-            elif ! alive "${pids[i]}"; then done_t[i]=failed; left=$((left - 1)); fi
-        done
+        poll_peers "$d" fw.img
         nap 0.01
     done
     printf '\nrun %d/%d\n%-6s %-12s %10s %10s  %s\n' "$r" "$RUNS" peer address done_s rss_kib ok
@@ -327,11 +334,7 @@ run_aria2() {
     local deadline=$((${t0/./} + TIMEOUT * 1000000))
     while ((left > 0 && ${EPOCHREALTIME/./} < deadline)); do
         now=$EPOCHREALTIME
-        for ((i = 1; i <= N; i++)); do
-            [ -z "${done_t[i]:-}" ] || continue
-            if [ -e "$d/p$i/fw.img.done" ]; then done_t[i]=$(calc "$now - $t0"); left=$((left - 1))
-            elif ! alive "${pids[i]}"; then done_t[i]=failed; left=$((left - 1)); fi
-        done
+        poll_peers "$d" fw.img.done
         nap 0.01
     done
     local good=0 all=0 max_rss=0 rss
