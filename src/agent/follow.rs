@@ -1,21 +1,25 @@
 //! Following release lines (`serve --follow NAME`): learning that a new release exists.
 //!
-//! From the origin: `BASE/NAME.flotilla` is polled every `--poll` seconds (with jitter, so a
-//! fleet started together does not poll together) by a conditional GET, in the loop, one short
-//! connection per poll. From peers: see `agent::gossip`. Either way a manifest learnt is only
+//! From the origin: `BASE/NAME.flotilla` is polled every `--poll` seconds by a conditional GET,
+//! in the loop, one short connection per poll. Each device polls at its turn among the LAN
+//! neighbours it hears announcing (`discovery::poll_phase`, on the Unix clock): a site of N
+//! devices polls every POLL/N seconds as a whole, and the first to learn announces at once, so
+//! the site learns of a release N times sooner than from one device's poll at the same load on
+//! the origin; a fleet started together does not poll together. From peers: see `agent::gossip`. Either way a manifest learnt is only
 //! decoded here and queued ([`Agent::take_learnt`]); whoever runs the agent checks it against
 //! the trust rules before anything is written or fetched, exactly as a manifest dropped into the
 //! data directory is checked.
 
 use super::origin::{connect_http, resolve, would_block};
 use super::Agent;
+use crate::core::discovery;
 use crate::core::http::{self, OriginUrl, PollAnswer, Validators};
 use crate::core::manifest::{SignedManifest, MAX_MANIFEST_BYTES};
 use mio::net::TcpStream;
 use mio::Token;
 use std::io::{Read, Write};
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Manifests learnt and not yet taken; more are dropped (and learnt again at the next poll).
 pub(super) const MAX_LEARNT: usize = 8;
@@ -60,13 +64,22 @@ pub(super) struct ManifestPoll {
     /// The validators of the last manifest the origin sent.
     since: Validators,
     interval: Duration,
+    /// Where its turn falls within the site's (`discovery::poll_phase`), drawn once.
+    jitter: f64,
     /// How many polls were answered `304 Not Modified` and `200`: for the status and tests.
     pub(super) not_modified: u64,
     pub(super) fetched: u64,
 }
 
 impl ManifestPoll {
-    pub(super) fn new(name: &str, base: &OriginUrl, token: Token, interval: Duration, now: Instant) -> Self {
+    pub(super) fn new(
+        name: &str,
+        base: &OriginUrl,
+        token: Token,
+        interval: Duration,
+        jitter: f64,
+        now: Instant,
+    ) -> Self {
         let start = base.join(&format!("{name}.flotilla"));
         ManifestPoll {
             name: name.to_owned(),
@@ -80,6 +93,7 @@ impl ManifestPoll {
             buf: Vec::new(),
             since: Validators::default(),
             interval,
+            jitter,
             not_modified: 0,
             fetched: 0,
         }
@@ -93,17 +107,24 @@ impl ManifestPoll {
         }
     }
 
-    /// Ends this poll (answered, failed or refused) and schedules the next, `jitter` (in
-    /// [-1, 1)) spreading it by a tenth of the interval.
-    fn finish(&mut self, now: Instant, jitter: f64, poll: &mio::Poll) {
+    /// Ends this poll (answered, failed or refused) and schedules the next in `wait`.
+    fn finish(&mut self, now: Instant, wait: Duration, poll: &mio::Poll) {
         if let Some(mut s) = self.stream.take() {
             let _ = poll.registry().deregister(&mut s);
         }
         self.buf = Vec::new();
         self.url = self.start.clone();
         self.redirects = 0;
-        let spread = self.interval.as_secs_f64() / 10.0 * jitter;
-        self.phase = Phase::Idle { at: now + Duration::from_secs_f64((self.interval.as_secs_f64() + spread).max(1.0)) };
+        self.phase = Phase::Idle { at: now + wait };
+    }
+
+    /// How long until the next poll: about an interval, at this device's turn in its site
+    /// (`turn`, see `discovery::poll_phase`), on the Unix clock the site's devices share.
+    fn next_wait(&self, turn: Option<(u32, u32)>) -> Duration {
+        let unix = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+        let interval = self.interval.as_secs_f64();
+        let phase = discovery::poll_phase(interval, turn, self.jitter);
+        Duration::from_secs_f64(discovery::until_poll(unix, interval, phase, interval / 2.0))
     }
 }
 
@@ -112,7 +133,7 @@ impl Agent {
     pub(super) fn drive_polls(&mut self, now: Instant) {
         for i in 0..self.polls.len() {
             let outcome = self.step_poll(i, now);
-            let jitter = self.rng.below(2000) as f64 / 1000.0 - 1.0;
+            let turn = self.poll_turn(now);
             let p = &mut self.polls[i];
             match outcome {
                 Ok(Step::Pending) => continue,
@@ -128,7 +149,8 @@ impl Agent {
                 }
             }
             let p = &mut self.polls[i];
-            p.finish(now, jitter, &self.poll);
+            let wait = p.next_wait(turn);
+            p.finish(now, wait, &self.poll);
         }
     }
 

@@ -6,11 +6,15 @@ use super::{dial, sys, Agent, DISCOVERY};
 use crate::core::discovery::{self, Announcement};
 use mio::Interest;
 use std::io;
-use std::net::SocketAddr;
-use std::time::Instant;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
 
 /// Datagrams read per wakeup: a flood on the group cannot keep the loop from its other work.
 const MAX_DATAGRAMS_PER_TURN: usize = 64;
+/// LAN neighbours remembered (by address, for the turns of origin polls), and how long one
+/// that stopped announcing counts: three announcement intervals.
+const MAX_NEIGHBOURS: usize = 64;
+const NEIGHBOUR_FOR: Duration = Duration::from_secs(15);
 
 /// The LAN discovery sockets and schedule.
 pub(super) struct Lan {
@@ -21,6 +25,40 @@ pub(super) struct Lan {
     /// This host's IPv4 subnets, refreshed at each announcement: announcements count only from
     /// a source on one of them.
     pub(super) subnets: Vec<(std::net::Ipv4Addr, std::net::Ipv4Addr)>,
+    pub(super) neighbours: Neighbours,
+}
+
+/// The devices heard announcing lately, and when: the site, whether or not we are connected to
+/// them (two devices that both hold a release close their connection).
+#[derive(Default)]
+pub(super) struct Neighbours(heapless::Vec<(Ipv4Addr, Instant), MAX_NEIGHBOURS>);
+
+impl Neighbours {
+    /// Notes that `ip` announced at `now`; when the list is full, the one heard longest ago
+    /// makes room.
+    fn heard(&mut self, ip: Ipv4Addr, now: Instant) {
+        if let Some(n) = self.0.iter_mut().find(|n| n.0 == ip) {
+            n.1 = now;
+            return;
+        }
+        if self.0.is_full() {
+            let oldest = (0..self.0.len()).min_by_key(|&i| self.0[i].1).unwrap_or(0);
+            self.0.swap_remove(oldest);
+        }
+        let _ = self.0.push((ip, now));
+    }
+
+    /// The turn of `me` among the neighbours heard lately, `(rank, of)` by address (none when
+    /// it heard no one): the order the site's devices poll the origin in.
+    pub(super) fn turn(&self, me: Ipv4Addr, now: Instant) -> Option<(u32, u32)> {
+        let heard = self.0.iter().filter(|n| n.0 != me && now < n.1 + NEIGHBOUR_FOR);
+        let (mut rank, mut of) = (0u32, 1u32);
+        for n in heard {
+            of += 1;
+            rank += u32::from(n.0 < me);
+        }
+        (of > 1).then_some((rank, of))
+    }
 }
 
 impl Agent {
@@ -35,6 +73,7 @@ impl Agent {
                 group,
                 schedule: discovery::Schedule::new(Instant::now()),
                 subnets: sys::local_subnets().unwrap_or_default(),
+                neighbours: Neighbours::default(),
             })
         });
         match opened {
@@ -90,6 +129,7 @@ impl Agent {
                 log::debug!("ignored a datagram from {from} to {to:?}: not sent to the group from our link");
                 continue;
             }
+            let ip = *from.ip();
             let from = SocketAddr::V4(from);
             let Some(a) = Announcement::decode(&buf[..n]) else {
                 log::debug!("ignored a malformed announcement from {from}");
@@ -100,6 +140,7 @@ impl Agent {
             if a.node == self.node || Some(peer) == me {
                 continue;
             }
+            lan.neighbours.heard(ip, now);
             if a.query {
                 lan.schedule.on_query(now);
             }
@@ -113,5 +154,30 @@ impl Agent {
                 self.heard_advert(advert, peer, now);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_devices_turn_is_its_rank_by_address_among_the_neighbours_heard_lately() {
+        let t0 = Instant::now();
+        let ip = |last: u8| Ipv4Addr::new(10, 0, 0, last);
+        let mut n = Neighbours::default();
+        assert_eq!(n.turn(ip(5), t0), None, "no one heard: no site");
+        for last in [9, 2, 7, 2] {
+            n.heard(ip(last), t0);
+        }
+        assert_eq!(n.turn(ip(5), t0), Some((1, 4)), "10.0.0.2 before it; 7 and 9 after");
+        assert_eq!(n.turn(ip(1), t0), Some((0, 4)));
+        n.heard(ip(9), t0 + NEIGHBOUR_FOR);
+        assert_eq!(n.turn(ip(5), t0 + NEIGHBOUR_FOR), Some((0, 2)), "2 and 7 fell silent");
+        for last in 0..=255 {
+            n.heard(ip(last), t0 + NEIGHBOUR_FOR + Duration::from_millis(last as u64));
+        }
+        let later = t0 + NEIGHBOUR_FOR + Duration::from_secs(1);
+        assert_eq!(n.turn(ip(255), later), Some((MAX_NEIGHBOURS as u32 - 1, MAX_NEIGHBOURS as u32)), "bounded");
     }
 }

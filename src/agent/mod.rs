@@ -387,6 +387,10 @@ impl Agent {
             self.releases.pop();
             return Err(e);
         }
+        // The LAN hears of it now (the "latest" advertisement), not at the next interval.
+        if let Some(lan) = self.lan.as_mut() {
+            lan.schedule.announce_now(Instant::now());
+        }
         Ok(r)
     }
 

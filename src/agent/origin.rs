@@ -151,7 +151,9 @@ impl Agent {
         let Some(base) = bases.first().cloned() else { return };
         for name in self.config.follow.clone() {
             let token = self.next_side_token();
-            self.polls.push(super::follow::ManifestPoll::new(&name, &base, token, self.config.poll_interval, now));
+            let jitter = self.rng.below(1 << 20) as f64 / (1 << 20) as f64;
+            let interval = self.config.poll_interval;
+            self.polls.push(super::follow::ManifestPoll::new(&name, &base, token, interval, jitter, now));
         }
     }
 

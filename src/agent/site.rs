@@ -48,6 +48,13 @@ impl Agent {
         !view.reachable && (view.behind || heard)
     }
 
+    /// This device's turn among the LAN neighbours heard lately, for polling the origin (none
+    /// without a LAN, or when it heard no one).
+    pub(super) fn poll_turn(&self, now: Instant) -> Option<(u32, u32)> {
+        let (Some(SocketAddr::V4(me)), Some(lan)) = (self.local, self.lan.as_ref()) else { return None };
+        lan.neighbours.turn(*me.ip(), now)
+    }
+
     /// Tells each release its share of its site (about once a second): what it asks of peers
     /// beyond the LAN first.
     pub(super) fn refresh_site_shares(&mut self, now: Instant) {

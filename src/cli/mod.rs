@@ -677,9 +677,9 @@ again only when it or its file changes.
                             newest superseded releases of each name (0-8, default 1) to peers
                             still on them, from hard links in DIR/.flotilla-kept (no copy);
                             never installed again, and taken on again after a restart
-  --poll SECS               how often the origin is polled for a followed name's manifest, with
-                            10% jitter; an unchanged manifest costs one request and a 304
-                            (default 300)
+  --poll SECS               how often the origin is polled for a followed name's manifest; the
+                            devices of a LAN take turns, so the LAN polls N times as often;
+                            an unchanged manifest costs one request and a 304 (default 300)
   --metrics FILE            write Prometheus metrics to FILE every 5 s, atomically (for
                             node_exporter's textfile collector): releases held and installed per
                             name, bytes by source (lan, wan, origin), peers, bans, hook results

@@ -4,8 +4,9 @@
 //! An announcement carries nothing a listener must trust: an address and swarm ids. Whatever it
 //! claims, the handshake and the signed manifest decide what is exchanged, so a forged or
 //! malformed datagram can at worst cost one connection attempt into a bounded dial table.
-//! Datagrams that do not decode exactly are ignored. This module owns the datagram format and
-//! the announcement schedule; it does no I/O (the agent sends and receives).
+//! Datagrams that do not decode exactly are ignored. This module owns the datagram format,
+//! the announcement schedule and the turns a site's devices take polling the origin
+//! ([`poll_phase`]); it does no I/O (the agent sends and receives).
 //!
 //! Datagram: `"FLOTANN1"` ‖ version u8 (2) ‖ flags u8 ‖ listen port u16 BE ‖ node u64 BE (the
 //! sender's random node number, so an agent listening on 0.0.0.0 knows its own) ‖ count u8
@@ -173,6 +174,12 @@ impl Schedule {
         true
     }
 
+    /// We hold a release we did not announce yet (learnt or added): announce it now, so the
+    /// LAN learns of it within a round trip rather than at our next interval.
+    pub fn announce_now(&mut self, now: Instant) {
+        self.next = self.next.min(now);
+    }
+
     /// Someone asked: announce now, unless we answered less than [`ANSWER_GAP`] ago.
     pub fn on_query(&mut self, now: Instant) {
         if self.last_answer.is_none_or(|t| now >= t + ANSWER_GAP) {
@@ -180,6 +187,31 @@ impl Schedule {
             self.next = self.next.min(now);
         }
     }
+}
+
+/// The phase, in seconds within each poll interval, at which a device polls the origin for a
+/// followed name. The devices of a site (ranked by address as for their site shares,
+/// `(rank, of)`) take turns evenly: the site as a whole polls every `interval / of` seconds, and
+/// the first of them to learn of a release tells the rest at once over the LAN, while each
+/// device still polls once per interval. `jitter` (in [0, 1), drawn once per device) places it
+/// within the middle half of its turn, so that the same ranks of different sites do not poll
+/// at the same instant; a device that knows no site takes any phase.
+pub fn poll_phase(interval: f64, share: Option<(u32, u32)>, jitter: f64) -> f64 {
+    match share {
+        Some((rank, of)) if of > 1 && rank < of => (rank as f64 + 0.25 + jitter / 2.0) * interval / of as f64,
+        _ => jitter * interval,
+    }
+}
+
+/// Seconds from `now` to the next poll at `phase`: the first instant at least `min_gap` after
+/// `now` whose time modulo `interval` is `phase`. `now` is on a clock the site's devices share
+/// (Unix time; devices whose clocks disagree merely poll at unrelated phases, as without
+/// turns). After a poll the agent asks with half an interval as the gap, so a device whose
+/// phase moved (its rank in the site changed) still polls about once per interval.
+pub fn until_poll(now: f64, interval: f64, phase: f64, min_gap: f64) -> f64 {
+    let earliest = now + min_gap;
+    let wait = (phase - earliest).rem_euclid(interval);
+    min_gap + wait
 }
 
 #[cfg(test)]
@@ -268,5 +300,43 @@ mod tests {
         s.on_query(t0 + Duration::from_millis(1500));
         assert!(!s.due(t0 + Duration::from_millis(1500)), "second answer within a second");
         assert!(s.due(t0 + Duration::from_secs(6)));
+    }
+
+    #[test]
+    fn a_site_polls_in_turns_each_device_once_per_interval() {
+        let (interval, of) = (300.0, 20u32);
+        let mut phases: Vec<f64> = (0..of).map(|rank| poll_phase(interval, Some((rank, of)), 0.999)).collect();
+        phases.extend((0..of).map(|rank| poll_phase(interval, Some((rank, of)), 0.0)));
+        for rank in 0..of as usize {
+            let turn = interval / of as f64;
+            for p in [phases[rank], phases[rank + of as usize]] {
+                assert!(p >= rank as f64 * turn && p < (rank + 1) as f64 * turn, "rank {rank} polls in its turn: {p}");
+            }
+        }
+        // Whatever each device's jitter, the site's longest silence is at most one and a half turns.
+        let mut site: Vec<f64> =
+            (0..of).map(|rank| poll_phase(interval, Some((rank, of)), (rank % 3) as f64 / 3.0)).collect();
+        site.sort_by(f64::total_cmp);
+        let gaps = site.windows(2).map(|w| w[1] - w[0]).chain([site[0] + interval - site[of as usize - 1]]);
+        assert!(gaps.fold(0.0f64, f64::max) <= 1.5 * interval / of as f64);
+        assert_eq!(poll_phase(interval, None, 0.5), 150.0, "alone: any phase");
+        assert_eq!(poll_phase(interval, Some((0, 1)), 0.5), 150.0);
+    }
+
+    #[test]
+    fn the_next_poll_is_at_the_phase_and_at_least_the_gap_away() {
+        let interval = 300.0;
+        // Polled at its phase: the next one a whole interval later.
+        assert_eq!(until_poll(1000.0 * interval + 40.0, interval, 40.0, interval / 2.0), interval);
+        // The first poll after a release is published: the next instant at the phase.
+        assert_eq!(until_poll(1000.0 * interval + 10.0, interval, 40.0, 0.0), 30.0);
+        assert_eq!(until_poll(1000.0 * interval + 50.0, interval, 40.0, 0.0), 290.0);
+        // A phase moved close ahead: skipped to the one after, never sooner than the gap.
+        assert_eq!(until_poll(1000.0 * interval + 40.0, interval, 60.0, interval / 2.0), 320.0);
+        for now in [0.0, 17.5, 299.9, 1e9 + 0.25] {
+            let wait = until_poll(now, interval, 100.0, interval / 2.0);
+            assert!((interval / 2.0..interval * 1.5).contains(&wait), "{now}: {wait}");
+            assert!(((now + wait).rem_euclid(interval) - 100.0).abs() < 1e-6);
+        }
     }
 }

@@ -4,6 +4,7 @@
 use super::net::{FlowId, Link, Net};
 use super::{Config, Report};
 use crate::core::bitfield::Bitfield;
+use crate::core::discovery;
 use crate::core::manifest::{Geometry, Rollout};
 use crate::core::rng::Rng;
 use crate::core::swarm::choice::{self, ChunkView, PeerPlace};
@@ -697,19 +698,27 @@ impl<'c> World<'c> {
     }
 
     /// Release 2, published `after` seconds after release 1 is everywhere: when each device
-    /// learns its manifest (its own poll of the origin, every `poll` seconds ±10% at a phase of
-    /// its own, or a LAN peer's announcement, every `gossip` seconds, from a device that knows),
-    /// and when each installs it (its rollout time, at the earliest once it could have fetched
-    /// it: learnt + the time release 1 took). Returns (manifest everywhere, last install), in
-    /// seconds after publishing.
+    /// learns its manifest (its own poll of the origin, at its turn among its site's devices
+    /// as the agent takes it, `discovery::poll_phase`, or a LAN peer's announcement, made at
+    /// once by a device that learnt it) and when each installs it (its rollout time, at the
+    /// earliest once it could have fetched it: learnt + the time release 1 took). Returns
+    /// (manifest everywhere, last install), in seconds after publishing.
     fn new_release(&mut self, after: f64) -> (f64, f64) {
         let c = self.c;
         let move_time = self.devices.iter().filter_map(|d| d.done_at).fold(0.0f64, f64::max);
         let published = move_time + after;
         let n = self.devices.len();
-        let mut poll_at: Vec<f64> = (0..n).map(|_| published + self.rng.unit() * c.poll).collect();
+        let mut poll_at: Vec<f64> = (0..n)
+            .map(|d| {
+                let phase = discovery::poll_phase(c.poll, self.devices[d].share, self.rng.unit());
+                published + discovery::until_poll(published, c.poll, phase, 0.0)
+            })
+            .collect();
         let mut heard_at = vec![f64::INFINITY; n];
-        let announce_phase: Vec<f64> = (0..n).map(|_| self.rng.unit() * c.gossip).collect();
+        let mut site_members = vec![Vec::new(); self.site_up.len()];
+        for (d, dev) in self.devices.iter().enumerate().filter(|(_, dev)| dev.online) {
+            site_members[dev.site as usize].push(d as u32);
+        }
         for (d, dev) in self.devices.iter_mut().enumerate() {
             if d < c.seeds {
                 dev.learnt_at = Some(published);
@@ -732,13 +741,11 @@ impl<'c> World<'c> {
                 continue;
             }
             self.devices[d].learnt_at = Some(t);
-            // It announces at its next announcement time; its LAN peers fetch the manifest.
-            let k = ((t - announce_phase[d]) / c.gossip).floor() + 1.0;
-            let announce = announce_phase[d] + k * c.gossip + c.lan_latency * 2.0;
-            for p in &self.devices[d].peers {
-                if !p.beyond_lan {
-                    heard_at[p.device as usize] = heard_at[p.device as usize].min(announce);
-                }
+            // It announces at once to the group; its site's devices (connected or not) ask it
+            // for the manifest, a round trip each.
+            let announce = t + c.lan_latency * 4.0;
+            for &o in &site_members[self.devices[d].site as usize] {
+                heard_at[o as usize] = heard_at[o as usize].min(announce);
             }
         }
         let everywhere = self.devices.iter().filter_map(|d| d.learnt_at).fold(published, f64::max) - published;

@@ -3,7 +3,8 @@
 //!
 //! What is shared with the agent: the release's geometry (`core::manifest::Geometry`), the
 //! chunk sets (`core::bitfield::Bitfield`), the seeded `core::rng::Rng`, the staged rollout's
-//! schedule (`core::manifest::Rollout::install_at`), the swarm's chunk choice itself
+//! schedule (`core::manifest::Rollout::install_at`), the turns a site's devices take polling
+//! the origin for a new release (`core::discovery::poll_phase` and `until_poll`), the swarm's chunk choice itself
 //! (`core::swarm::choice::pick_chunk`: a few random chunks first, then rarest first from a
 //! random start, the site share (`chunk % of == rank`) first from WAN peers, no chunk a LAN peer
 //! holds asked over the WAN, the endgame's duplicates), and the swarm's constants (pipeline
@@ -18,7 +19,9 @@
 //! delay for the device's share and after the steal time for the rest, devices behind a
 //! reachable peer (and, by the LAN flag, their site) leaving the origin to it, the tracker as a
 //! list of the reachable devices, the connection slots of a reachable device (a quarter kept
-//! for its own dials while fetching, four per remote address). `Have` reaches peers at once
+//! for its own dials while fetching, four per remote address). A device that learns of a new
+//! release announces it at once and its site's devices fetch the manifest in two round trips
+//! (the agent's `announce_now` and `ManifestGet`). `Have` reaches peers at once
 //! (no commit delay); a block's framing overhead is not counted; the network is `net.rs`.
 
 mod fleet;
