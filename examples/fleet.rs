@@ -22,7 +22,7 @@ options (rates in bit/s with k/M/G, sizes in bytes with K/M/G):
   --seed-up RATE     their uplink (default 100M)
   --lan-latency MS   before a request's first byte on a LAN (default 1)  --wan-latency MS (default 30)
   --reachable F      share of sites whose first device is reachable from outside (default 0)
-  --wan-peers N      reachable peers a device keeps (default 32: as many as its slots allow)
+  --wan-peers N      peers beyond its LAN a site's dialler keeps (default 2, as the agent)
   --churn F          share of devices that go down once for 10-60 s (default 0)
   --new-release S    publish release 2 S seconds after release 1 is everywhere
   --poll S           origin poll interval (default 300)   --gossip S  LAN announcement interval (default 5)

@@ -156,6 +156,17 @@ impl Sim {
         assert!(self.nodes[b].release.add_peer(id, acceptor, self.now));
     }
 
+    /// Connects `a` (dialling) to `b` (accepting) across the WAN: each is beyond the other's LAN.
+    fn connect_beyond_lan(&mut self, a: usize, b: usize) -> usize {
+        let id = self.links.len();
+        self.links.push(Link { ends: [a, b], closed: None });
+        let dialler = NewPeer { outbound: true, remote: Some(Self::addr(b)), beyond_lan: true, nonce: [1; 16] };
+        let acceptor = NewPeer { outbound: false, remote: Some(Self::addr(a)), beyond_lan: true, nonce: [2; 16] };
+        assert!(self.nodes[a].release.add_peer(id, dialler, self.now));
+        assert!(self.nodes[b].release.add_peer(id, acceptor, self.now));
+        id
+    }
+
     /// A node's address: 10.0.0.x, listening on 7070.
     fn addr(node: usize) -> std::net::SocketAddr {
         std::net::SocketAddr::from(([10, 0, (node / 256) as u8, (node % 256) as u8], 7070))
@@ -346,6 +357,43 @@ fn peers_share_the_upload_and_come_near_the_lower_bound() {
     assert!(all_done < 1.25 * bound, "swarm took {all_done:.2} s, {:.2}x the bound {bound:.2} s", all_done / bound);
     let peers_up: u64 = sim.nodes[1..].iter().map(|n| n.release.stats().uploaded).sum();
     assert!(peers_up as f64 > 2.0 * f, "peers carried only {:.1} of the four copies", peers_up as f64 / f);
+}
+
+#[test]
+fn reachable_devices_elect_the_lowest_node_as_the_root_and_the_next_when_it_leaves() {
+    // Four super-peers in a chain across the WAN (node numbers rising along it), fed by a seed
+    // at the far end; a slow seed, so that nothing completes and every link stays up.
+    let mut sim = Sim::new(8 << 20, 256 * 1024);
+    let supers: Vec<usize> =
+        (0..4).map(|_| sim.add_node(false, MB, Behaviour::Honest, SwarmConfig::default())).collect();
+    let seed = sim.add_node(true, 64 * 1024, Behaviour::Honest, SwarmConfig::default());
+    let mut chain = Vec::new();
+    for w in supers.windows(2) {
+        chain.push(sim.connect_beyond_lan(w[1], w[0]));
+    }
+    sim.connect_beyond_lan(seed, supers[3]);
+    for &p in &supers {
+        sim.nodes[p].release.set_reachable(true);
+    }
+    assert!(!sim.run(Duration::from_secs(2)), "still fetching");
+    let tree = |sim: &Sim, p: usize| sim.nodes[p].release.swarm().tree_advert().map(|t| (t.root, t.hops));
+    let node = |p: usize| 1000 + p as u64;
+    for (hops, &p) in supers.iter().enumerate() {
+        assert_eq!(tree(&sim, p), Some((node(supers[0]), hops as u8)), "super-peer {p}");
+        assert_eq!(sim.nodes[p].release.swarm().behind_in_tree(), hops > 0, "only the root takes the origin");
+    }
+    assert_eq!(tree(&sim, seed), None, "a device not reachable takes no part");
+    // The root goes: its adverts count up past the hop limit and die out; the next lowest leads.
+    sim.close(chain[0], supers[1], CloseReason::Idle);
+    assert!(!sim.run(Duration::from_secs(4)));
+    assert_eq!(tree(&sim, supers[0]), Some((node(supers[0]), 0)), "alone, its own root");
+    for (hops, &p) in supers[1..].iter().enumerate() {
+        assert_eq!(tree(&sim, p), Some((node(supers[1]), hops as u8)), "super-peer {p}");
+    }
+    assert!(!sim.nodes[supers[1]].release.swarm().behind_in_tree());
+    sim.nodes[supers[2]].release.set_reachable(false);
+    assert!(!sim.run(Duration::from_secs(6)));
+    assert_eq!(tree(&sim, supers[3]), Some((node(supers[3]), 0)), "cut off by a device that left the tree");
 }
 
 #[test]

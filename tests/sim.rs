@@ -64,6 +64,18 @@ fn sites_behind_a_reachable_site_leave_the_origin_to_it() {
 }
 
 #[test]
+fn with_a_tenth_of_the_sites_reachable_the_origin_sends_about_one_copy() {
+    // 30 sites, 3 of them reachable: their super-peers elect one root (the tree), each other
+    // site's first device reaches two of them, and sites refused by a full one wait for it.
+    let c = Config { devices: 300, sites: 30, size: 4 << 20, reachable: 0.1, ..Config::default() };
+    let r = run(&c);
+    assert!(r.origin_egress >= 1.0 && r.origin_egress <= 1.5, "origin egress {}", r.origin_egress);
+    assert_eq!(r.sites_behind, 29, "every site but the root's fetched from the tree");
+    let peer_bound = r.peer_bound.expect("reachable sites");
+    assert!(r.all_done >= peer_bound && r.all_done.is_finite(), "{} against {peer_bound}", r.all_done);
+}
+
+#[test]
 fn a_new_release_reaches_every_device_by_gossip_and_polls() {
     // Sites of 10: the devices poll at their turns (a sixth of a minute apart), so each site
     // learns within one and a half turns of publishing, and tells all its devices at once.

@@ -295,7 +295,7 @@ impl Agent {
     pub(super) fn accept(&mut self, now: Instant) {
         loop {
             let Some(listener) = self.listener.as_ref() else { return };
-            let (stream, addr) = match listener.accept() {
+            let (mut stream, addr) = match listener.accept() {
                 Ok(x) => x,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => {
@@ -308,8 +308,11 @@ impl Agent {
                 continue;
             }
             let key = address_key(addr.ip());
+            // A refusal says we are alive and full: a site behind NAT waits for a slot here
+            // rather than go to the origin (see `site::BUSY_WAIT`).
             if self.conns.iter().flatten().filter(|c| address_key(c.addr.ip()) == key).count() >= MAX_PER_ADDRESS {
                 log::debug!("refused {addr}: {MAX_PER_ADDRESS} connections from its address already");
+                refuse(&mut stream, RefuseReason::Busy);
                 continue;
             }
             let inbound = self.conns.iter().flatten().filter(|c| c.dial.is_none()).count();
@@ -317,6 +320,7 @@ impl Agent {
             let slot = if room { self.free_slot() } else { self.evict_least_useful(now) };
             let Some(slot) = slot else {
                 log::debug!("refused {addr}: every inbound slot is held by a useful peer");
+                refuse(&mut stream, RefuseReason::Busy);
                 continue;
             };
             self.open_slot(slot, stream, addr, None, now);
@@ -478,7 +482,7 @@ impl Agent {
     /// Hands the frame at the start of the receive buffer to the connection's release, routing
     /// a first frame. Returns false once the release stops taking this connection's frames.
     fn deliver(&mut self, slot: usize, len: usize, now: Instant) -> Result<bool, Why> {
-        let Agent { conns, releases, io, .. } = self;
+        let Agent { conns, releases, io, shares_at, .. } = self;
         let Some(conn) = conns[slot].as_mut() else { return Ok(false) };
         let frame = &mut io.recv[..len];
         let r = match conn.release {
@@ -500,8 +504,15 @@ impl Agent {
                 r
             }
         };
+        let tree = releases[r].release.swarm().behind_in_tree();
         let open = releases[r].release.handle_frame(slot, frame, now);
-        conn.was_active |= releases[r].release.swarm().session(slot).is_some_and(|s| s.is_active());
+        let activated = !conn.was_active && releases[r].release.swarm().session(slot).is_some_and(|s| s.is_active());
+        conn.was_active |= activated;
+        if activated || tree != releases[r].release.swarm().behind_in_tree() {
+            // Where we stand in the site (reachable, behind) may have changed: look now, not
+            // at the next second, for the origin delay is counted from the start.
+            *shares_at = now;
+        }
         Ok(open)
     }
 
@@ -630,9 +641,13 @@ impl Agent {
         let Some(r) = conn.release else { return };
         // Gone already if the release asked for the close; otherwise it learns of it here.
         self.releases[r].release.remove_peer(slot, now);
+        let busy = why == Ok(CloseReason::Refused(RefuseReason::Busy));
         if let Some(d) = conn.dial {
-            let stalled = matches!(why, Ok(CloseReason::Stalled | CloseReason::Idle));
-            self.releases[r].dials[d].closed(conn.was_active, stalled, now);
+            let stalled = busy || matches!(why, Ok(CloseReason::Stalled | CloseReason::Idle));
+            self.releases[r].dials[d].closed(conn.was_active || busy, stalled, now);
+        }
+        if busy && conn.beyond_lan {
+            self.releases[r].refused_busy_until = Some(now + super::site::BUSY_WAIT);
         }
     }
 }

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 
 /// Dials in a row that fail (no finished handshake) before a learnt address is shed.
 const MAX_FAILURES: u8 = 3;
-/// How often a dial that cannot go now (banned, already connected, no free slot) is looked at.
+/// How often a dial that cannot go now (banned, already connected, no free slot, beyond the
+/// LAN while the site's dialler has its share of those) is looked at.
 const REDIAL_CHECK: Duration = Duration::from_secs(2);
 /// Addresses kept per release to dial (from `--peer` and peer exchange).
 const MAX_DIALS: usize = 64;
@@ -42,8 +43,9 @@ impl Dial {
         Dial::new(addr, true, now)
     }
 
-    /// Its connection closed, after a finished handshake (`worked`) or not; a peer that stalled
-    /// or went silent is not worth an instant redial.
+    /// Its connection closed, after a finished handshake (`worked`: or a peer that answered it
+    /// is full, alive) or not; a peer that stalled, went silent or is full is not worth an
+    /// instant redial.
     pub(super) fn closed(&mut self, worked: bool, stalled: bool, now: Instant) {
         self.slot = None;
         self.failures = if worked { 0 } else { self.failures.saturating_add(1) };
@@ -107,9 +109,10 @@ impl Agent {
                 if dial.slot.is_some() || dial.next_try > now || dial.is_shed() {
                     continue;
                 }
-                let addr = dial.addr;
-                let skip =
-                    self.bans.is_banned(addr.ip(), now) || self.releases[r].release.swarm().is_connected_to(addr);
+                let (addr, learnt) = (dial.addr, !dial.configured);
+                let skip = self.bans.is_banned(addr.ip(), now)
+                    || self.releases[r].release.swarm().is_connected_to(addr)
+                    || (learnt && self.beyond_lan(addr) && !self.dials_beyond_lan(r));
                 let slot = self.free_slot();
                 let dial = &mut self.releases[r].dials[d];
                 // Looked at again later, not at every turn: a due dial is a wakeup deadline.

@@ -102,6 +102,12 @@ pub struct Held {
     /// Until when a LAN peer's announcement said it fetches this release from a reachable peer
     /// beyond the LAN (`site`): this device then leaves the origin to that peer too.
     heard_behind_until: Option<Instant>,
+    /// Until when a reachable peer beyond our LAN that we dialled said it is full
+    /// (`Refuse(Busy)`): our site waits for it rather than take the release from the origin.
+    refused_busy_until: Option<Instant>,
+    /// Whether our last look at the site found us fetching from beyond the LAN (what our
+    /// announcements say): a change to it is announced at once.
+    said_behind: bool,
 }
 
 /// How a release is added ([`Agent::add_release_with`]).
@@ -415,6 +421,8 @@ impl Agent {
             origin,
             kept: None,
             heard_behind_until: None,
+            refused_busy_until: None,
+            said_behind: false,
         });
         self.releases.len() - 1
     }

@@ -8,6 +8,14 @@ use std::time::{Duration, Instant};
 
 /// How often each release is told its site share.
 const SHARE_REFRESH: Duration = Duration::from_secs(1);
+/// Connections a site's dialler keeps to peers beyond its LAN that it learnt (from trackers or
+/// peer exchange): a site needs one copy over its WAN link, and a super-peer's slots are few,
+/// so the site's first device by address dials for it and the others fetch over the LAN.
+pub(super) const WAN_PEERS: usize = 2;
+/// How long a site waits for a reachable peer that said it is full before it takes the
+/// release from the origin: longer than the longest redial back-off, so that a site refused
+/// at each try keeps waiting while the super-peer lives.
+pub(super) const BUSY_WAIT: Duration = Duration::from_secs(60);
 /// How long a LAN peer's "behind" announcement counts: three announcement intervals, so one
 /// lost datagram does not send the site to the origin, and a peer that lost its super-peer
 /// stops counting soon.
@@ -17,7 +25,9 @@ impl Agent {
     /// Where this device stands for release `r`, from its active connections. Without a LAN
     /// (no discovery, or not listening on an IPv4 address) it knows no site: no share.
     pub(super) fn site_view(&self, r: usize) -> SiteView {
-        let mut view = SiteView { share: None, reachable: false, behind: false };
+        let tree_behind = self.releases[r].release.swarm().behind_in_tree();
+        let mut view = SiteView { share: None, reachable: false, behind: false, tree_behind, waiting: false };
+        view.waiting = self.releases[r].refused_busy_until.is_some_and(|t| Instant::now() < t);
         let (Some(SocketAddr::V4(me)), Some(_)) = (self.local, self.lan.as_ref()) else { return view };
         let mut site = Vec::new();
         for c in self.conns.iter().flatten().filter(|c| c.release == Some(r) && !c.connecting && c.was_active()) {
@@ -37,15 +47,26 @@ impl Agent {
         view
     }
 
-    /// Whether this device leaves release `r`'s origin to a peer beyond its LAN: it reached a
-    /// reachable peer itself, or a LAN peer said so lately (its site is served from there),
-    /// and no one beyond its links reached it (a super-peer takes its share like any device;
-    /// two reachable devices that dialled each other must not both leave the origin to the
-    /// other).
+    /// Whether this device leaves release `r`'s origin to peers beyond its LAN: it is behind
+    /// in the tree of reachable devices (`core::swarm::tree`: a super-peer that is not the
+    /// root), or, not reachable itself, it reached a reachable peer, or waits for one that is
+    /// full, or a LAN peer said so lately (its site is served from there). A reachable device
+    /// ignores the LAN's word and its own dials outside the tree: two reachable devices that
+    /// dialled each other must not both leave the origin to the other.
     pub(super) fn leaves_origin_to_peers(&self, r: usize, now: Instant) -> bool {
         let view = self.site_view(r);
         let heard = self.releases[r].heard_behind_until.is_some_and(|t| now < t);
-        !view.reachable && (view.behind || heard)
+        view.tree_behind || (!view.reachable && (view.behind || view.waiting || heard))
+    }
+
+    /// Whether this device dials, for release `r`, learnt peers beyond its LAN: a device with
+    /// no site (no LAN peer) dials as many as its slots allow; in a site, the first device by
+    /// address, or a reachable one (the tree), keeps [`WAN_PEERS`] of them (dialling or up).
+    pub(super) fn dials_beyond_lan(&self, r: usize) -> bool {
+        let view = self.site_view(r);
+        let Some((rank, _)) = view.share else { return true };
+        let dialled = self.conns.iter().flatten().filter(|c| c.release == Some(r) && c.outbound() && c.beyond_lan);
+        (rank == 0 || view.reachable) && dialled.count() < WAN_PEERS
     }
 
     /// This device's turn among the LAN neighbours heard lately, for polling the origin (none
@@ -55,16 +76,27 @@ impl Agent {
         lan.neighbours.turn(*me.ip(), now)
     }
 
-    /// Tells each release its share of its site (about once a second): what it asks of peers
-    /// beyond the LAN first.
+    /// Tells each release (about once a second) its share of its site, what it asks of peers
+    /// beyond the LAN first, and whether it is reachable (its part in the tree).
     pub(super) fn refresh_site_shares(&mut self, now: Instant) {
         if now < self.shares_at {
             return;
         }
         self.shares_at = now + SHARE_REFRESH;
+        let mut announce = false;
         for r in 0..self.releases.len() {
-            let share = self.site_view(r).share;
-            self.releases[r].release.set_site_share(share);
+            let view = self.site_view(r);
+            let h = &mut self.releases[r];
+            h.release.set_site_share(view.share);
+            h.release.set_reachable(view.reachable);
+            // A site-mate that hears "behind" only at our next announcement (5 s) would have
+            // taken its share from the origin by then: say it now.
+            let behind = !h.release.is_complete() && view.fetches_behind();
+            announce |= behind && !h.said_behind;
+            h.said_behind = behind;
+        }
+        if let Some(lan) = self.lan.as_mut().filter(|_| announce) {
+            lan.schedule.announce_now(now);
         }
     }
 }
@@ -78,13 +110,18 @@ pub(super) struct SiteView {
     pub(super) reachable: bool,
     /// It dialled a peer beyond its links.
     pub(super) behind: bool,
+    /// It is reachable and another is the root of its tree.
+    pub(super) tree_behind: bool,
+    /// A reachable peer it dialled said it is full, lately: it waits for a slot there.
+    pub(super) waiting: bool,
 }
 
 impl SiteView {
-    /// It fetches from a reachable peer it reached itself (what its announcements say, so that
-    /// its LAN peers leave the origin to that peer too; a device that only heard so from a
-    /// LAN peer does not repeat it, or the claim would outlive the peer that made it).
+    /// It fetches from a reachable peer it reached itself, or from the tree, or waits for a full
+    /// one (what its announcements say, so that its LAN peers leave the origin to that peer
+    /// too; a device that only heard so from a LAN peer does not repeat it, or the claim would
+    /// outlive the peer that made it).
     pub(super) fn fetches_behind(&self) -> bool {
-        self.behind && !self.reachable
+        self.tree_behind || (!self.reachable && (self.behind || self.waiting))
     }
 }

@@ -254,6 +254,11 @@ impl<S: Storage> Release<S> {
         self.swarm.set_site_share(share);
     }
 
+    /// Whether this device is reachable from outside (see [`Swarm::set_reachable`]).
+    pub fn set_reachable(&mut self, reachable: bool) {
+        self.swarm.set_reachable(reachable);
+    }
+
     /// A chunk for the HTTP origin to fetch (see `core::swarm` origin.rs), of this device's
     /// `share` of its site's if given: its index, where it starts in the file and its length.
     /// None while the origin has one, or when peers are fetching everything missing.

@@ -75,6 +75,8 @@ pub enum Control {
     Peers,
     /// Our proof of the fleet secret.
     Auth,
+    /// Our advert in the tree of reachable devices (`swarm::tree`).
+    Tree,
 }
 
 /// Why a connection is closed; offences count against the peer's address.
@@ -183,6 +185,8 @@ pub struct Session {
     pub(crate) last_data: Instant,
     /// It is beyond our LAN ([`crate::core::swarm::NewPeer::beyond_lan`]).
     pub(crate) beyond_lan: bool,
+    /// Its last advert in the tree of reachable devices, if it made one.
+    pub(crate) tree: Option<crate::core::swarm::tree::TreeAdvert>,
     /// When it joined the upload queue: how long it has waited for a slot.
     pub(crate) queued_at: Instant,
     /// Chunks from this peer that failed their hash.
@@ -227,6 +231,7 @@ impl Session {
             last_data: now,
             queued_at: now,
             beyond_lan: false,
+            tree: None,
             head_deadline: None,
             bad_chunks: 0,
             stalls: 0,
@@ -272,7 +277,7 @@ impl Session {
     /// Queues a small message; `Have`s beyond their share become one bitfield resend. Returns
     /// false only if the queue is full, which an honest peer cannot cause (see `HAVE_LIMIT`).
     pub(crate) fn push_control(&mut self, c: Control) -> bool {
-        if matches!(c, Control::Peers | Control::KeepAlive) && self.control.iter().any(|&q| q == c) {
+        if matches!(c, Control::Peers | Control::KeepAlive | Control::Tree) && self.control.iter().any(|&q| q == c) {
             return true;
         }
         if matches!(c, Control::Have(_)) && self.control.len() >= HAVE_LIMIT {

@@ -13,7 +13,7 @@ use crate::core::auth::TAG_LEN;
 use serde::{Deserialize, Serialize};
 
 /// Protocol version carried in [`Message::Hello`].
-pub const VERSION: u16 = 2;
+pub const VERSION: u16 = 3;
 /// Bytes of a block: the slice of a chunk one data frame carries.
 pub const BLOCK_SIZE: u32 = 16 * 1024;
 /// Frame header: length and crc32.
@@ -46,9 +46,10 @@ pub enum RefuseReason {
     UnsupportedVersion,
     /// The Hello named a swarm this agent does not serve.
     UnknownSwarm,
-    /// Every connection slot is taken. Never sent (a full agent closes without a frame), but
-    /// its tag 2 is part of version 1 of the wire format: deleting it would make tag 2
-    /// undecodable for a peer that sends it, so it stays until a version bump.
+    /// Every connection slot is taken, or as many connections from the dialler's address as
+    /// we take: sent at accept, before the dialler's Hello is read, then closed. A dialler
+    /// beyond our LAN learns that we are alive and full, and its site waits for a slot rather
+    /// than take the release from the origin (`agent::site::BUSY_WAIT`).
     Busy,
 }
 
@@ -106,6 +107,10 @@ pub enum Message<'a> {
     ManifestGet([u8; 32]),
     /// Part of a manifest file: `data` starts at `offset` of its `total` bytes; parts come in order.
     ManifestPart { total: u32, offset: u32, data: Bytes<'a> },
+    /// The sender's advert in the tree of reachable devices (`swarm::tree`, version 3): the
+    /// lowest node number it knows of among them and the hops to it; `hops` past `MAX_HOPS`
+    /// withdraws it. Sent only to peers beyond the sender's LAN.
+    Tree { root: u64, hops: u8 },
 }
 
 /// Bytes of one address in [`Message::Peers`].
@@ -319,6 +324,8 @@ mod tests {
         roundtrip(Message::Reject(u32::MAX));
         roundtrip(Message::Block { chunk: 5, offset: 16384, data: Bytes(&data) });
         roundtrip(Message::KeepAlive);
+        roundtrip(Message::Tree { root: u64::MAX - 1, hops: 3 });
+        roundtrip(Message::Tree { root: 0, hops: u8::MAX });
     }
 
     #[test]

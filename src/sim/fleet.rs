@@ -21,6 +21,13 @@ const MAX_PER_ADDRESS: usize = 4;
 const PATIENCE: f64 = 10.0;
 /// The agent's: a device whose share is done takes the rest after this (or the origin delay).
 const STEAL_AFTER: f64 = 30.0;
+/// How often a site's dialler short of peers beyond its LAN tries the tracker's list again
+/// (the agent: each address backed off from half a second to 30 s, looked at every 2 s).
+const REDIAL: f64 = 5.0;
+/// The agent's `site::WAN_PEERS` and `BUSY_WAIT`: a site's dialler keeps two peers beyond its
+/// LAN; refused by a full reachable peer, its site waits this long for a slot there.
+const WAN_PEERS: usize = 2;
+const BUSY_WAIT: f64 = 60.0;
 /// How often an idle origin client looks for a chunk to take.
 const ORIGIN_CHECK: f64 = 0.1;
 /// Samples in the report's picture.
@@ -31,6 +38,8 @@ const SAMPLES: usize = 200;
 struct Peer {
     device: u32,
     beyond_lan: bool,
+    /// We dialled it.
+    dialled: bool,
     /// Chunks asked of it and not yet here.
     asked: heapless::Vec<u32, 4>,
     /// What a spreading seed offered us (we see nothing else of it while it spreads).
@@ -77,6 +86,11 @@ struct Device {
     reachable: bool,
     /// It reached a reachable peer (and, by the LAN flag, its site leaves the origin to it).
     behind: bool,
+    /// Its node number, and whether it is reachable and its tree's root is another device.
+    node: u64,
+    tree_behind: bool,
+    /// Until when its site waits for a full reachable device that refused it.
+    busy_until: f64,
     share: Option<(u32, u32)>,
     origin_busy: bool,
     origin_next: f64,
@@ -99,6 +113,8 @@ struct World<'c> {
     site_down: Vec<Link>,
     site_wan_bytes: Vec<f64>,
     site_behind: Vec<bool>,
+    /// Sites that were behind a reachable peer at some time.
+    site_was_behind: Vec<bool>,
     origin_link: Option<Link>,
     origin_bytes: f64,
     wasted: f64,
@@ -111,9 +127,12 @@ pub fn run(c: &Config) -> Report {
     let mut w = World::new(c);
     let mut report = Report { devices: c.devices, sites: c.sites, size: c.size, gossip: c.gossip, ..Report::default() };
     report.bound = w.bound();
-    let horizon = report.bound * 20.0 + 600.0;
+    report.peer_bound = w.peer_bound();
+    // Far past any sane run (a fleet served by a few super-peers' uplinks takes a hundred
+    // bounds); it ends only a run that cannot finish.
+    let horizon = report.bound * 400.0 + 600.0;
     let sample_every = report.bound * 3.0 / SAMPLES as f64;
-    let mut next_sample = 0.0;
+    let (mut next_sample, mut next_redial) = (0.0, REDIAL);
     let mut done = Vec::new();
     while w.devices.iter().any(|d| d.done_at.is_none()) && w.now < horizon {
         if w.now >= next_sample {
@@ -121,6 +140,10 @@ pub fn run(c: &Config) -> Report {
             next_sample += sample_every;
         }
         w.churn();
+        if w.now >= next_redial {
+            w.redial();
+            next_redial += REDIAL;
+        }
         w.drive_origins();
         done.clear();
         w.net.step(w.now, c.step, &mut done);
@@ -139,7 +162,7 @@ pub fn run(c: &Config) -> Report {
     report.origin_egress = w.origin_bytes / size;
     report.max_site_wan = w.site_wan_bytes.iter().fold(0.0f64, |a, &b| a.max(b)) / size;
     report.wasted = w.wasted / size;
-    report.sites_behind = (0..c.sites as u32).filter(|&s| w.site_behind[s as usize]).count();
+    report.sites_behind = w.site_was_behind.iter().filter(|&&b| b).count();
     if let Some(after) = c.new_release_after {
         let (everywhere, last) = w.new_release(after);
         report.manifest_everywhere = Some(everywhere);
@@ -160,6 +183,7 @@ impl<'c> World<'c> {
         let origin_link = (c.origin_up > 0.0).then(|| net.link(c.origin_up));
         let reachable_sites = (sites as f64 * c.reachable).round() as usize;
         let mut devices = Vec::with_capacity(c.devices + c.seeds);
+        let mut nodes = Rng::new(c.seed ^ 0x6e6f_6465);
         for i in 0..c.seeds + c.devices {
             let seed = i < c.seeds;
             // Devices are dealt to sites in turn; the seeds sit in the first site.
@@ -181,6 +205,9 @@ impl<'c> World<'c> {
                 spread_out: seed.then(|| Bitfield::new(chunks)),
                 reachable: first_of_site && (site as usize) < reachable_sites,
                 behind: false,
+                node: nodes.next_u64(),
+                tree_behind: false,
+                busy_until: 0.0,
                 share: None,
                 origin_busy: false,
                 origin_next: c.origin_delay,
@@ -201,6 +228,7 @@ impl<'c> World<'c> {
             site_down,
             site_wan_bytes: vec![0.0; sites],
             site_behind: vec![false; sites],
+            site_was_behind: vec![false; sites],
             origin_link,
             origin_bytes: 0.0,
             wasted: 0.0,
@@ -237,46 +265,157 @@ impl<'c> World<'c> {
         bound
     }
 
+    /// With reachable sites: every site but the root's receives its copy through the reachable
+    /// sites' WAN uplinks, which start once the origin delay has passed.
+    fn peer_bound(&self) -> Option<f64> {
+        let c = self.c;
+        let reachable = self.devices.iter().filter(|d| d.reachable).count();
+        (reachable > 0 && c.seeds == 0)
+            .then(|| c.origin_delay + (c.sites as f64 - 1.0) * c.size as f64 / (reachable as f64 * c.wan_up))
+    }
+
     fn sample(&self) -> (f64, f64, f64, f64) {
         let fleet = &self.devices[self.c.seeds..];
         let done = fleet.iter().filter(|d| d.done_at.is_some()).count() as f64 / fleet.len().max(1) as f64;
         (self.now, done, self.origin_bytes, self.site_wan_bytes.iter().sum())
     }
 
-    /// Device `d` comes up: LAN discovery connects it to its site's devices, the tracker to
-    /// reachable devices elsewhere if its site is not reachable.
+    /// Device `d` comes up: LAN discovery connects it to its site's devices; the site's WAN
+    /// dialler reaches reachable devices elsewhere (`refresh_site`).
     fn join(&mut self, d: u32) {
         let site = self.devices[d as usize].site;
         let lan: Vec<u32> = (0..self.devices.len() as u32)
             .filter(|&o| o != d && self.devices[o as usize].online && self.devices[o as usize].site == site)
             .collect();
         for o in lan {
-            if self.devices[d as usize].peers.len() < MAX_PEERS && self.devices[o as usize].peers.len() < MAX_PEERS {
+            let known = self.devices[d as usize].peers.iter().any(|p| p.device == o);
+            if !known
+                && self.devices[d as usize].peers.len() < MAX_PEERS
+                && self.devices[o as usize].peers.len() < MAX_PEERS
+            {
                 self.connect(d, o, false);
             }
         }
-        if self.devices[d as usize].reachable || self.devices[d as usize].done_at.is_some() {
-            return self.refresh_site(site);
+        self.refresh_site(site);
+    }
+
+    /// Whether `d` dials peers beyond its LAN that it learnt, and how many it keeps (the
+    /// agent's `dials_beyond_lan`): while fetching, a device alone as many as its slots allow;
+    /// in a site, its first device by rank, or a reachable one (the tree), [`WAN_PEERS`].
+    fn wan_dials(&self, d: u32) -> usize {
+        let dev = &self.devices[d as usize];
+        match dev.share {
+            _ if !dev.online || dev.done_at.is_some() => 0,
+            None => MAX_PEERS,
+            Some((rank, _)) if rank == 0 || dev.reachable => WAN_PEERS.min(self.c.wan_peers),
+            Some(_) => 0,
         }
-        // The tracker's list: every reachable device, in an order of the tracker's choosing.
+    }
+
+    /// `d` tops up its connections to reachable devices of other sites from the tracker's
+    /// list (every reachable device, in an order of the tracker's choosing; the agent's list
+    /// also names devices behind NAT, whose dials fail at once), trying the next while one is
+    /// full; a full one's refusal makes its site wait for a slot ([`BUSY_WAIT`]).
+    fn dial_wan(&mut self, d: u32) {
+        let want = self.wan_dials(d);
+        let site = self.devices[d as usize].site;
+        let dialled =
+            |w: &World, d: u32| w.devices[d as usize].peers.iter().filter(|p| p.beyond_lan && p.dialled).count();
+        if dialled(self, d) >= want {
+            return;
+        }
         let mut reachable: Vec<u32> = (0..self.devices.len() as u32)
             .filter(|&o| self.devices[o as usize].reachable && self.devices[o as usize].site != site)
             .collect();
         for i in (1..reachable.len()).rev() {
             reachable.swap(i, self.rng.below(i as u64 + 1) as usize);
         }
-        let mut reached = 0;
         for o in reachable {
-            if self.devices[d as usize].peers.len() >= MAX_PEERS || reached >= self.c.wan_peers {
+            if self.devices[d as usize].peers.len() >= MAX_PEERS || dialled(self, d) >= want {
                 break;
+            }
+            if self.devices[d as usize].peers.iter().any(|p| p.device == o) || !self.devices[o as usize].online {
+                continue;
             }
             if self.accepts(o, site) {
                 self.connect(d, o, true);
                 self.devices[d as usize].behind = true;
-                reached += 1;
+            } else {
+                self.devices[d as usize].busy_until = self.now + BUSY_WAIT;
             }
         }
-        self.refresh_site(site);
+        if self.devices[d as usize].reachable {
+            self.refresh_tree();
+        }
+        self.refresh_behind(site);
+    }
+
+    /// Every site dialler short of peers beyond its LAN tries again.
+    fn redial(&mut self) {
+        for d in 0..self.devices.len() as u32 {
+            if self.wan_dials(d) > 0 {
+                self.dial_wan(d);
+            }
+        }
+    }
+
+    /// Device `d` has the whole release: its connections to peers that have it too close
+    /// (`CloseReason::BothComplete`), freeing their slots.
+    fn close_complete_pairs(&mut self, d: u32) {
+        let done: Vec<(u32, bool)> = self.devices[d as usize]
+            .peers
+            .iter()
+            .filter(|p| self.devices[p.device as usize].done_at.is_some())
+            .map(|p| (p.device, p.beyond_lan))
+            .collect();
+        let mut tree_changed = false;
+        for (q, beyond_lan) in done {
+            self.devices[d as usize].peers.retain(|p| p.device != q);
+            self.devices[q as usize].peers.retain(|p| p.device != d);
+            tree_changed |= beyond_lan && self.devices[d as usize].reachable && self.devices[q as usize].reachable;
+        }
+        if tree_changed {
+            self.refresh_tree();
+        }
+        let site = self.devices[d as usize].site;
+        self.refresh_behind(site);
+    }
+
+    /// The reachable devices' tree (the agent's `core::swarm::tree`, settled at once): in each
+    /// group of reachable devices joined by connections, all but the lowest node number leave
+    /// the origin to the tree, and so do their sites.
+    fn refresh_tree(&mut self) {
+        let n = self.devices.len();
+        let mut root = vec![u64::MAX; n];
+        for start in 0..n {
+            if !self.devices[start].reachable || !self.devices[start].online || root[start] != u64::MAX {
+                continue;
+            }
+            let (mut group, mut todo, mut lowest) = (vec![start], vec![start], self.devices[start].node);
+            root[start] = 0;
+            while let Some(x) = todo.pop() {
+                for p in &self.devices[x].peers {
+                    let y = p.device as usize;
+                    if p.beyond_lan && self.devices[y].reachable && root[y] == u64::MAX {
+                        root[y] = 0;
+                        lowest = lowest.min(self.devices[y].node);
+                        group.push(y);
+                        todo.push(y);
+                    }
+                }
+            }
+            for &x in &group {
+                root[x] = lowest;
+            }
+        }
+        for (d, &root) in root.iter().enumerate() {
+            let behind = root != u64::MAX && root != self.devices[d].node;
+            if self.devices[d].tree_behind != behind {
+                self.devices[d].tree_behind = behind;
+                let site = self.devices[d].site;
+                self.refresh_behind(site);
+            }
+        }
     }
 
     /// Whether reachable device `o` takes one more connection from site `site`: its slots, a
@@ -290,7 +429,9 @@ impl<'c> World<'c> {
 
     fn connect(&mut self, a: u32, b: u32, beyond_lan: bool) {
         for (x, y) in [(a, b), (b, a)] {
-            let peer = Peer { device: y, beyond_lan, asked: heapless::Vec::new(), offered: heapless::Vec::new() };
+            let dialled = x == a;
+            let peer =
+                Peer { device: y, beyond_lan, dialled, asked: heapless::Vec::new(), offered: heapless::Vec::new() };
             self.devices[x as usize].peers.push(peer);
             let have: Vec<u32> = self.devices[y as usize].have.iter_ones().collect();
             let dev = &mut self.devices[x as usize];
@@ -318,14 +459,28 @@ impl<'c> World<'c> {
         for (rank, &d) in members.iter().enumerate() {
             self.devices[d as usize].share = (of > 1).then_some((rank as u32, of));
         }
+        for &d in &members {
+            if self.wan_dials(d) > 0 {
+                self.dial_wan(d);
+            }
+        }
         self.refresh_behind(site);
     }
 
     /// Recomputes whether `site` is behind a reachable peer: one of its online devices reached
     /// one (the LAN flag tells the others).
     fn refresh_behind(&mut self, site: u32) {
-        let behind = self.devices.iter().any(|d| d.site == site && d.online && d.behind && !d.reachable);
+        // What its fetching devices announce (`SiteView::fetches_behind`).
+        let now = self.now;
+        let behind = self.devices.iter().any(|d| {
+            let waiting = now < d.busy_until;
+            d.site == site
+                && d.online
+                && d.done_at.is_none()
+                && (d.tree_behind || (!d.reachable && (d.behind || waiting)))
+        });
         self.site_behind[site as usize] = behind;
+        self.site_was_behind[site as usize] |= behind;
     }
 
     /// Whether `from` can give `d` chunk `c`, as `d` sees it (a spreading seed: only offers).
@@ -496,6 +651,9 @@ impl<'c> World<'c> {
             }
             self.fill(q, d, Some(c));
         }
+        if self.devices[d as usize].done_at.is_some() {
+            self.close_complete_pairs(d);
+        }
         // A device with the whole release leaves its peers' pipelines to others.
         if self.devices[d as usize].done_at.is_some() {
             let peers: Vec<u32> = self.devices[d as usize].peers.iter().map(|p| p.device).collect();
@@ -613,7 +771,8 @@ impl<'c> World<'c> {
             }
             self.devices[d as usize].origin_next = self.now + ORIGIN_CHECK;
             let dev = &self.devices[d as usize];
-            if !dev.reachable && (dev.behind || self.site_behind[dev.site as usize]) {
+            let waiting = self.now < dev.busy_until;
+            if dev.tree_behind || (!dev.reachable && (dev.behind || waiting || self.site_behind[dev.site as usize])) {
                 continue;
             }
             let free = |c: u32, dev: &Device| !dev.have.get(c) && dev.in_flight[c as usize] == 0;
@@ -660,6 +819,7 @@ impl<'c> World<'c> {
             }
         }
         let peers: Vec<Peer> = std::mem::take(&mut self.devices[d as usize].peers);
+        let peers_wan: Vec<u32> = peers.iter().filter(|p| p.beyond_lan).map(|p| p.device).collect();
         for p in &peers {
             let other = &mut self.devices[p.device as usize];
             other.peers.retain(|q| q.device != d);
@@ -680,6 +840,8 @@ impl<'c> World<'c> {
             dev.holders.iter_mut().for_each(|h| *h = 0);
             dev.lan_holders.iter_mut().for_each(|h| *h = 0);
             dev.behind = false;
+            dev.tree_behind = false;
+            dev.busy_until = 0.0;
             dev.origin_busy = false;
         }
         let mut in_flight = vec![0u8; self.chunks as usize];
@@ -691,6 +853,15 @@ impl<'c> World<'c> {
             for q in self.devices[p.device as usize].peers.iter().map(|q| q.device).collect::<Vec<_>>() {
                 self.fill(p.device, q, None);
                 self.serve(p.device);
+            }
+        }
+        if self.devices[d as usize].reachable {
+            self.refresh_tree();
+        }
+        // Those that had reached it over the WAN reach another.
+        for p in peers_wan {
+            if self.wan_dials(p) > 0 {
+                self.dial_wan(p);
             }
         }
         let site = self.devices[d as usize].site;
@@ -706,7 +877,16 @@ impl<'c> World<'c> {
     fn new_release(&mut self, after: f64) -> (f64, f64) {
         let c = self.c;
         let move_time = self.devices.iter().filter_map(|d| d.done_at).fold(0.0f64, f64::max);
-        let published = move_time + after;
+        // Release 2 comes to a fleet that is up: devices still down from churn are back.
+        let back = self.devices.iter().filter_map(|d| d.down_at.map(|(at, length)| at + length)).fold(0.0, f64::max);
+        for d in 0..self.devices.len() as u32 {
+            if !self.devices[d as usize].online {
+                self.devices[d as usize].online = true;
+                self.devices[d as usize].down_at = None;
+                self.join(d);
+            }
+        }
+        let published = move_time.max(back) + after;
         let n = self.devices.len();
         let mut poll_at: Vec<f64> = (0..n)
             .map(|d| {

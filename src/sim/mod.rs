@@ -55,8 +55,8 @@ pub struct Config {
     pub wan_latency: f64,
     /// Share of sites (the first ones) whose first device is reachable from outside.
     pub reachable: f64,
-    /// Reachable peers a device keeps connections to (the agent today: as many as its slots
-    /// allow, [`MAX_PEERS`](fleet)).
+    /// Peers beyond its LAN a site's WAN dialler (and a reachable device) keeps connections
+    /// to, from the tracker (the agent's `WAN_PEERS`).
     pub wan_peers: usize,
     /// Share of devices that go down once, at a random time, for 10 to 60 s.
     pub churn: f64,
@@ -90,7 +90,7 @@ impl Default for Config {
             wan_latency: 0.03,
             reachable: 0.0,
             churn: 0.0,
-            wan_peers: 32,
+            wan_peers: 2,
             new_release_after: None,
             poll: 300.0,
             gossip: 5.0,
@@ -130,6 +130,9 @@ pub struct Report {
     pub sites: usize,
     pub all_done: f64,
     pub bound: f64,
+    /// With reachable sites: the bound when the origin sends one copy, so that every other
+    /// site's copy crosses a reachable site's WAN uplink (after the origin delay).
+    pub peer_bound: Option<f64>,
     pub p50: f64,
     pub p90: f64,
     pub p99: f64,
@@ -171,6 +174,12 @@ impl Report {
             self.wasted,
             self.sites_behind
         );
+        if let Some(b) = self.peer_bound {
+            s += &format!(
+                "with one copy from the origin, the super-peers' bound {b:.2} s (the other sites' copies through the reachable uplinks): {:.3} x\n",
+                self.all_done / b
+            );
+        }
         if let Some(m) = self.manifest_everywhere {
             s += &format!(
                 "release 2: manifest on every device {m:.2} s after publishing ({:.2} gossip periods)\n",
@@ -193,7 +202,7 @@ impl Report {
         let opt = |v: Option<f64>| v.map_or("none".to_string(), |v| format!("{v:.2}"));
         format!(
             "devices={} sites={} wall_s={wall_s:.2} all_done_s={:.2} bound_s={:.2} ratio={:.3} origin_egress={:.3} \
-             max_site_wan={:.3} p99_s={:.2} wasted={:.4} manifest_s={} last_install_s={}",
+             max_site_wan={:.3} p99_s={:.2} wasted={:.4} manifest_s={} last_install_s={} peer_bound_s={}",
             self.devices,
             self.sites,
             self.all_done,
@@ -204,7 +213,8 @@ impl Report {
             self.p99,
             self.wasted,
             opt(self.manifest_everywhere),
-            opt(self.last_install)
+            opt(self.last_install),
+            opt(self.peer_bound)
         )
     }
 

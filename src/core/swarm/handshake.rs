@@ -125,11 +125,15 @@ impl Swarm {
         if self.config.fleet_keys.is_empty() && self.resolve_duplicate(id, node) {
             return Err(CloseReason::Duplicate);
         }
+        let advertising = self.tree.is_some();
         let s = self.session_mut(id);
         s.phase = Phase::Active;
         s.pex_at = now;
         s.progress_at = now;
         s.push_control(Control::Bitfield);
+        if s.beyond_lan && advertising {
+            s.push_control(Control::Tree);
+        }
         for (p, other) in self.peers.iter_mut().enumerate() {
             if let Some(o) = other.as_mut().filter(|o| o.is_active() && p != id) {
                 o.pex_at = o.pex_at.min(now + PEX_SOON);

@@ -19,6 +19,7 @@ mod download;
 mod handshake;
 mod origin;
 mod pex;
+pub mod tree;
 mod upload;
 
 use crate::core::bitfield::Bitfield;
@@ -149,6 +150,10 @@ pub struct Swarm {
     /// This device's share of its site's chunks, `(rank, of)`: from a peer beyond the LAN it
     /// asks for these first, so a site's devices fetch different chunks over the WAN link.
     site_share: Option<(u32, u32)>,
+    /// Reachable from outside (the caller says), and our advert in the tree of reachable
+    /// devices (`tree.rs`).
+    reachable: bool,
+    tree: Option<tree::TreeAdvert>,
     /// Live requests per chunk across all sessions.
     in_flight: Vec<u8>,
     peers: Vec<Option<Session>>,
@@ -235,6 +240,8 @@ impl Swarm {
             verified: have.clone(),
             availability: Availability::new(n),
             site_share: None,
+            reachable: false,
+            tree: None,
             in_flight: vec![0; n],
             peers: (0..config.max_peers).map(|_| None).collect(),
             upload_queue: Vec::with_capacity(config.max_peers),
@@ -353,6 +360,9 @@ impl Swarm {
             self.in_flight[r.chunk as usize] -= 1;
         }
         self.upload_queue.retain(|&p| p != id);
+        if s.tree.is_some() {
+            self.refresh_tree();
+        }
         self.fill_all(now);
     }
 
@@ -411,6 +421,10 @@ impl Swarm {
             Message::Block { chunk, offset, data } => self.on_block(id, chunk, offset, data.0, now),
             Message::KeepAlive => Ok(Received::Nothing),
             Message::Peers(Bytes(b)) => self.on_peers(id, b),
+            Message::Tree { root, hops } => {
+                self.on_tree(id, root, hops);
+                Ok(Received::Nothing)
+            }
             Message::Auth(_) if self.config.fleet_keys.is_empty() => {
                 Err(CloseReason::Protocol("the peer requires a fleet secret (--fleet-secret)"))
             }
@@ -465,6 +479,10 @@ impl Swarm {
             Control::Cancel(c) => Message::Cancel(c),
             Control::Reject(c) => Message::Reject(c),
             Control::KeepAlive => Message::KeepAlive,
+            Control::Tree => {
+                let (root, hops) = self.tree_on_wire();
+                Message::Tree { root, hops }
+            }
         }
     }
 
