@@ -8,6 +8,7 @@ use crate::core::discovery;
 use crate::core::manifest::{Geometry, Rollout};
 use crate::core::rng::Rng;
 use crate::core::swarm::choice::{self, ChunkView, PeerPlace};
+use crate::core::swarm::tree::{self, TreeAdvert};
 
 /// The swarm's own figures (`core::swarm`): requests in flight per peer (256 KiB of pipeline,
 /// at least two), upload slots, chunks a spreading seed offers each peer, connection slots, and
@@ -381,35 +382,30 @@ impl<'c> World<'c> {
         self.refresh_behind(site);
     }
 
-    /// The reachable devices' tree (the agent's `core::swarm::tree`, settled at once): in each
-    /// group of reachable devices joined by connections, all but the lowest node number leave
-    /// the origin to the tree, and so do their sites.
+    /// The reachable devices' tree: each one's advert by the agent's own rule
+    /// (`core::swarm::tree::best_advert`), iterated over their connections beyond the LAN
+    /// until it settles (the agent's adverts travel a round trip per hop; here they settle at
+    /// once). Every reachable device whose root is another leaves the origin to the tree, and
+    /// so does its site.
     fn refresh_tree(&mut self) {
         let n = self.devices.len();
-        let mut root = vec![u64::MAX; n];
-        for start in 0..n {
-            if !self.devices[start].reachable || !self.devices[start].online || root[start] != u64::MAX {
-                continue;
+        let supers: Vec<usize> = (0..n).filter(|&d| self.devices[d].reachable && self.devices[d].online).collect();
+        let mut advert: Vec<Option<TreeAdvert>> = vec![None; n];
+        loop {
+            let mut changed = false;
+            for &d in &supers {
+                let dev = &self.devices[d];
+                let heard = dev.peers.iter().filter(|p| p.beyond_lan).filter_map(|p| advert[p.device as usize]);
+                let best = tree::best_advert(dev.node, true, heard);
+                changed |= best != advert[d];
+                advert[d] = best;
             }
-            let (mut group, mut todo, mut lowest) = (vec![start], vec![start], self.devices[start].node);
-            root[start] = 0;
-            while let Some(x) = todo.pop() {
-                for p in &self.devices[x].peers {
-                    let y = p.device as usize;
-                    if p.beyond_lan && self.devices[y].reachable && root[y] == u64::MAX {
-                        root[y] = 0;
-                        lowest = lowest.min(self.devices[y].node);
-                        group.push(y);
-                        todo.push(y);
-                    }
-                }
-            }
-            for &x in &group {
-                root[x] = lowest;
+            if !changed {
+                break;
             }
         }
-        for (d, &root) in root.iter().enumerate() {
-            let behind = root != u64::MAX && root != self.devices[d].node;
+        for (d, advert) in advert.iter().enumerate() {
+            let behind = advert.is_some_and(|a| a.root != self.devices[d].node);
             if self.devices[d].tree_behind != behind {
                 self.devices[d].tree_behind = behind;
                 let site = self.devices[d].site;

@@ -4,25 +4,32 @@
 //! What is shared with the agent: the release's geometry (`core::manifest::Geometry`), the
 //! chunk sets (`core::bitfield::Bitfield`), the seeded `core::rng::Rng`, the staged rollout's
 //! schedule (`core::manifest::Rollout::install_at`), the turns a site's devices take polling
-//! the origin for a new release (`core::discovery::poll_phase` and `until_poll`), the swarm's chunk choice itself
-//! (`core::swarm::choice::pick_chunk`: a few random chunks first, then rarest first from a
-//! random start, the site share (`chunk % of == rank`) first from WAN peers, no chunk a LAN peer
-//! holds asked over the WAN, the endgame's duplicates), and the swarm's constants (pipeline
-//! depth, upload slots, offers per peer, connection slots).
+//! the origin for a new release (`core::discovery::poll_phase` and `until_poll`), the tree of
+//! reachable devices (`core::swarm::tree::best_advert`: which super-peer takes the origin), the
+//! swarm's chunk choice itself (`core::swarm::choice::pick_chunk`: a few random chunks first,
+//! then rarest first from a random start, the site share (`chunk % of == rank`) first from WAN
+//! peers, no chunk a LAN peer holds asked over the WAN, the endgame's duplicates), and the
+//! swarm's constants (pipeline depth, upload slots, offers per peer, connection slots).
 //!
 //! What is modelled, not run (a 64 MiB release to 10,000 devices is 640 GB of payload: no
 //! frame-level run of the real `Release` fits in a minute): the rest of the policies of
 //! `core::swarm` and of the agent, restated at chunk granularity in `fleet.rs`: two requests
-//! in flight per peer, two upload slots that
-//! rotate after each chunk to the waiting peer whose chunk is rarest (or one that waited a
-//! third of the request timeout), a seed's spreading, the origin after its
-//! delay for the device's share and after the steal time for the rest, devices behind a
-//! reachable peer (and, by the LAN flag, their site) leaving the origin to it, the tracker as a
-//! list of the reachable devices, the connection slots of a reachable device (a quarter kept
-//! for its own dials while fetching, four per remote address). A device that learns of a new
-//! release announces it at once and its site's devices fetch the manifest in two round trips
-//! (the agent's `announce_now` and `ManifestGet`). `Have` reaches peers at once
-//! (no commit delay); a block's framing overhead is not counted; the network is `net.rs`.
+//! in flight per peer, two upload slots that rotate after each chunk to the waiting peer whose
+//! chunk is rarest (or one that waited a third of the request timeout), a seed's spreading,
+//! connections between two complete devices closed, the origin after its delay for the
+//! device's share and after the steal time for the rest; the site's WAN dialler (its first
+//! device by rank, or a reachable device, keeping two peers beyond its LAN; a device alone
+//! as many as its slots allow), trying the tracker's list again every 5 s (the agent backs each
+//! address off from 0.5 to 30 s); devices behind a reachable peer, behind in the tree, or
+//! refused by a full one within the last minute (`Refuse(Busy)`) leaving the origin to it, and,
+//! by the LAN flag while they fetch, their site; the tree's adverts settled at once (the agent's
+//! travel a round trip per hop); the tracker as a list of the reachable devices (the agent's
+//! also names devices behind NAT, whose dials fail at once); the connection slots of a
+//! reachable device (a quarter kept for its own dials while fetching, four per remote
+//! address). A device that learns of a new release announces it at once and its site's devices
+//! fetch the manifest in two round trips (the agent's `announce_now` and `ManifestGet`). `Have`
+//! reaches peers at once (no commit delay); a block's framing overhead is not counted; the
+//! network is `net.rs`.
 
 mod fleet;
 pub mod net;
