@@ -18,6 +18,15 @@ fn the_same_seed_gives_the_same_report_and_picture() {
 }
 
 #[test]
+fn a_site_larger_than_the_connection_slots_hold_is_refused_with_the_reason() {
+    assert!(Config::default().check().is_ok(), "20 devices a site");
+    let why = Config { devices: 340, sites: 10, ..Config::default() }.check().unwrap_err();
+    assert!(why.contains("at most 33 devices per site"), "{why}");
+    assert!(Config { devices: 33, sites: 1, ..Config::default() }.check().is_ok());
+    assert!(Config { devices: 33, sites: 1, seeds: 1, ..Config::default() }.check().is_err(), "the seed counts");
+}
+
+#[test]
 fn one_seed_and_one_device_take_the_release_time_at_the_seeds_rate() {
     // 8 MiB at 80 Mbit/s (10 MB/s): 0.839 s, plus at most one step per chunk (a flow that ends
     // inside a step leaves the rest of that step unused: the model's quantisation).

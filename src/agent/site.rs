@@ -16,6 +16,11 @@ pub(super) const WAN_PEERS: usize = 2;
 /// release from the origin: longer than the longest redial back-off, so that a site refused
 /// at each try keeps waiting while the super-peer lives.
 pub(super) const BUSY_WAIT: Duration = Duration::from_secs(60);
+/// How long a device leaves the origin to peers beyond its LAN (a super-peer, the tree) that
+/// deliver nothing, counted from its last new chunk or the end of the origin delay: a peer
+/// that claims to be the tree's root, or a super-peer that serves no one, then costs this
+/// delay, not the release.
+pub(super) const PEER_PATIENCE: Duration = Duration::from_secs(60);
 /// How long a LAN peer's "behind" announcement counts: three announcement intervals, so one
 /// lost datagram does not send the site to the origin, and a peer that lost its super-peer
 /// stops counting soon.
@@ -25,9 +30,16 @@ impl Agent {
     /// Where this device stands for release `r`, from its active connections. Without a LAN
     /// (no discovery, or not listening on an IPv4 address) it knows no site: no share.
     pub(super) fn site_view(&self, r: usize) -> SiteView {
-        let tree_behind = self.releases[r].release.swarm().behind_in_tree();
-        let mut view = SiteView { share: None, reachable: false, behind: false, tree_behind, waiting: false };
-        view.waiting = self.releases[r].refused_busy_until.is_some_and(|t| Instant::now() < t);
+        let h = &self.releases[r];
+        let now = Instant::now();
+        let mut view = SiteView {
+            share: None,
+            reachable: false,
+            behind: false,
+            tree_behind: h.release.swarm().behind_in_tree(),
+            waiting: h.refused_busy_until.is_some_and(|t| now < t),
+            delivering: now < h.progress.1 + PEER_PATIENCE,
+        };
         let (Some(SocketAddr::V4(me)), Some(_)) = (self.local, self.lan.as_ref()) else { return view };
         let mut site = Vec::new();
         for c in self.conns.iter().flatten().filter(|c| c.release == Some(r) && !c.connecting && c.was_active()) {
@@ -47,16 +59,11 @@ impl Agent {
         view
     }
 
-    /// Whether this device leaves release `r`'s origin to peers beyond its LAN: it is behind
-    /// in the tree of reachable devices (`core::swarm::tree`: a super-peer that is not the
-    /// root), or, not reachable itself, it reached a reachable peer, or waits for one that is
-    /// full, or a LAN peer said so lately (its site is served from there). A reachable device
-    /// ignores the LAN's word and its own dials outside the tree: two reachable devices that
-    /// dialled each other must not both leave the origin to the other.
+    /// Whether this device leaves release `r`'s origin to peers beyond its LAN
+    /// ([`SiteView::leaves_origin`], with what its LAN said lately).
     pub(super) fn leaves_origin_to_peers(&self, r: usize, now: Instant) -> bool {
-        let view = self.site_view(r);
         let heard = self.releases[r].heard_behind_until.is_some_and(|t| now < t);
-        view.tree_behind || (!view.reachable && (view.behind || view.waiting || heard))
+        self.site_view(r).leaves_origin(heard)
     }
 
     /// Whether this device dials, for release `r`, learnt peers beyond its LAN: a device with
@@ -85,6 +92,11 @@ impl Agent {
         self.shares_at = now + SHARE_REFRESH;
         let mut announce = false;
         for r in 0..self.releases.len() {
+            let h = &mut self.releases[r];
+            let have = h.release.swarm().have_bytes();
+            if have != h.progress.0 {
+                h.progress = (have, h.progress.1.max(now));
+            }
             let view = self.site_view(r);
             let h = &mut self.releases[r];
             h.release.set_site_share(view.share);
@@ -114,14 +126,53 @@ pub(super) struct SiteView {
     pub(super) tree_behind: bool,
     /// A reachable peer it dialled said it is full, lately: it waits for a slot there.
     pub(super) waiting: bool,
+    /// It got a new chunk within [`PEER_PATIENCE`] (or the origin delay has not long passed).
+    pub(super) delivering: bool,
 }
 
 impl SiteView {
-    /// It fetches from a reachable peer it reached itself, or from the tree, or waits for a full
-    /// one (what its announcements say, so that its LAN peers leave the origin to that peer
-    /// too; a device that only heard so from a LAN peer does not repeat it, or the claim would
-    /// outlive the peer that made it).
+    /// Whether it leaves the origin to peers beyond its LAN: it is behind in the tree of
+    /// reachable devices (`core::swarm::tree`: a super-peer that is not the root), or, not
+    /// reachable itself, it reached a reachable peer or a LAN peer said so lately (`heard`:
+    /// its site is served from there) — while those peers deliver ([`PEER_PATIENCE`]); or it
+    /// waits for a reachable peer that is full. A reachable device ignores the LAN's word and
+    /// its own dials outside the tree: two reachable devices that dialled each other must not
+    /// both leave the origin to the other.
+    pub(super) fn leaves_origin(&self, heard: bool) -> bool {
+        let served = self.tree_behind || (!self.reachable && (self.behind || heard));
+        (served && self.delivering) || (!self.reachable && self.waiting)
+    }
+
+    /// What its announcements say ("behind", so that its LAN peers leave the origin too): as
+    /// [`SiteView::leaves_origin`] from its own connections only; a device that only heard so
+    /// from a LAN peer does not repeat it, or the claim would outlive the peer that made it.
     pub(super) fn fetches_behind(&self) -> bool {
-        self.tree_behind || (!self.reachable && (self.behind || self.waiting))
+        self.leaves_origin(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn view(reachable: bool, behind: bool, tree_behind: bool, waiting: bool, delivering: bool) -> SiteView {
+        SiteView { share: Some((0, 2)), reachable, behind, tree_behind, waiting, delivering }
+    }
+
+    #[test]
+    fn a_device_leaves_the_origin_to_peers_only_while_they_deliver_or_it_waits_for_a_full_one() {
+        assert!(view(false, true, false, false, true).leaves_origin(false), "it reached a super-peer");
+        assert!(view(false, false, false, false, true).leaves_origin(true), "a LAN peer did");
+        assert!(!view(false, false, false, false, true).fetches_behind(), "hearsay is not repeated");
+        assert!(view(true, false, true, false, true).leaves_origin(false), "behind in the tree");
+        assert!(!view(true, true, false, false, true).leaves_origin(true), "a reachable device: the tree decides");
+        // A claimed root or a super-peer that delivers nothing costs the patience, not the release.
+        assert!(!view(true, false, true, false, false).leaves_origin(false));
+        assert!(!view(false, true, false, false, false).leaves_origin(true));
+        assert!(!view(false, true, false, false, false).fetches_behind());
+        // Refused by a full one: it waits (and says so) whatever came in meanwhile.
+        assert!(view(false, false, false, true, false).leaves_origin(false));
+        assert!(view(false, false, false, true, false).fetches_behind());
+        assert!(!view(true, false, false, true, true).leaves_origin(false), "a reachable device does not wait");
     }
 }

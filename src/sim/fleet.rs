@@ -17,7 +17,7 @@ use crate::core::swarm::tree::{self, TreeAdvert};
 const PIPELINE: u8 = 2;
 const UPLOAD_SLOTS: usize = 2;
 const OFFERS_PER_PEER: usize = 2;
-const MAX_PEERS: usize = 32;
+pub(super) const MAX_PEERS: usize = 32;
 const MAX_PER_ADDRESS: usize = 4;
 const PATIENCE: f64 = 10.0;
 /// The agent's: a device whose share is done takes the rest after this (or the origin delay).

@@ -29,7 +29,10 @@
 //! address). A device that learns of a new release announces it at once and its site's devices
 //! fetch the manifest in two round trips (the agent's `announce_now` and `ManifestGet`). `Have`
 //! reaches peers at once (no commit delay); a block's framing overhead is not counted; the
-//! network is `net.rs`.
+//! network is `net.rs`. Not modelled: the agent's patience with peers beyond the LAN that
+//! deliver nothing for a minute (`site::PEER_PATIENCE`, against a lying root or a dead
+//! super-peer); the simulated devices never lie, and a connected site gets a chunk at least
+//! every upload-slot rotation.
 
 mod fleet;
 pub mod net;
@@ -122,6 +125,15 @@ impl Config {
         }
         if self.origin_up <= 0.0 && self.seeds == 0 {
             return Err("nothing holds the release: give --origin-up or --seeds".into());
+        }
+        // A site's LAN is modelled as a full mesh, which the connection slots hold only so far.
+        if self.devices.div_ceil(self.sites) + self.seeds > fleet::MAX_PEERS + 1 {
+            return Err(format!(
+                "at most {} devices per site, seeds included: a site's LAN is modelled as a full mesh of \
+                 the agent's {} connection slots (use more --sites)",
+                fleet::MAX_PEERS + 1,
+                fleet::MAX_PEERS
+            ));
         }
         if !(0.0..=1.0).contains(&self.reachable) || !(0.0..=1.0).contains(&self.churn) {
             return Err("--reachable and --churn are shares, 0 to 1".into());
