@@ -646,7 +646,9 @@ impl Agent {
             let stalled = busy || matches!(why, Ok(CloseReason::Stalled | CloseReason::Idle));
             self.releases[r].dials[d].closed(conn.was_active || busy, stalled, now);
         }
-        if busy && conn.beyond_lan {
+        // Only a refusal to our own dial, before any handshake: a peer we let in cannot make
+        // us wait by saying it is full.
+        if busy && conn.beyond_lan && conn.dial.is_some() && !conn.was_active {
             self.releases[r].refused_busy_until = Some(now + super::site::BUSY_WAIT);
         }
     }
@@ -680,10 +682,18 @@ fn write_some(stream: &mut TcpStream, bytes: &[u8], addr: SocketAddr) -> Option<
     }
 }
 
-/// Sends a refusal as a courtesy before closing; a full socket buffer simply drops it.
+/// Sends a refusal as a courtesy before closing; a full socket buffer simply drops it. What
+/// the peer sent so far (a Hello: a few KiB at most are read) is dropped, and our side shut first: closing with unread
+/// bytes would reset the connection, and the peer could lose the refusal with it.
 fn refuse(stream: &mut TcpStream, reason: RefuseReason) {
-    let mut buf = [0u8; 32];
+    let mut buf = [0u8; 512];
     if let Ok(n) = wire::encode_frame(&Message::Refuse(reason), &mut buf) {
         let _ = stream.write(&buf[..n]);
     }
+    for _ in 0..8 {
+        if !matches!(stream.read(&mut buf), Ok(n) if n > 0) {
+            break;
+        }
+    }
+    let _ = stream.shutdown(std::net::Shutdown::Write);
 }

@@ -26,6 +26,9 @@ pub(super) struct Lan {
     /// a source on one of them.
     pub(super) subnets: Vec<(std::net::Ipv4Addr, std::net::Ipv4Addr)>,
     pub(super) neighbours: Neighbours,
+    /// The source address of our own announcement as it looped back: our LAN address when
+    /// we listen on 0.0.0.0.
+    pub(super) own_ip: Option<Ipv4Addr>,
 }
 
 /// The devices heard announcing lately, and when: the site, whether or not we are connected to
@@ -74,6 +77,7 @@ impl Agent {
                 schedule: discovery::Schedule::new(Instant::now()),
                 subnets: sys::local_subnets().unwrap_or_default(),
                 neighbours: Neighbours::default(),
+                own_ip: None,
             })
         });
         match opened {
@@ -138,6 +142,9 @@ impl Agent {
             let peer = SocketAddr::new(from.ip(), a.listen_port);
             // Our own announcement looped back: under 0.0.0.0 its address would not tell us.
             if a.node == self.node || Some(peer) == me {
+                if a.node == self.node {
+                    lan.own_ip = Some(ip);
+                }
                 continue;
             }
             lan.neighbours.heard(ip, now);

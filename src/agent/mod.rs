@@ -108,9 +108,10 @@ pub struct Held {
     /// Whether our last look at the site found us fetching from beyond the LAN (what our
     /// announcements say): a change to it is announced at once.
     said_behind: bool,
-    /// Bytes held at the last look, and since when peers have had to deliver more (the last
-    /// new chunk, or the end of the origin delay): see `site::PEER_PATIENCE`.
-    progress: (u64, Instant),
+    /// Block bytes from peers beyond the LAN and from peers at all at the last look, and since
+    /// when each has had to grow (its last growth, or the end of the origin delay): see
+    /// `site::PEER_PATIENCE`.
+    progress: [(u64, Instant); 2],
 }
 
 /// How a release is added ([`Agent::add_release_with`]).
@@ -407,7 +408,6 @@ impl Agent {
     fn hold(&mut self, m: &SignedManifest, store: FileStore, present: &crate::core::bitfield::Bitfield) -> usize {
         let now = Instant::now();
         let release = Release::new(m, store, present, self.release_config(), self.rng.next_u64(), now);
-        let release_have = release.swarm().have_bytes();
         let origin = self.origin_for(&m.manifest.name, now);
         let dials = self.config.peers.iter().map(|&addr| Dial::configured(addr, now)).collect();
         self.releases.push(Held {
@@ -427,7 +427,7 @@ impl Agent {
             heard_behind_until: None,
             refused_busy_until: None,
             said_behind: false,
-            progress: (release_have, now + self.config.origin_delay),
+            progress: [(0, now + self.config.origin_delay); 2],
         });
         self.releases.len() - 1
     }

@@ -3,7 +3,7 @@
 //! whether it is reachable from outside or reaches a peer that is.
 
 use super::Agent;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 /// How often each release is told its site share.
@@ -38,13 +38,14 @@ impl Agent {
             behind: false,
             tree_behind: h.release.swarm().behind_in_tree(),
             waiting: h.refused_busy_until.is_some_and(|t| now < t),
-            delivering: now < h.progress.1 + PEER_PATIENCE,
+            wan_delivering: now < h.progress[0].1 + PEER_PATIENCE,
+            peers_delivering: now < h.progress[1].1 + PEER_PATIENCE,
         };
-        let (Some(SocketAddr::V4(me)), Some(_)) = (self.local, self.lan.as_ref()) else { return view };
+        let Some(me) = self.lan_ip() else { return view };
         let mut site = Vec::new();
         for c in self.conns.iter().flatten().filter(|c| c.release == Some(r) && !c.connecting && c.was_active()) {
             match (c.beyond_lan, c.outbound(), c.addr.ip()) {
-                (false, _, IpAddr::V4(ip)) if ip != *me.ip() => site.push(ip),
+                (false, _, IpAddr::V4(ip)) if ip != me => site.push(ip),
                 (false, _, _) => {}
                 // Someone beyond our links dialled us: we are reachable from outside.
                 (true, false, _) => view.reachable = true,
@@ -54,7 +55,7 @@ impl Agent {
         }
         site.sort_unstable();
         site.dedup();
-        let rank = site.iter().filter(|&&ip| ip < *me.ip()).count() as u32;
+        let rank = site.iter().filter(|&&ip| ip < me).count() as u32;
         view.share = (!site.is_empty()).then_some((rank, site.len() as u32 + 1));
         view
     }
@@ -79,8 +80,18 @@ impl Agent {
     /// This device's turn among the LAN neighbours heard lately, for polling the origin (none
     /// without a LAN, or when it heard no one).
     pub(super) fn poll_turn(&self, now: Instant) -> Option<(u32, u32)> {
-        let (Some(SocketAddr::V4(me)), Some(lan)) = (self.local, self.lan.as_ref()) else { return None };
-        lan.neighbours.turn(*me.ip(), now)
+        let me = self.lan_ip()?;
+        self.lan.as_ref()?.neighbours.turn(me, now)
+    }
+
+    /// Our IPv4 address on the LAN, which ranks us in the site: the one we listen on, or, under
+    /// 0.0.0.0, the source of our own announcement as it looped back. None without a LAN.
+    fn lan_ip(&self) -> Option<Ipv4Addr> {
+        let lan = self.lan.as_ref()?;
+        match self.local {
+            Some(SocketAddr::V4(a)) if !a.ip().is_unspecified() => Some(*a.ip()),
+            _ => lan.own_ip,
+        }
     }
 
     /// Tells each release (about once a second) its share of its site, what it asks of peers
@@ -93,9 +104,10 @@ impl Agent {
         let mut announce = false;
         for r in 0..self.releases.len() {
             let h = &mut self.releases[r];
-            let have = h.release.swarm().have_bytes();
-            if have != h.progress.0 {
-                h.progress = (have, h.progress.1.max(now));
+            for (p, bytes) in h.progress.iter_mut().zip(peer_bytes(&h.release.stats())) {
+                if p.0 != bytes {
+                    *p = (bytes, p.1.max(now));
+                }
             }
             let view = self.site_view(r);
             let h = &mut self.releases[r];
@@ -126,21 +138,31 @@ pub(super) struct SiteView {
     pub(super) tree_behind: bool,
     /// A reachable peer it dialled said it is full, lately: it waits for a slot there.
     pub(super) waiting: bool,
-    /// It got a new chunk within [`PEER_PATIENCE`] (or the origin delay has not long passed).
-    pub(super) delivering: bool,
+    /// Peers beyond its LAN, and peers at all (not the origin), sent it block bytes within
+    /// [`PEER_PATIENCE`] (or the origin delay has not long passed).
+    pub(super) wan_delivering: bool,
+    pub(super) peers_delivering: bool,
+}
+
+/// Block bytes received from peers beyond the LAN, and from peers at all (the origin's left
+/// out: bytes it sends must not renew the patience with peers that send nothing).
+pub(super) fn peer_bytes(stats: &crate::core::swarm::Stats) -> [u64; 2] {
+    [stats.received_wan, stats.downloaded.saturating_sub(stats.received_origin)]
 }
 
 impl SiteView {
     /// Whether it leaves the origin to peers beyond its LAN: it is behind in the tree of
     /// reachable devices (`core::swarm::tree`: a super-peer that is not the root), or, not
     /// reachable itself, it reached a reachable peer or a LAN peer said so lately (`heard`:
-    /// its site is served from there) — while those peers deliver ([`PEER_PATIENCE`]); or it
+    /// its site is served from there) — while those peers deliver ([`PEER_PATIENCE`]: peers
+    /// beyond its LAN for its own, any peer for what it heard); or it
     /// waits for a reachable peer that is full. A reachable device ignores the LAN's word and
     /// its own dials outside the tree: two reachable devices that dialled each other must not
     /// both leave the origin to the other.
     pub(super) fn leaves_origin(&self, heard: bool) -> bool {
-        let served = self.tree_behind || (!self.reachable && (self.behind || heard));
-        (served && self.delivering) || (!self.reachable && self.waiting)
+        let served_from_wan = (self.tree_behind || (!self.reachable && self.behind)) && self.wan_delivering;
+        let served_by_site = !self.reachable && heard && self.peers_delivering;
+        served_from_wan || served_by_site || (!self.reachable && self.waiting)
     }
 
     /// What its announcements say ("behind", so that its LAN peers leave the origin too): as
@@ -156,7 +178,8 @@ mod tests {
     use super::*;
 
     fn view(reachable: bool, behind: bool, tree_behind: bool, waiting: bool, delivering: bool) -> SiteView {
-        SiteView { share: Some((0, 2)), reachable, behind, tree_behind, waiting, delivering }
+        let (wan_delivering, peers_delivering) = (delivering, delivering);
+        SiteView { share: Some((0, 2)), reachable, behind, tree_behind, waiting, wan_delivering, peers_delivering }
     }
 
     #[test]
@@ -174,5 +197,22 @@ mod tests {
         assert!(view(false, false, false, true, false).leaves_origin(false));
         assert!(view(false, false, false, true, false).fetches_behind());
         assert!(!view(true, false, false, true, true).leaves_origin(false), "a reachable device does not wait");
+        // Its own super-peer must deliver over the WAN: bytes from its LAN (which the origin
+        // may have sent them) do not keep it behind a root that sends nothing.
+        let lan_only = SiteView { wan_delivering: false, ..view(true, false, true, false, true) };
+        assert!(!lan_only.leaves_origin(false));
+        let heard = SiteView { wan_delivering: false, ..view(false, false, false, false, true) };
+        assert!(heard.leaves_origin(true), "a site-mate is served over the LAN");
+    }
+
+    #[test]
+    fn the_origins_bytes_do_not_count_as_peers_delivering() {
+        let stats = crate::core::swarm::Stats {
+            downloaded: 900,
+            received_wan: 300,
+            received_origin: 500,
+            ..Default::default()
+        };
+        assert_eq!(peer_bytes(&stats), [300, 400]);
     }
 }

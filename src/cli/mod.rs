@@ -68,6 +68,9 @@ impl From<flotilla::agent::AgentError> for Failure {
     }
 }
 
+/// The longest `--poll`: a week (longer is no poll at all, and overflows the clock).
+const MAX_POLL: u64 = 7 * 86_400;
+
 const HELP: &str = "\
 flotilla: peer-to-peer distribution of operator-signed releases
 
@@ -679,7 +682,8 @@ again only when it or its file changes.
                             never installed again, and taken on again after a restart
   --poll SECS               how often the origin is polled for a followed name's manifest; the
                             devices of a LAN take turns, so the LAN polls N times as often;
-                            an unchanged manifest costs one request and a 304 (default 300)
+                            an unchanged manifest costs one request and a 304 (default 300,
+                            at most a week)
   --metrics FILE            write Prometheus metrics to FILE every 5 s, atomically (for
                             node_exporter's textfile collector): releases held and installed per
                             name, bytes by source (lan, wan, origin), peers, bans, hook results
@@ -705,7 +709,9 @@ fn serve(mut p: lexopt::Parser) -> Result<(), Failure> {
             }
             Long("metrics") => net.config.metrics = Some(PathBuf::from(p.value()?)),
             Long("keep") => net.config.keep = p.value()?.parse::<usize>()?.min(8),
-            Long("poll") => net.config.poll_interval = Duration::from_secs(p.value()?.parse::<u64>()?.max(1)),
+            Long("poll") => {
+                net.config.poll_interval = Duration::from_secs(p.value()?.parse::<u64>()?.clamp(1, MAX_POLL))
+            }
             Long("max-releases") => net.config.max_releases = p.value()?.parse::<usize>()?.clamp(1, 4096),
             Long(name) if name != "help" => {
                 let name = name.to_owned();

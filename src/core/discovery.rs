@@ -152,12 +152,13 @@ pub fn encode(
 pub struct Schedule {
     next: Instant,
     last_answer: Option<Instant>,
+    last_news: Option<Instant>,
 }
 
 impl Schedule {
     /// Announces at once.
     pub fn new(now: Instant) -> Self {
-        Schedule { next: now, last_answer: None }
+        Schedule { next: now, last_answer: None, last_news: None }
     }
 
     /// When the next announcement is due.
@@ -174,10 +175,14 @@ impl Schedule {
         true
     }
 
-    /// We hold a release we did not announce yet (learnt or added): announce it now, so the
-    /// LAN learns of it within a round trip rather than at our next interval.
+    /// We have news for the LAN (a release added, a change of where we stand): announce now,
+    /// so it learns within a round trip rather than at our next interval; at most once per
+    /// [`ANSWER_GAP`], so a peer that flips what we would say cannot make us flood the group.
     pub fn announce_now(&mut self, now: Instant) {
-        self.next = self.next.min(now);
+        if self.last_news.is_none_or(|t| now >= t + ANSWER_GAP) {
+            self.last_news = Some(now);
+            self.next = self.next.min(now);
+        }
     }
 
     /// Someone asked: announce now, unless we answered less than [`ANSWER_GAP`] ago.
@@ -300,6 +305,14 @@ mod tests {
         s.on_query(t0 + Duration::from_millis(1500));
         assert!(!s.due(t0 + Duration::from_millis(1500)), "second answer within a second");
         assert!(s.due(t0 + Duration::from_secs(6)));
+        // News is announced at once, at most once a second.
+        let t = t0 + Duration::from_secs(7);
+        s.announce_now(t);
+        assert!(s.due(t));
+        s.announce_now(t + Duration::from_millis(500));
+        assert!(!s.due(t + Duration::from_millis(500)), "news again within a second waits");
+        s.announce_now(t + Duration::from_millis(1000));
+        assert!(s.due(t + Duration::from_millis(1000)));
     }
 
     #[test]

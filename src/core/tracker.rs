@@ -31,7 +31,7 @@ const MAX_INTERVAL: Duration = Duration::from_secs(3600);
 /// after an answer at the latest, whatever the interval: a device that started before the others
 /// (a whole fleet starts at once after a publish) asks again for company. The wait doubles with
 /// each answer, up to [`NEEDY_MAX`], so a site that can reach no one costs the tracker little.
-pub const NEEDY_FIRST: Duration = Duration::from_secs(5);
+pub const NEEDY_FIRST: Duration = Duration::from_secs(1);
 /// The longest wait between announces of a release looking for company.
 pub const NEEDY_MAX: Duration = Duration::from_secs(60);
 /// Peers read from one announce reply; the rest are ignored.
@@ -433,6 +433,6 @@ mod tests {
                 c.handle(&connect_reply(&req, 5), t);
             }
         }
-        assert_eq!(waits, [5, 10, 20, 40, 60, 60]);
+        assert_eq!(waits, [1, 2, 4, 8, 16, 32]);
     }
 }
