@@ -683,8 +683,9 @@ fn write_some(stream: &mut TcpStream, bytes: &[u8], addr: SocketAddr) -> Option<
 }
 
 /// Sends a refusal as a courtesy before closing; a full socket buffer simply drops it. What
-/// the peer sent so far (a Hello: a few KiB at most are read) is dropped, and our side shut first: closing with unread
-/// bytes would reset the connection, and the peer could lose the refusal with it.
+/// the peer sent so far (a Hello: a few KiB at most are read) is dropped, and our side shut
+/// first: closing with unread bytes would reset the connection, and the peer could lose the
+/// refusal with it.
 fn refuse(stream: &mut TcpStream, reason: RefuseReason) {
     let mut buf = [0u8; 512];
     if let Ok(n) = wire::encode_frame(&Message::Refuse(reason), &mut buf) {

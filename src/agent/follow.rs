@@ -5,10 +5,11 @@
 //! neighbours it hears announcing (`discovery::poll_phase`, on the Unix clock): a site of N
 //! devices polls every POLL/N seconds as a whole, and the first to learn announces at once, so
 //! the site learns of a release N times sooner than from one device's poll at the same load on
-//! the origin; a fleet started together does not poll together. From peers: see `agent::gossip`. Either way a manifest learnt is only
-//! decoded here and queued ([`Agent::take_learnt`]); whoever runs the agent checks it against
-//! the trust rules before anything is written or fetched, exactly as a manifest dropped into the
-//! data directory is checked.
+//! the origin; a fleet started together does not poll together. From peers: see
+//! `agent::gossip`. Either way a manifest learnt is only decoded here and queued
+//! ([`Agent::take_learnt`]); whoever runs the agent checks it against the trust rules before
+//! anything is written or fetched, exactly as a manifest dropped into the data directory is
+//! checked.
 
 use super::origin::{connect_http, resolve, would_block};
 use super::Agent;

@@ -54,13 +54,8 @@ impl Neighbours {
     /// The turn of `me` among the neighbours heard lately, `(rank, of)` by address (none when
     /// it heard no one): the order the site's devices poll the origin in.
     pub(super) fn turn(&self, me: Ipv4Addr, now: Instant) -> Option<(u32, u32)> {
-        let heard = self.0.iter().filter(|n| n.0 != me && now < n.1 + NEIGHBOUR_FOR);
-        let (mut rank, mut of) = (0u32, 1u32);
-        for n in heard {
-            of += 1;
-            rank += u32::from(n.0 < me);
-        }
-        (of > 1).then_some((rank, of))
+        let heard = self.0.iter().filter(|n| n.0 != me && now < n.1 + NEIGHBOUR_FOR).map(|n| n.0);
+        super::site::rank_by_address(me, heard)
     }
 }
 

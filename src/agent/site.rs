@@ -55,8 +55,7 @@ impl Agent {
         }
         site.sort_unstable();
         site.dedup();
-        let rank = site.iter().filter(|&&ip| ip < me).count() as u32;
-        view.share = (!site.is_empty()).then_some((rank, site.len() as u32 + 1));
+        view.share = rank_by_address(me, site.into_iter());
         view
     }
 
@@ -142,6 +141,17 @@ pub(super) struct SiteView {
     /// [`PEER_PATIENCE`] (or the origin delay has not long passed).
     pub(super) wan_delivering: bool,
     pub(super) peers_delivering: bool,
+}
+
+/// The place of `me` by address among itself and `others` (distinct, without `me`), as
+/// `(rank, of)`; none when there are no others. Both a site share and a turn to poll the origin.
+pub(super) fn rank_by_address(me: Ipv4Addr, others: impl Iterator<Item = Ipv4Addr>) -> Option<(u32, u32)> {
+    let (mut rank, mut of) = (0u32, 1u32);
+    for ip in others {
+        of += 1;
+        rank += u32::from(ip < me);
+    }
+    (of > 1).then_some((rank, of))
 }
 
 /// Block bytes received from peers beyond the LAN, and from peers at all (the origin's left
